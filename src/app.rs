@@ -1,0 +1,1 @@
+//! Wiring: shared application state and the server life cycle.

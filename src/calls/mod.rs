@@ -1,0 +1,3 @@
+//! Calls: the stored call record and the per-call sideband monitor.
+
+pub mod record;

@@ -1,0 +1,241 @@
+//! The call record: what the controller knows about one call, as stored and as served by
+//! `GET /v1/calls/{call_id}`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Which OpenAI API answers the call (`../shared/reference/openai.md` §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// Realtime SIP: `realtime.call.incoming`, `/v1/realtime/calls/{call_id}/...`.
+    Realtime,
+    /// GPT-Live: `live.transport.incoming`, `/v1/live/sessions/{session_id}/...`.
+    Live,
+}
+
+/// Where a call is in its life. Stored as the snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    /// Webhook verified, decision being made, `/accept` in flight.
+    Accepting,
+    /// `/accept` failed after its retry budget; a redelivery of the webhook may try again.
+    AcceptFailed,
+    /// `/accept` answered 404: the caller was gone before we answered.
+    Missed,
+    /// Rejected by a rule (closed hours, blocked caller, over capacity).
+    Rejected,
+    /// Accepted; the monitor owns the call.
+    Active,
+    /// Escalation running: handoff line spoken, `/refer` sent, waiting for the sideband to close.
+    Transferring,
+    /// The sideband closed within the refer outcome window after `/refer`.
+    Transferred,
+    /// The transfer did not complete and no fallback target succeeded; the fallback ran.
+    TransferFailed,
+    /// The call ended without a transfer (caller hung up, `end_call`, max duration, operator).
+    Ended,
+}
+
+impl CallState {
+    /// The stored name, e.g. `"transfer_failed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepting => "accepting",
+            Self::AcceptFailed => "accept_failed",
+            Self::Missed => "missed",
+            Self::Rejected => "rejected",
+            Self::Active => "active",
+            Self::Transferring => "transferring",
+            Self::Transferred => "transferred",
+            Self::TransferFailed => "transfer_failed",
+            Self::Ended => "ended",
+        }
+    }
+
+    /// Parses a stored name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "accepting" => Self::Accepting,
+            "accept_failed" => Self::AcceptFailed,
+            "missed" => Self::Missed,
+            "rejected" => Self::Rejected,
+            "active" => Self::Active,
+            "transferring" => Self::Transferring,
+            "transferred" => Self::Transferred,
+            "transfer_failed" => Self::TransferFailed,
+            "ended" => Self::Ended,
+            _ => return None,
+        })
+    }
+
+    /// True while OpenAI may still have the call: a monitor should be attached.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Active | Self::Transferring)
+    }
+
+    /// True once nothing more will happen to the call.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Missed | Self::Rejected | Self::Transferred | Self::TransferFailed | Self::Ended
+        )
+    }
+}
+
+impl std::fmt::Display for CallState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Token usage summed over the call's `response.done` events (`response.usage`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Number of `response.done` events seen.
+    pub responses: u64,
+    /// Sum of `usage.input_tokens`.
+    pub input_tokens: u64,
+    /// Sum of `usage.output_tokens`.
+    pub output_tokens: u64,
+    /// Sum of `usage.total_tokens`.
+    pub total_tokens: u64,
+}
+
+/// The escalation of a call, if one happened. Every step is also in the call's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscalationSummary {
+    /// What triggered it: `caller_phrase`, `tool`, `dtmf` or `operator`.
+    pub trigger: String,
+    /// Trigger detail: the phrase, the tool's reason, the DTMF key, the operator's note.
+    pub detail: String,
+    /// The last `Refer-To` target tried (`tel:+E164` or `sip:...`).
+    pub target: String,
+    /// `pending`, `transferred` or `transfer_failed`.
+    pub outcome: String,
+    /// When the escalation was triggered.
+    pub at: DateTime<Utc>,
+}
+
+/// One call as stored. `call_id` is OpenAI's opaque id (`rtc_...` for Realtime).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// OpenAI's call id, the primary key.
+    pub call_id: String,
+    /// Which API answers the call.
+    pub api: Api,
+    /// Life-cycle state.
+    pub state: CallState,
+    /// Name of the prompt profile chosen for the call.
+    pub profile: String,
+    /// Caller number in E.164 (`+14155550123`), when the SIP headers carried one.
+    pub caller: Option<String>,
+    /// Dialed number in E.164, when the SIP headers carried one.
+    pub dialed: Option<String>,
+    /// The SIP `Call-ID` header of the INVITE.
+    pub sip_call_id: Option<String>,
+    /// The `webhook-id` of the delivery that created the record.
+    pub webhook_id: String,
+    /// When the webhook was first received.
+    pub created_at: DateTime<Utc>,
+    /// When `/accept` returned 200.
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// When the call reached a final state.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it ended, e.g. `caller_hangup`, `end_call`, `max_duration`, `operator_hangup`,
+    /// `closed_hours`, `blocked_caller`, `over_capacity`, `accept_404`.
+    pub end_reason: Option<String>,
+    /// The escalation, if any.
+    pub escalation: Option<EscalationSummary>,
+    /// Summed model usage.
+    pub usage: Usage,
+}
+
+impl CallRecord {
+    /// A new record in state [`CallState::Accepting`].
+    pub fn new(
+        call_id: impl Into<String>,
+        api: Api,
+        webhook_id: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            call_id: call_id.into(),
+            api,
+            state: CallState::Accepting,
+            profile: String::new(),
+            caller: None,
+            dialed: None,
+            sip_call_id: None,
+            webhook_id: webhook_id.into(),
+            created_at: now,
+            accepted_at: None,
+            ended_at: None,
+            end_reason: None,
+            escalation: None,
+            usage: Usage::default(),
+        }
+    }
+}
+
+/// Who spoke a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    /// The person on the phone (from `conversation.item.input_audio_transcription.completed`).
+    Caller,
+    /// The AI agent (from `response.output_audio_transcript.done`).
+    Agent,
+}
+
+impl Speaker {
+    /// `"caller"` or `"agent"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::Agent => "agent",
+        }
+    }
+}
+
+/// One line of a call's transcript.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscriptLine {
+    /// The call this line belongs to.
+    pub call_id: String,
+    /// Who spoke.
+    pub speaker: Speaker,
+    /// What was said, as transcribed.
+    pub text: String,
+    /// When the controller received the transcript event.
+    pub at: DateTime<Utc>,
+    /// The Realtime conversation `item_id`, used to skip a line replayed after a reconnect.
+    pub item_id: Option<String>,
+}
+
+/// One step in a call's life, kept in order: `webhook_received`, `accepted`, `escalation_triggered`,
+/// `refer_sent`, `transferred`, `error`, ...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    /// The call this event belongs to.
+    pub call_id: String,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Event kind, snake_case.
+    pub kind: String,
+    /// Structured detail (never secrets; transcript text only in transcript lines).
+    pub detail: serde_json::Value,
+}
+
+impl CallEvent {
+    /// A new event stamped `now`.
+    pub fn new(call_id: &str, kind: &str, detail: serde_json::Value) -> Self {
+        Self {
+            call_id: call_id.to_string(),
+            at: Utc::now(),
+            kind: kind.to_string(),
+            detail,
+        }
+    }
+}

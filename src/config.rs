@@ -1,0 +1,454 @@
+//! Configuration: `config/voxmachina.toml` layered with `VOXMACHINA_<SECTION>__<KEY>` environment
+//! overrides, plus secrets that never come from the TOML file.
+//!
+//! Layers, lowest first:
+//! 1. built-in defaults (the values documented in `config/voxmachina.toml`);
+//! 2. the TOML file given with `--config` (missing file is an error only when named explicitly);
+//! 3. environment variables such as `VOXMACHINA_OPENAI__BASE_URL` or `VOXMACHINA_SERVER__LISTEN`
+//!    (prefix `VOXMACHINA_`, section and key separated by a double underscore).
+//!
+//! Secrets ([`Secrets`]) come from the environment (`OPENAI_API_KEY`, `OPENAI_WEBHOOK_SECRET`,
+//! `VOXMACHINA_ADMIN_TOKEN`) or from files of the same lower-case name in `$CREDENTIALS_DIRECTORY`
+//! (systemd `LoadCredential=`, see systemd.exec(5) "Credentials"). A file wins over the variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors while loading configuration or secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The layered sources could not be read or did not deserialize into [`Config`].
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but is not usable (the message says which key and why).
+    #[error("configuration: {0}")]
+    Invalid(String),
+    /// A required secret is missing from both the environment and `$CREDENTIALS_DIRECTORY`.
+    #[error("secret {name} is not set: export {env} or provide the credential file {file}")]
+    MissingSecret {
+        /// Human name of the secret.
+        name: &'static str,
+        /// Environment variable that can carry it.
+        env: &'static str,
+        /// File name looked up in `$CREDENTIALS_DIRECTORY`.
+        file: &'static str,
+    },
+    /// A credential file exists but could not be read.
+    #[error("reading credential {path}: {source}")]
+    CredentialFile {
+        /// Path of the file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The whole controller configuration. Every key is documented in `config/voxmachina.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// HTTP listener settings.
+    pub server: ServerConfig,
+    /// OpenAI endpoints and call-control timing.
+    pub openai: OpenAiConfig,
+    /// Webhook verification and deduplication.
+    pub webhook: WebhookConfig,
+    /// Prompt profiles on disk.
+    pub prompts: PromptsConfig,
+    /// Where call records live.
+    pub store: StoreConfig,
+    /// Per-call sideband monitor behaviour.
+    pub monitor: MonitorConfig,
+    /// Log format and what may be logged.
+    pub logging: LoggingConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            openai: OpenAiConfig::default(),
+            webhook: WebhookConfig::default(),
+            prompts: PromptsConfig::default(),
+            store: StoreConfig::default(),
+            monitor: MonitorConfig::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Socket address to bind, e.g. `127.0.0.1:8080` behind nginx. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Seconds to wait on SIGTERM for in-flight requests and monitors before exiting.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+/// `[openai]`: base URLs and call-control timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OpenAiConfig {
+    /// REST base URL, `https://api.openai.com/v1` by default (`https://eu.api.openai.com/v1` for EU
+    /// projects, or a local emulator). Call control is `{base_url}/realtime/calls/{call_id}/...`.
+    pub base_url: String,
+    /// Sideband WebSocket base, `wss://api.openai.com/v1/realtime` by default; the monitor connects
+    /// to `{sideband_url}?call_id={call_id}`.
+    pub sideband_url: String,
+    /// Per-request timeout for call-control requests, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Total time budget for retrying `/accept` on 5xx or timeouts, milliseconds. The INVITE is
+    /// held while we decide, so keep this to a few seconds.
+    pub accept_retry_budget_ms: u64,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openai.com/v1".into(),
+            sideband_url: "wss://api.openai.com/v1/realtime".into(),
+            request_timeout_ms: 2_000,
+            accept_retry_budget_ms: 4_000,
+        }
+    }
+}
+
+/// `[webhook]`: Standard Webhooks verification and dedupe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    /// Accepted clock difference between `webhook-timestamp` and now, seconds, both directions,
+    /// inclusive (the OpenAI SDKs use 300).
+    pub tolerance_secs: u64,
+    /// How long a `webhook-id` is remembered for dedupe, hours. OpenAI retries for up to 72 h.
+    pub dedupe_ttl_hours: u64,
+    /// Largest accepted request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            tolerance_secs: 300,
+            dedupe_ttl_hours: 72,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[prompts]`: where prompt profiles are read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PromptsConfig {
+    /// Directory holding `*.toml` profiles and their Markdown instructions.
+    pub dir: PathBuf,
+}
+
+impl Default for PromptsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("prompts"),
+        }
+    }
+}
+
+/// `[store]`: which store backs call records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// `sqlite` (the embedded default).
+    pub backend: String,
+    /// SQLite database file; its directory is created if missing.
+    pub sqlite_path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: "sqlite".into(),
+            sqlite_path: PathBuf::from("data/voxmachina.db"),
+        }
+    }
+}
+
+/// `[monitor]`: the per-call sideband monitor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MonitorConfig {
+    /// Reconnect attempts after an abnormal sideband drop before the monitor gives up.
+    pub reconnect_max_attempts: usize,
+    /// First reconnect delay, milliseconds; doubles up to `reconnect_max_delay_ms`.
+    pub reconnect_initial_delay_ms: u64,
+    /// Largest reconnect delay, milliseconds.
+    pub reconnect_max_delay_ms: u64,
+    /// After `/refer` returns 200, how long to wait for the sideband to close before the transfer
+    /// is declared failed, seconds. A 200 from `/refer` only means "relayed".
+    pub refer_outcome_window_secs: u64,
+    /// How long to wait for the handoff line to finish (`response.done`) before sending `/refer`,
+    /// seconds.
+    pub handoff_line_timeout_secs: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            reconnect_max_attempts: 5,
+            reconnect_initial_delay_ms: 200,
+            reconnect_max_delay_ms: 5_000,
+            refer_outcome_window_secs: 10,
+            handoff_line_timeout_secs: 8,
+        }
+    }
+}
+
+impl MonitorConfig {
+    /// The refer outcome window as a [`Duration`].
+    pub fn refer_outcome_window(&self) -> Duration {
+        Duration::from_secs(self.refer_outcome_window_secs)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal (systemd, files), human-readable otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LoggingConfig {
+    /// `auto`, `json` or `pretty`.
+    pub format: LogFormat,
+    /// `tracing_subscriber::EnvFilter` directive, e.g. `info` or `voxmachina=debug`. `RUST_LOG`
+    /// wins when set.
+    pub level: String,
+    /// Log caller and agent transcript text. Off by default: transcripts are stored, not logged.
+    pub log_transcripts: bool,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".into(),
+            log_transcripts: false,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given), then `VOXMACHINA_*` environment overrides.
+    ///
+    /// # Errors
+    /// [`ConfigError::Load`] when the file is unreadable or a value has the wrong type,
+    /// [`ConfigError::Invalid`] when a URL is malformed.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment, for tests.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("VOXMACHINA_") && k.contains("__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("VOXMACHINA")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let cfg: Config = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url, schemes) in [
+            (
+                "openai.base_url",
+                &self.openai.base_url,
+                &["http", "https"][..],
+            ),
+            (
+                "openai.sideband_url",
+                &self.openai.sideband_url,
+                &["ws", "wss"][..],
+            ),
+        ] {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| ConfigError::Invalid(format!("{key} = {url:?}: {e}")))?;
+            if !schemes.contains(&parsed.scheme()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = {url:?}: scheme must be one of {schemes:?}"
+                )));
+            }
+        }
+        if self.store.backend != "sqlite" {
+            return Err(ConfigError::Invalid(format!(
+                "store.backend = {:?}: supported backends are \"sqlite\"",
+                self.store.backend
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A secret string whose `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value. Call only where the value is sent or used as a key.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Secrets the controller needs, never read from the TOML file.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    /// `OPENAI_API_KEY`: bearer key for call control and the sideband (same project as the webhook).
+    pub openai_api_key: Secret,
+    /// `OPENAI_WEBHOOK_SECRET`: the endpoint's `whsec_...` signing secret.
+    pub webhook_secret: Secret,
+    /// `VOXMACHINA_ADMIN_TOKEN`: bearer token for `/v1/...`; the admin API is off when unset.
+    pub admin_token: Option<Secret>,
+}
+
+impl Secrets {
+    /// Reads secrets from `$CREDENTIALS_DIRECTORY/<file>` first, then the environment.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingSecret`] for a missing OpenAI key or webhook secret,
+    /// [`ConfigError::CredentialFile`] when a credential file exists but cannot be read.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let lookup =
+            |env: &'static str, file: &'static str| -> Result<Option<Secret>, ConfigError> {
+                if let Some(dir) = &creds {
+                    let path = dir.join(file);
+                    match std::fs::read_to_string(&path) {
+                        Ok(v) => return Ok(Some(Secret::new(v.trim_end_matches(['\r', '\n'])))),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(ConfigError::CredentialFile { path, source }),
+                    }
+                }
+                Ok(std::env::var(env)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(Secret::new))
+            };
+        let required = |name, env, file| {
+            lookup(env, file)?.ok_or(ConfigError::MissingSecret { name, env, file })
+        };
+        Ok(Self {
+            openai_api_key: required("OpenAI API key", "OPENAI_API_KEY", "openai_api_key")?,
+            webhook_secret: required(
+                "OpenAI webhook secret",
+                "OPENAI_WEBHOOK_SECRET",
+                "openai_webhook_secret",
+            )?,
+            admin_token: lookup("VOXMACHINA_ADMIN_TOKEN", "admin_token")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.toml");
+        std::fs::write(
+            &path,
+            "[openai]\nbase_url = \"http://127.0.0.1:1/v1\"\n[webhook]\ntolerance_secs = 60\n",
+        )
+        .unwrap();
+        let cfg = Config::load_with_env(
+            Some(&path),
+            [
+                (
+                    "VOXMACHINA_SERVER__LISTEN".to_string(),
+                    "127.0.0.1:0".to_string(),
+                ),
+                (
+                    "VOXMACHINA_WEBHOOK__TOLERANCE_SECS".to_string(),
+                    "30".to_string(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.server.listen.port(), 0);
+        assert_eq!(cfg.webhook.tolerance_secs, 30, "env beats file");
+        assert_eq!(
+            cfg.openai.base_url, "http://127.0.0.1:1/v1",
+            "file beats default"
+        );
+        assert_eq!(cfg.webhook.dedupe_ttl_hours, 72, "default kept");
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        let err = Config::load_with_env(
+            None,
+            [(
+                "VOXMACHINA_OPENAI__SIDEBAND_URL".to_string(),
+                "http://x".to_string(),
+            )],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("openai.sideband_url"), "{err}");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("sk-very-secret");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+}

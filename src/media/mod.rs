@@ -1,0 +1,1 @@
+//! The μ-law/PCM16 transcoding core for the Twilio Media Streams path.

@@ -1,0 +1,1 @@
+//! OpenAI call control (REST `/realtime/calls/{call_id}/...`) and the sideband WebSocket.

@@ -1,0 +1,1 @@
+//! Prompt profiles on disk: match rules, session settings, reject rules and instructions.

@@ -1,0 +1,140 @@
+//! Persistence: call records, transcript lines, call events and webhook dedupe.
+//!
+//! [`Store`] is the one interface the rest of the controller uses. [`sqlite::SqliteStore`] is the
+//! embedded implementation (one file, WAL). The trait is shaped for a distributed implementation
+//! too: every write that guards against duplicates is a conditional insert or compare-and-set
+//! ([`Store::claim_webhook`], [`Store::create_call`], [`Store::transition_call`]), which maps to
+//! DynamoDB conditional writes, and reads never rely on a background TTL sweep.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::calls::record::{CallEvent, CallRecord, CallState, TranscriptLine};
+
+pub use sqlite::SqliteStore;
+
+/// Store failures. Callers degrade (log, count in `voxmachina_store_errors_total`) rather than
+/// drop a call because of them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, SQL, network). The message carries the backend's error.
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// A stored value could not be decoded (corrupt row, unknown enum name).
+    #[error("store data: {0}")]
+    Corrupt(String),
+    /// An update named a call that does not exist.
+    #[error("no call {0}")]
+    NoSuchCall(String),
+}
+
+/// Result of [`Store::create_call`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// The record was inserted: the caller owns the accept decision.
+    Created,
+    /// A record with this `call_id` already exists (returned as stored).
+    Exists(Box<CallRecord>),
+}
+
+/// Filter for [`Store::list_calls`].
+#[derive(Debug, Clone)]
+pub struct CallQuery {
+    /// Only calls in this state.
+    pub state: Option<CallState>,
+    /// Only calls created strictly before this instant (for paging, newest first).
+    pub before: Option<DateTime<Utc>>,
+    /// Most records returned (the store caps it at 1000).
+    pub limit: usize,
+}
+
+impl Default for CallQuery {
+    fn default() -> Self {
+        Self {
+            state: None,
+            before: None,
+            limit: 100,
+        }
+    }
+}
+
+/// What [`Store::purge`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeStats {
+    /// Expired webhook-id dedupe entries removed.
+    pub webhooks: u64,
+    /// Final call records removed (with their transcript lines and events).
+    pub calls: u64,
+}
+
+/// The controller's persistence interface. All methods are safe to call concurrently.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the backend answers (used by `GET /readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Remembers `webhook_id` until `expires_at` if it is not already remembered (or its entry
+    /// has expired by `now`). Returns `true` when this call claimed it, `false` for a duplicate
+    /// delivery. Standard Webhooks: the `webhook-id` is the idempotency key.
+    async fn claim_webhook(
+        &self,
+        webhook_id: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets a claimed `webhook_id`, so a redelivery is processed again (used when we answer
+    /// the delivery with a retryable error).
+    async fn release_webhook(&self, webhook_id: &str) -> Result<(), StoreError>;
+
+    /// Inserts `record` unless a record with its `call_id` exists.
+    async fn create_call(&self, record: &CallRecord) -> Result<CreateOutcome, StoreError>;
+
+    /// Sets the state of `call_id` to `to` only if its current state is one of `from`
+    /// (compare-and-set). Returns `false` when the state did not match or the call is unknown.
+    async fn transition_call(
+        &self,
+        call_id: &str,
+        from: &[CallState],
+        to: CallState,
+    ) -> Result<bool, StoreError>;
+
+    /// Replaces the stored record with `record` (matched by `call_id`).
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchCall`] when no such record exists.
+    async fn update_call(&self, record: &CallRecord) -> Result<(), StoreError>;
+
+    /// The record for `call_id`, if any.
+    async fn get_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError>;
+
+    /// Records matching `query`, newest `created_at` first.
+    async fn list_calls(&self, query: &CallQuery) -> Result<Vec<CallRecord>, StoreError>;
+
+    /// Calls whose state is live ([`CallState::is_live`]), oldest first: what a restarted
+    /// controller must reattach to.
+    async fn live_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
+
+    /// Appends a transcript line. A line with the same `(call_id, speaker, item_id)` as a stored
+    /// one (a replay after reconnect) is ignored; lines without `item_id` are always appended.
+    async fn append_transcript(&self, line: &TranscriptLine) -> Result<(), StoreError>;
+
+    /// The transcript of `call_id` in the order the lines were appended.
+    async fn transcript(&self, call_id: &str) -> Result<Vec<TranscriptLine>, StoreError>;
+
+    /// Appends a call event.
+    async fn append_event(&self, event: &CallEvent) -> Result<(), StoreError>;
+
+    /// The events of `call_id` in the order they were appended.
+    async fn events(&self, call_id: &str) -> Result<Vec<CallEvent>, StoreError>;
+
+    /// Removes webhook entries expired at `now`, and final calls created before `calls_before`
+    /// together with their transcripts and events (retention).
+    async fn purge(
+        &self,
+        now: DateTime<Utc>,
+        calls_before: DateTime<Utc>,
+    ) -> Result<PurgeStats, StoreError>;
+}

@@ -1,0 +1,1 @@
+//! Logging setup (JSON or human-readable) and Prometheus metrics.

@@ -1,0 +1,1 @@
+//! Twilio: Media Streams, TwiML, `X-Twilio-Signature`, REST.
