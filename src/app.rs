@@ -1,1 +1,235 @@
-//! Wiring: shared application state and the server life cycle.
+//! Wiring: the shared [`AppState`], server start-up ([`start`]), profile reload, reattaching live
+//! calls after a restart, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::calls::monitor::{self, Attach, MonitorContext};
+use crate::calls::registry::CallRegistry;
+use crate::config::{Config, Secret, Secrets};
+use crate::openai::CallControl;
+use crate::prompts::{LoadErrors, ProfileSet};
+use crate::store::{SqliteStore, Store, StoreError};
+use crate::telemetry;
+use crate::webhook::signature::{KeyError, Verifier};
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The prompt profiles are invalid (each error has file and line).
+    #[error("prompt profiles are invalid:\n{0}")]
+    Profiles(#[from] LoadErrors),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The webhook secret is unusable.
+    #[error(transparent)]
+    WebhookSecret(#[from] KeyError),
+    /// Binding the listener failed.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Building the HTTP client failed.
+    #[error("http client: {0}")]
+    Http(String),
+}
+
+/// State shared by every request handler and monitor.
+pub struct AppState {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// Webhook signature verifier (holds the key).
+    pub verifier: Verifier,
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Current prompt profiles; swapped whole on reload, running calls keep their profile.
+    pub profiles: ArcSwap<ProfileSet>,
+    /// OpenAI call control.
+    pub call_control: CallControl,
+    /// What monitors share (registry, store, sideband settings, shutdown token).
+    pub monitors: Arc<MonitorContext>,
+    /// Bearer token for the admin API; `None` disables it.
+    pub admin_token: Option<Secret>,
+    /// Prometheus render handle.
+    pub metrics: PrometheusHandle,
+    /// False once shutdown began: new webhooks get 503 so OpenAI retries them elsewhere/later.
+    pub accepting: AtomicBool,
+}
+
+impl AppState {
+    /// The registry of calls monitored by this instance.
+    pub fn registry(&self) -> &CallRegistry {
+        &self.monitors.registry
+    }
+
+    /// Reloads prompt profiles from disk. On error the current set stays in force.
+    ///
+    /// # Errors
+    /// [`LoadErrors`] listing every problem with file and line.
+    pub fn reload_profiles(&self) -> Result<usize, LoadErrors> {
+        let set = ProfileSet::load(&self.config.prompts.dir)?;
+        let n = set.len();
+        self.profiles.store(Arc::new(set));
+        Ok(n)
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// Shared state.
+    pub state: Arc<AppState>,
+    http_shutdown: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// `http://{addr}`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown: stop taking webhooks (503), wait up to `grace` for monitored calls to
+    /// end, detach the rest (they stay live in the store for the next start), stop HTTP.
+    pub async fn shutdown(self, grace: Duration) {
+        let state = self.state.clone();
+        state.accepting.store(false, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !state.registry().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let detached = state.registry().len();
+        if detached > 0 {
+            info!(calls = detached, "detaching live calls; they will be reattached on the next start");
+        }
+        state.monitors.shutdown.cancel();
+        while !state.registry().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.http_shutdown.cancel();
+        if let Err(e) = self.join.await {
+            error!(error = %e, "server task failed");
+        }
+    }
+}
+
+/// Opens the store named by the config.
+///
+/// # Errors
+/// [`StoreError`] when the backend cannot be opened.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(&config.store.sqlite_path)?))
+}
+
+/// Builds the state, binds `config.server.listen`, serves, and reattaches calls the store says
+/// are live.
+///
+/// # Errors
+/// [`StartError`] when profiles, store, secret or the listener are unusable.
+pub async fn start(config: Config, secrets: Secrets) -> Result<Running, StartError> {
+    let store = open_store(&config)?;
+    start_with_store(config, secrets, store).await
+}
+
+/// [`start`] with an already opened store.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_store(config: Config, secrets: Secrets, store: Arc<dyn Store>) -> Result<Running, StartError> {
+    let profiles = ProfileSet::load(&config.prompts.dir)?;
+    let verifier = Verifier::new(secrets.webhook_secret.expose(), config.webhook.tolerance_secs)?;
+    let call_control = CallControl::new(
+        &config.openai.base_url,
+        secrets.openai_api_key.clone(),
+        Duration::from_millis(config.openai.request_timeout_ms),
+    )
+    .map_err(|e| StartError::Http(e.to_string()))?;
+    let monitors = Arc::new(MonitorContext {
+        store: store.clone(),
+        call_control: call_control.clone(),
+        sideband_url: config.openai.sideband_url.clone(),
+        api_key: secrets.openai_api_key.clone(),
+        config: config.monitor.clone(),
+        log_transcripts: config.logging.log_transcripts,
+        registry: CallRegistry::default(),
+        shutdown: CancellationToken::new(),
+    });
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+    let state = Arc::new(AppState {
+        verifier,
+        store,
+        profiles: ArcSwap::from_pointee(profiles),
+        call_control,
+        monitors,
+        admin_token: secrets.admin_token,
+        metrics: telemetry::metrics_handle(),
+        accepting: AtomicBool::new(true),
+        config,
+    });
+    let router = crate::http::router(state.clone());
+    let http_shutdown = CancellationToken::new();
+    let token = http_shutdown.clone();
+    let join = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move { token.cancelled().await });
+        if let Err(e) = serve.await {
+            error!(error = %e, "http server failed");
+        }
+    });
+    info!(%addr, "listening");
+    reattach_live_calls(&state).await;
+    Ok(Running {
+        addr,
+        state,
+        http_shutdown,
+        join,
+    })
+}
+
+/// Spawns monitors for calls the store says are live (after a restart or crash). Calls that
+/// ended meanwhile are closed out by their monitor when the sideband answers 404.
+pub async fn reattach_live_calls(state: &Arc<AppState>) -> usize {
+    let live = match state.store.live_calls().await {
+        Ok(live) => live,
+        Err(e) => {
+            warn!(error = %e, "cannot list live calls; none reattached");
+            return 0;
+        }
+    };
+    let profiles = state.profiles.load();
+    let mut n = 0;
+    for record in live {
+        let profile = profiles
+            .get(&record.profile)
+            .cloned()
+            .unwrap_or_else(|| profiles.default_profile().clone());
+        if monitor::spawn(state.monitors.clone(), record, profile, Attach::Resume).is_some() {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        info!(calls = n, "reattached live calls");
+    }
+    n
+}

@@ -196,11 +196,11 @@ pub struct MonitorConfig {
     /// Largest reconnect delay, milliseconds.
     pub reconnect_max_delay_ms: u64,
     /// After `/refer` returns 200, how long to wait for the sideband to close before the transfer
-    /// is declared failed, seconds. A 200 from `/refer` only means "relayed".
-    pub refer_outcome_window_secs: u64,
-    /// How long to wait for the handoff line to finish (`response.done`) before sending `/refer`,
-    /// seconds.
-    pub handoff_line_timeout_secs: u64,
+    /// is declared failed, milliseconds. A 200 from `/refer` only means "relayed".
+    pub refer_outcome_window_ms: u64,
+    /// How long to wait for a spoken line (handoff, apology, goodbye) to finish before moving on,
+    /// milliseconds.
+    pub handoff_line_timeout_ms: u64,
 }
 
 impl Default for MonitorConfig {
@@ -209,8 +209,8 @@ impl Default for MonitorConfig {
             reconnect_max_attempts: 5,
             reconnect_initial_delay_ms: 200,
             reconnect_max_delay_ms: 5_000,
-            refer_outcome_window_secs: 10,
-            handoff_line_timeout_secs: 8,
+            refer_outcome_window_ms: 10_000,
+            handoff_line_timeout_ms: 8_000,
         }
     }
 }
@@ -218,7 +218,7 @@ impl Default for MonitorConfig {
 impl MonitorConfig {
     /// The refer outcome window as a [`Duration`].
     pub fn refer_outcome_window(&self) -> Duration {
-        Duration::from_secs(self.refer_outcome_window_secs)
+        Duration::from_millis(self.refer_outcome_window_ms)
     }
 }
 

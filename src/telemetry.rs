@@ -1,1 +1,120 @@
-//! Logging setup (JSON or human-readable) and Prometheus metrics.
+//! Logging (JSON or human-readable, via `tracing`) and Prometheus metrics (via `metrics` and
+//! `metrics-exporter-prometheus`).
+//!
+//! Metric names (all prefixed `voxmachina_`):
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `webhooks_total` | counter | `event`, `outcome` | webhook deliveries by result |
+//! | `accept_latency_seconds` | histogram | `outcome` | webhook received → `/accept` answered |
+//! | `active_calls` | gauge | | calls with a running monitor on this instance |
+//! | `calls_ended_total` | counter | `state`, `reason` | calls that reached a final state |
+//! | `escalations_total` | counter | `trigger`, `outcome` | escalations by trigger and result |
+//! | `sideband_reconnects_total` | counter | `result` | reconnect attempts after abnormal drops |
+//! | `sideband_errors_total` | counter | `code` | `error` events received on sideband |
+//! | `store_errors_total` | counter | `op` | store failures (the call goes on) |
+//! | `build_info` | gauge | `version` | always 1 |
+
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LoggingConfig};
+
+/// Metric name constants, so call sites cannot drift from the table above.
+pub mod names {
+    /// Counter: webhook deliveries by `event` and `outcome`.
+    pub const WEBHOOKS: &str = "voxmachina_webhooks_total";
+    /// Histogram (seconds): time from webhook receipt to the `/accept` answer.
+    pub const ACCEPT_LATENCY: &str = "voxmachina_accept_latency_seconds";
+    /// Gauge: calls with a running monitor.
+    pub const ACTIVE_CALLS: &str = "voxmachina_active_calls";
+    /// Counter: calls that reached a final state, by `state` and `reason`.
+    pub const CALLS_ENDED: &str = "voxmachina_calls_ended_total";
+    /// Counter: escalations by `trigger` and `outcome`.
+    pub const ESCALATIONS: &str = "voxmachina_escalations_total";
+    /// Counter: sideband reconnect attempts by `result`.
+    pub const SIDEBAND_RECONNECTS: &str = "voxmachina_sideband_reconnects_total";
+    /// Counter: `error` events from the sideband by `code`.
+    pub const SIDEBAND_ERRORS: &str = "voxmachina_sideband_errors_total";
+    /// Counter: store failures by `op`.
+    pub const STORE_ERRORS: &str = "voxmachina_store_errors_total";
+    /// Gauge: build information.
+    pub const BUILD_INFO: &str = "voxmachina_build_info";
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle (later calls return
+/// the same handle, so several servers in one test process share it).
+pub fn metrics_handle() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::ACCEPT_LATENCY.to_string()),
+                    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                )
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// Initialises the global `tracing` subscriber. `RUST_LOG` wins over `cfg.level`. Safe to call
+/// more than once (later calls are ignored).
+pub fn init_logging(cfg: &LoggingConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let json = match cfg.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Masks the middle of a phone number for logs: `+14155550123` → `+1415***0123`. Short values
+/// are masked entirely.
+pub fn mask_number(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    if chars.len() < 8 {
+        return "***".into();
+    }
+    let head: String = chars[..5].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}***{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_numbers() {
+        assert_eq!(mask_number("+14155550123"), "+1415***0123");
+        assert_eq!(mask_number("+1234"), "***");
+    }
+
+    #[test]
+    fn metrics_render_build_info() {
+        let h = metrics_handle();
+        assert!(h.render().contains("voxmachina_build_info"));
+    }
+}

@@ -1,3 +1,6 @@
-//! Calls: the stored call record and the per-call sideband monitor.
+//! Calls: the stored call record ([`record`]), the registry of monitored calls ([`registry`]) and
+//! the per-call sideband monitor ([`monitor`]).
 
+pub mod monitor;
 pub mod record;
+pub mod registry;

@@ -1,1 +1,66 @@
-//! The HTTP surface: webhook, health, metrics and the admin API.
+//! The HTTP surface.
+//!
+//! | route | purpose |
+//! |---|---|
+//! | `POST /openai/webhook` | OpenAI webhooks ([`crate::webhook::handler`]), body limit from config (64 KiB) |
+//! | `GET /healthz` | the process is alive: always 200 `ok` |
+//! | `GET /readyz` | 200 when the store answers, profiles are loaded and webhooks are taken; else 503 |
+//! | `GET /metrics` | Prometheus text format ([`crate::telemetry`]) |
+//! | `/v1/...` | the admin API ([`admin`]), bearer token, off when no token is configured |
+
+pub mod admin;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+
+/// Builds the router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let webhook = Router::new()
+        .route("/openai/webhook", post(crate::webhook::handler::receive))
+        .layer(DefaultBodyLimit::max(state.config.webhook.max_body_bytes));
+    Router::new()
+        .merge(webhook)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/v1", admin::router(state.clone()))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let store = app.store.ping().await;
+    let profiles = app.profiles.load().len();
+    let accepting = app.accepting.load(Ordering::SeqCst);
+    let ready = store.is_ok() && profiles > 0 && accepting;
+    let body = json!({
+        "ready": ready,
+        "store": store.as_ref().map(|()| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+        "profiles": profiles,
+        "accepting_webhooks": accepting,
+        "active_calls": app.registry().len(),
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}

@@ -1,4 +1,6 @@
-//! `POST /openai/webhook`: Standard Webhooks verification on the raw body, replay and duplicate
-//! rejection, and routing of OpenAI's incoming-call events.
+//! `POST /openai/webhook`: Standard Webhooks verification on the raw body ([`signature`]),
+//! replay and duplicate rejection, and routing of OpenAI's incoming-call events ([`handler`]).
 
+pub mod event;
+pub mod handler;
 pub mod signature;

@@ -1,0 +1,82 @@
+//! OpenAI webhook event payloads (`../shared/reference/openai.md` §3).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::sip::SipHeader;
+
+/// The event type of an incoming Realtime SIP call.
+pub const REALTIME_CALL_INCOMING: &str = "realtime.call.incoming";
+
+/// The envelope every OpenAI webhook event shares: `{object, id, type, created_at, data}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Envelope {
+    /// `evt_...` (the event id; the idempotency key is the `webhook-id` header, not this).
+    #[serde(default)]
+    pub id: String,
+    /// Event type, e.g. `realtime.call.incoming`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Unix seconds when the event happened.
+    #[serde(default)]
+    pub created_at: i64,
+    /// Event-specific data.
+    #[serde(default)]
+    pub data: Value,
+}
+
+/// `data` of `realtime.call.incoming` (OpenAPI `WebhookRealtimeCallIncoming`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RealtimeCallIncoming {
+    /// `rtc_...`, opaque.
+    pub call_id: String,
+    /// INVITE headers without authorization headers, order and repeats preserved. Untrusted.
+    pub sip_headers: Vec<SipHeader>,
+    /// `rtp` or `srtp` when known (optional, newer field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_media_security: Option<String>,
+}
+
+/// Builds a `realtime.call.incoming` event body in the reference shape, used by
+/// `voxmachina trigger`.
+pub fn realtime_call_incoming(event_id: &str, created_at: i64, data: &RealtimeCallIncoming) -> Value {
+    json!({
+        "object": "event",
+        "id": event_id,
+        "type": REALTIME_CALL_INCOMING,
+        "created_at": created_at,
+        "data": data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reference_example() {
+        let body = r#"{
+  "object": "event",
+  "id": "evt_685343a1381c819085d44c354e1b330e",
+  "type": "realtime.call.incoming",
+  "created_at": 1750287018,
+  "data": {
+    "call_id": "rtc_479a275623b54bdb9b6fbae2f7cbd408",
+    "sip_media_security": "srtp",
+    "sip_headers": [
+      { "name": "From", "value": "sip:+142555512112@sip.example.com" },
+      { "name": "To", "value": "sip:+18005551212@sip.example.com" },
+      { "name": "Call-ID", "value": "03782086-4ce9-44bf-8b0d-4e303d2cc590" }
+    ]
+  }
+}"#;
+        let env: Envelope = serde_json::from_str(body).unwrap();
+        assert_eq!(env.kind, REALTIME_CALL_INCOMING);
+        let data: RealtimeCallIncoming = serde_json::from_value(env.data).unwrap();
+        assert_eq!(data.call_id, "rtc_479a275623b54bdb9b6fbae2f7cbd408");
+        assert_eq!(data.sip_headers.len(), 3);
+        assert_eq!(data.sip_media_security.as_deref(), Some("srtp"));
+        let rebuilt = realtime_call_incoming("evt_1", 1, &data);
+        assert_eq!(rebuilt["data"]["sip_headers"][2]["name"], "Call-ID");
+    }
+}

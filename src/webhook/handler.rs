@@ -1,0 +1,231 @@
+//! `POST /openai/webhook`: verify, dedupe, decide, accept or reject, then start the monitor.
+//!
+//! Order follows `../shared/reference/openai.md` §5.6 and §11: call `/accept`, answer the
+//! delivery 200 only after it returned, attach the sideband in the background.
+//!
+//! | situation | answer | effect |
+//! |---|---|---|
+//! | missing/garbled signature headers | 400 | nothing |
+//! | bad signature, stale or future timestamp | 401 | nothing |
+//! | authentic but not JSON / not the event shape | 400 | nothing |
+//! | during shutdown | 503 | nothing (OpenAI retries) |
+//! | duplicate `webhook-id` | 200 | nothing |
+//! | unknown event type | 200 | ignored |
+//! | call already handled (another delivery) | 200 | nothing |
+//! | reject rule | 200 after `/reject` | record `rejected` |
+//! | accept 200 | 200 | record `active`, monitor started |
+//! | accept 404 | 200 | record `missed` (caller gone) |
+//! | accept failed after retries | 503 | record `accept_failed`, `webhook-id` released so a retry runs again |
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::app::AppState;
+use crate::calls::monitor::{self, Attach};
+use crate::calls::record::{Api, CallEvent, CallRecord, CallState};
+use crate::openai::CallControlError;
+use crate::prompts::Admission;
+use crate::sip::CallParties;
+use crate::store::CreateOutcome;
+use crate::telemetry::{mask_number, names};
+use crate::webhook::event::{Envelope, REALTIME_CALL_INCOMING, RealtimeCallIncoming};
+use crate::webhook::signature::DeliveryHeaders;
+
+fn reply(status: StatusCode, event: &str, outcome: &'static str) -> Response {
+    metrics::counter!(names::WEBHOOKS, "event" => event.to_string(), "outcome" => outcome).increment(1);
+    (status, Json(json!({ "status": outcome }))).into_response()
+}
+
+/// The webhook endpoint handler. Takes the raw body: the signature covers the exact bytes.
+pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = std::time::Instant::now();
+    let delivery = DeliveryHeaders::from_map(&headers);
+    let verified = match app.verifier.verify(delivery, &body, Utc::now().timestamp()) {
+        Ok(v) => v,
+        Err(e) => {
+            // Only the id (public) and the reason; never the signature or body.
+            warn!(webhook_id = ?delivery.id, reason = e.label(), "webhook refused");
+            let status = StatusCode::from_u16(e.status()).expect("400 or 401");
+            return reply(status, "unverified", e.label());
+        }
+    };
+    let envelope: Envelope = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(webhook_id = %verified.webhook_id, error = %e, "authentic webhook with malformed body");
+            return reply(StatusCode::BAD_REQUEST, "malformed", "bad_body");
+        }
+    };
+    if !app.accepting.load(Ordering::SeqCst) {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, &envelope.kind, "shutting_down");
+    }
+    if envelope.kind != REALTIME_CALL_INCOMING {
+        info!(webhook_id = %verified.webhook_id, event_type = %envelope.kind, "event type not handled; acknowledged");
+        return reply(StatusCode::OK, "other", "ignored");
+    }
+    let data: RealtimeCallIncoming = match serde_json::from_value(envelope.data) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(webhook_id = %verified.webhook_id, error = %e, "realtime.call.incoming without call_id/sip_headers");
+            return reply(StatusCode::BAD_REQUEST, REALTIME_CALL_INCOMING, "bad_body");
+        }
+    };
+    let span = info_span!("call", call_id = %data.call_id);
+    incoming_call(app, verified.webhook_id, data, received)
+        .instrument(span)
+        .await
+}
+
+async fn incoming_call(
+    app: Arc<AppState>,
+    webhook_id: String,
+    data: RealtimeCallIncoming,
+    received: std::time::Instant,
+) -> Response {
+    const EV: &str = REALTIME_CALL_INCOMING;
+    let now = Utc::now();
+    let ttl = chrono::Duration::hours(i64::try_from(app.config.webhook.dedupe_ttl_hours).unwrap_or(72));
+    match app.store.claim_webhook(&webhook_id, now, now + ttl).await {
+        Ok(true) => {}
+        Ok(false) => {
+            info!(%webhook_id, "duplicate delivery");
+            return reply(StatusCode::OK, EV, "duplicate");
+        }
+        Err(e) => {
+            // Degrade: the per-call guard below still prevents a second accept.
+            warn!(error = %e, "webhook dedupe unavailable");
+            metrics::counter!(names::STORE_ERRORS, "op" => "claim_webhook").increment(1);
+        }
+    }
+
+    let parties = CallParties::from_headers(&data.sip_headers);
+    let profiles = app.profiles.load();
+    let profile = profiles.select(&parties, &data.sip_headers).clone();
+    let mut record = CallRecord::new(&data.call_id, Api::Realtime, &webhook_id, now);
+    record.profile = profile.name.clone();
+    record.caller = parties.caller.as_ref().map(|n| n.as_str().to_string());
+    record.dialed = parties.dialed.as_ref().map(|n| n.as_str().to_string());
+    record.sip_call_id = parties.sip_call_id.clone();
+    info!(
+        %webhook_id,
+        caller = %record.caller.as_deref().map(mask_number).unwrap_or_default(),
+        dialed = %record.dialed.as_deref().map(mask_number).unwrap_or_default(),
+        profile = %profile.name,
+        media_security = ?data.sip_media_security,
+        "incoming call"
+    );
+
+    match app.store.create_call(&record).await {
+        Ok(CreateOutcome::Created) => {}
+        Ok(CreateOutcome::Exists(existing)) => {
+            let retry = existing.state == CallState::AcceptFailed
+                && app
+                    .store
+                    .transition_call(&record.call_id, &[CallState::AcceptFailed], CallState::Accepting)
+                    .await
+                    .unwrap_or(false);
+            if !retry {
+                info!(state = %existing.state, "call already handled by another delivery");
+                return reply(StatusCode::OK, EV, "call_exists");
+            }
+            record.created_at = existing.created_at;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot create call record; deciding without it");
+            metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
+            if app.registry().contains(&record.call_id) {
+                return reply(StatusCode::OK, EV, "call_exists");
+            }
+        }
+    }
+    event(&app, &record.call_id, "webhook_received", json!({ "webhook_id": webhook_id, "profile": profile.name })).await;
+
+    let active = app.registry().count_for_profile(&profile.name);
+    if let Admission::Reject { status, reason } = profile.admission(&parties, now, active) {
+        info!(reason = reason.as_str(), status, "rejecting call");
+        let result = app.call_control.reject(&record.call_id, status).await;
+        match &result {
+            Ok(()) | Err(CallControlError::NotFound { .. }) => {
+                record.state = CallState::Rejected;
+                record.ended_at = Some(Utc::now());
+                record.end_reason = Some(reason.as_str().to_string());
+                save(&app, &record).await;
+                event(&app, &record.call_id, "rejected", json!({ "reason": reason.as_str(), "status": status, "ok": result.is_ok() })).await;
+                metrics::counter!(names::CALLS_ENDED, "state" => "rejected", "reason" => reason.as_str()).increment(1);
+                return reply(StatusCode::OK, EV, "rejected");
+            }
+            Err(e) => {
+                warn!(error = %e, "reject failed; asking OpenAI to redeliver");
+                return decision_failed(&app, record, &webhook_id, e).await;
+            }
+        }
+    }
+
+    let session = profile.realtime_session();
+    let budget = std::time::Duration::from_millis(app.config.openai.accept_retry_budget_ms);
+    let (attempts, result) = app.call_control.accept_with_retry(&record.call_id, &session, budget).await;
+    let latency = received.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => {
+            metrics::histogram!(names::ACCEPT_LATENCY, "outcome" => "accepted").record(latency);
+            record.state = CallState::Active;
+            record.accepted_at = Some(Utc::now());
+            save(&app, &record).await;
+            event(&app, &record.call_id, "accepted", json!({ "attempts": attempts, "latency_ms": (latency * 1000.0).round() })).await;
+            info!(attempts, latency_ms = latency * 1000.0, "call accepted");
+            monitor::spawn(app.monitors.clone(), record, profile, Attach::Fresh);
+            reply(StatusCode::OK, EV, "accepted")
+        }
+        Err(CallControlError::NotFound { code }) => {
+            metrics::histogram!(names::ACCEPT_LATENCY, "outcome" => "missed").record(latency);
+            info!(?code, "accept answered 404: the caller is gone");
+            record.state = CallState::Missed;
+            record.ended_at = Some(Utc::now());
+            record.end_reason = Some("accept_404".into());
+            save(&app, &record).await;
+            event(&app, &record.call_id, "missed", json!({ "code": code })).await;
+            metrics::counter!(names::CALLS_ENDED, "state" => "missed", "reason" => "accept_404").increment(1);
+            reply(StatusCode::OK, EV, "missed")
+        }
+        Err(e) => {
+            metrics::histogram!(names::ACCEPT_LATENCY, "outcome" => "failed").record(latency);
+            warn!(error = %e, attempts, "accept failed");
+            decision_failed(&app, record, &webhook_id, &e).await
+        }
+    }
+}
+
+/// Accept or reject failed in a way a redelivery may fix: record it, release the `webhook-id`
+/// and answer 503 so OpenAI retries.
+async fn decision_failed(app: &AppState, mut record: CallRecord, webhook_id: &str, e: &CallControlError) -> Response {
+    record.state = CallState::AcceptFailed;
+    save(app, &record).await;
+    event(app, &record.call_id, "accept_failed", json!({ "error": e.to_string(), "kind": e.label() })).await;
+    if let Err(err) = app.store.release_webhook(webhook_id).await {
+        warn!(error = %err, "cannot release webhook id; a retry will be treated as a duplicate");
+    }
+    reply(StatusCode::SERVICE_UNAVAILABLE, REALTIME_CALL_INCOMING, "accept_failed")
+}
+
+async fn save(app: &AppState, record: &CallRecord) {
+    if let Err(e) = app.store.update_call(record).await {
+        warn!(error = %e, "cannot store call record");
+        metrics::counter!(names::STORE_ERRORS, "op" => "update_call").increment(1);
+    }
+}
+
+async fn event(app: &AppState, call_id: &str, kind: &str, detail: serde_json::Value) {
+    if let Err(e) = app.store.append_event(&CallEvent::new(call_id, kind, detail)).await {
+        warn!(error = %e, "cannot store call event");
+        metrics::counter!(names::STORE_ERRORS, "op" => "append_event").increment(1);
+    }
+}
