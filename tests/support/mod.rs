@@ -1,0 +1,4 @@
+//! Shared test support: the controller harness and reusable suites.
+#![allow(dead_code)]
+
+pub mod harness;
