@@ -31,7 +31,7 @@ pub enum Command {
     /// Sign and send a `realtime.call.incoming` webhook to a URL, like OpenAI would.
     Trigger(TriggerArgs),
     /// Play a whole phone call offline against a local OpenAI SIP emulator.
-    Demo(crate::emulator::demo::DemoArgs),
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Arguments of `voxmachina trigger`.
@@ -78,7 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => serve(cli.config).await,
         Command::Check => check(cli.config),
         Command::Trigger(args) => trigger(args).await,
-        Command::Demo(args) => crate::emulator::demo::run(cli.config, args).await,
+        Command::Demo(args) => crate::demo::run(cli.config, args).await,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod app;
 pub mod calls;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod emulator;
 pub mod escalation;
 pub mod http;
