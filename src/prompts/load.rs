@@ -32,8 +32,8 @@ pub struct ProfileSet {
 }
 
 impl ProfileSet {
-    /// Reads every `*.toml` file directly in `dir` (not recursing) with its instructions file,
-    /// and validates them (see the module docs for the rules).
+    /// Reads every `*.toml` file directly in `dir` (not recursing; hidden `.*` files skipped)
+    /// with its instructions file, and validates them (see the module docs for the rules).
     ///
     /// # Errors
     /// Every problem found, not just the first: one [`LoadError`] per problem with the file and,
@@ -53,7 +53,13 @@ impl ProfileSet {
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "toml")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    && p.is_file()
+            })
             .collect();
         files.sort();
 

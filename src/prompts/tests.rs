@@ -337,6 +337,7 @@ fn errors_from_several_files_are_all_collected() {
         "name = \"has space\"\n[match]\ncaller = [\"+5\"]\n",
     );
     write(d, "notes.txt", "not a profile");
+    write(d, ".editor-backup.toml", "this is = = not toml");
 
     let errs = load_err(d);
     has(&errs, "syntax.toml", Some(3), "");
