@@ -1,2 +1,812 @@
 //! A local OpenAI SIP emulator: call-control REST and sideband WebSocket on 127.0.0.1, driven by
 //! a scripted caller. Backs `voxmachina demo` and the integration tests.
+//!
+//! It implements `shared/reference/openai.md` independently of our controller:
+//!
+//! - **Webhooks** (§2, §3.1, §4): [`Emulator::new_call`] builds a `realtime.call.incoming` event
+//!   with the exact shape of §3.1; [`Emulator::deliver`] signs it with Standard Webhooks `v1`
+//!   and POSTs it with OpenAI's headers. Redirects are not followed (a 3xx is a failure, §2).
+//! - **Call control** (§5): `POST {rest_base_url}/realtime/calls/{call_id}/accept|reject|refer|hangup`,
+//!   bearer auth, `200` with an empty body on success, OpenAI error bodies
+//!   `{"error":{"message","type","param","code"}}` otherwise. See the [`rest`] docs for each
+//!   endpoint's rules, including the emulator-specific ones.
+//! - **Sideband** (§6): `GET {sideband_url}?call_id=...` upgrades to a WebSocket that speaks the
+//!   GA Realtime events, with a canned "model" and the caller's scripted turns. See [`sideband`].
+//! - **Known pitfalls** (§9): accept without `type:"realtime"` answers 200 but the call fails and
+//!   the sideband says `404 call_id_not_found` (§9.3); `/refer` can succeed silently (§9.6); the
+//!   caller hanging up drops the socket without a close frame (§9.7).
+//!
+//! Everything observable is kept for tests: [`Emulator::call`] snapshots a call
+//! ([`CallView`]), [`Emulator::requests`] lists every REST request, [`Emulator::events`] is a live
+//! feed of [`EmulatorEvent`]s, and [`Emulator::wait_for`] waits for a call to reach a state.
+//!
+//! The servers stop when the last [`Emulator`] handle is dropped (or on [`Emulator::shutdown`]):
+//! live sideband sockets are then dropped without a close frame.
+
+pub mod rest;
+pub mod script;
+pub mod sideband;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use script::{AgentSpec, CallSpec, Faults, ReferFault, Script, ScriptError, Turn};
+
+use crate::webhook::signature::{KeyError, Verifier};
+
+/// The `user-agent` OpenAI sends webhook deliveries with (openai.md §2).
+pub const WEBHOOK_USER_AGENT: &str = "OpenAI/1.0 (+https://platform.openai.com/docs/webhooks)";
+
+/// Configuration of an [`Emulator`].
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// The API key the controller must present as `Authorization: Bearer <api_key>` on every
+    /// REST request and on the sideband upgrade.
+    pub api_key: String,
+}
+
+/// Why [`Emulator::deliver`] or [`Emulator::place_call`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// The webhook secret starts with `whsec_` but the rest is not base64.
+    #[error("invalid webhook secret: {0}")]
+    Secret(#[from] KeyError),
+    /// The webhook POST did not complete (connection refused, timeout, ...). A non-2xx answer is
+    /// not an error: it is returned as the status.
+    #[error("delivering webhook: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A call registered by [`Emulator::new_call`], not yet delivered.
+#[derive(Debug, Clone)]
+pub struct PendingCall {
+    /// `data.call_id`: `rtc_` followed by 32 lowercase hex digits.
+    pub call_id: String,
+    /// The exact JSON bytes of the `realtime.call.incoming` event (openai.md §3.1).
+    pub body: Bytes,
+    /// The event's `id`: `evt_` followed by 32 hex digits.
+    pub event_id: String,
+}
+
+/// The result of [`Emulator::place_call`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedCall {
+    /// The new call's id (`rtc_...`).
+    pub call_id: String,
+    /// The `webhook-id` header used: `wh_` followed by 32 hex digits. Reuse it to redeliver.
+    pub webhook_id: String,
+    /// The HTTP status the webhook endpoint answered with.
+    pub status: u16,
+}
+
+/// Where a call stands, as the emulated OpenAI sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum EmuCallStatus {
+    /// Ringing: the webhook was built, no decision yet.
+    Pending,
+    /// Accepted with a valid session (`type: "realtime"`); the sideband accepts connections.
+    Accepted,
+    /// Rejected with this SIP status code (603 when the body had none).
+    Rejected {
+        /// The SIP status sent to the caller.
+        status_code: u16,
+    },
+    /// Accepted with a body whose `type` is not `"realtime"`: `/accept` said 200 but the session
+    /// failed, and the sideband answers 404 (openai.md §9.3).
+    Failed,
+    /// A `/refer` with the `transfer` fault succeeded: the caller left for `target`.
+    Transferred {
+        /// The `target_uri` of the successful refer.
+        target: String,
+    },
+    /// The controller hung up with `/hangup`.
+    HungUp,
+    /// The caller hung up (a `hangup` turn).
+    CallerHungUp,
+    /// The caller was gone before the accept (a `404` accept fault).
+    Missed,
+}
+
+impl EmuCallStatus {
+    /// Whether the call is over (no further accept, refer, hangup or sideband possible).
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, Self::Pending | Self::Accepted)
+    }
+}
+
+/// A snapshot of one call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallView {
+    /// The call id (`rtc_...`).
+    pub call_id: String,
+    /// Where the call stands.
+    pub status: EmuCallStatus,
+    /// Number of `/accept` requests for this call that passed authentication, whatever their
+    /// outcome (faults, 409 and 404 included).
+    pub accept_count: u32,
+    /// The body of the accept that succeeded; before one succeeds, the body of the latest
+    /// attempt (`Value::Null` for an empty body, a JSON string for unparseable text).
+    pub accept_body: Option<Value>,
+    /// The body of the successful `/reject` (`Value::Null` when it had none).
+    pub reject_body: Option<Value>,
+    /// Every well-formed `target_uri` the controller asked to refer to on the live call, in
+    /// order, including refers that failed or were ignored.
+    pub refer_targets: Vec<String>,
+    /// Number of `/hangup` requests for this call that passed authentication, any outcome.
+    pub hangup_count: u32,
+    /// Number of sideband WebSocket connections that were upgraded.
+    pub sideband_connections: u32,
+    /// Every text message the controller sent on the sideband, in order, across connections;
+    /// parsed as JSON, or a JSON string holding the raw text when it was not JSON.
+    pub client_events: Vec<Value>,
+    /// `(call_id, output)` of every `conversation.item.create` with a `function_call_output`
+    /// item, in order.
+    pub function_outputs: Vec<(String, String)>,
+    /// What the agent said (audio responses), in order.
+    pub agent_lines: Vec<String>,
+    /// What the caller said (caller turns), in order.
+    pub caller_lines: Vec<String>,
+    /// Every turn of the script has been played.
+    pub script_done: bool,
+}
+
+/// One REST request the emulator answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordedRequest {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// The path without query, e.g. `/v1/realtime/calls/rtc_.../accept`.
+    pub path: String,
+    /// Whether `Authorization: Bearer <api_key>` was present and correct.
+    pub authorized: bool,
+    /// The body as JSON; `Value::Null` when empty; a JSON string holding the raw text when it
+    /// was not valid JSON.
+    pub body: Value,
+    /// The HTTP status returned.
+    pub status: u16,
+}
+
+/// Who spoke a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    /// The scripted caller.
+    Caller,
+    /// The emulated model.
+    Agent,
+}
+
+/// Who ended a call by hanging up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupBy {
+    /// `/hangup` from the controller.
+    Controller,
+    /// A `hangup` turn in the script.
+    Caller,
+}
+
+/// What a `/refer` request did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReferOutcome {
+    /// 200, and the call left for the target.
+    Transferred,
+    /// 200, and nothing happened (openai.md §9.6).
+    Ignored,
+    /// An error status was returned.
+    Failed {
+        /// The HTTP status returned.
+        status: u16,
+    },
+}
+
+/// How a sideband connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SidebandClose {
+    /// The server sent a close frame (1000) after `/hangup` or a transfer.
+    CloseFrame,
+    /// The server dropped the TCP connection without a close frame (drop or hangup turn, or
+    /// the emulator shut down).
+    Dropped,
+    /// The controller closed the connection (close frame or EOF).
+    ByClient,
+    /// A transport error.
+    Error,
+}
+
+/// A live notification, for the demo to print and for tests to follow. [`fmt::Display`] renders
+/// one human-readable line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EmulatorEvent {
+    /// [`Emulator::place_call`] delivered an incoming-call webhook.
+    WebhookDelivered {
+        /// The call.
+        call_id: String,
+        /// The `webhook-id` header.
+        webhook_id: String,
+        /// The status the endpoint answered with.
+        status: u16,
+    },
+    /// `/accept` answered 200.
+    Accepted {
+        /// The call.
+        call_id: String,
+        /// `false` when the body's `type` was not `"realtime"` (the call then fails).
+        valid: bool,
+    },
+    /// `/reject` answered 200.
+    Rejected {
+        /// The call.
+        call_id: String,
+        /// The SIP status sent to the caller.
+        status_code: u16,
+    },
+    /// A sideband connection was upgraded.
+    SidebandConnected {
+        /// The call.
+        call_id: String,
+        /// 1 for the call's first connection, then 2, ...
+        connection: u32,
+    },
+    /// A sideband connection ended.
+    SidebandClosed {
+        /// The call.
+        call_id: String,
+        /// The connection number.
+        connection: u32,
+        /// How it ended.
+        how: SidebandClose,
+    },
+    /// Someone spoke.
+    Transcript {
+        /// The call.
+        call_id: String,
+        /// Who.
+        speaker: Speaker,
+        /// What.
+        text: String,
+    },
+    /// The caller pressed a key.
+    Dtmf {
+        /// The call.
+        call_id: String,
+        /// The key.
+        key: String,
+    },
+    /// The model called a function.
+    ToolCall {
+        /// The call.
+        call_id: String,
+        /// The function call's `call_id` (`call_...`).
+        tool_call_id: String,
+        /// The function name.
+        name: String,
+        /// The arguments JSON string.
+        arguments: String,
+    },
+    /// The controller returned a function result.
+    ToolOutput {
+        /// The call.
+        call_id: String,
+        /// The function call's `call_id`.
+        tool_call_id: String,
+        /// The output string.
+        output: String,
+    },
+    /// The controller asked for a transfer.
+    Refer {
+        /// The call.
+        call_id: String,
+        /// The `target_uri`.
+        target: String,
+        /// What the emulator did.
+        outcome: ReferOutcome,
+    },
+    /// The call ended by hangup.
+    Hangup {
+        /// The call.
+        call_id: String,
+        /// Who hung up.
+        by: HangupBy,
+    },
+    /// The script's last turn has been played.
+    ScriptDone {
+        /// The call.
+        call_id: String,
+    },
+}
+
+impl fmt::Display for EmulatorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WebhookDelivered {
+                call_id,
+                webhook_id,
+                status,
+            } => write!(
+                f,
+                "[{call_id}] webhook {webhook_id} delivered: HTTP {status}"
+            ),
+            Self::Accepted { call_id, valid } => {
+                if *valid {
+                    write!(f, "[{call_id}] call accepted")
+                } else {
+                    write!(
+                        f,
+                        "[{call_id}] accept answered 200 but the session is invalid: call failed"
+                    )
+                }
+            }
+            Self::Rejected {
+                call_id,
+                status_code,
+            } => write!(f, "[{call_id}] call rejected with SIP {status_code}"),
+            Self::SidebandConnected {
+                call_id,
+                connection,
+            } => write!(f, "[{call_id}] sideband connection #{connection} opened"),
+            Self::SidebandClosed {
+                call_id,
+                connection,
+                how,
+            } => write!(
+                f,
+                "[{call_id}] sideband connection #{connection} closed ({how:?})"
+            ),
+            Self::Transcript {
+                call_id,
+                speaker,
+                text,
+            } => {
+                let who = match speaker {
+                    Speaker::Caller => "caller",
+                    Speaker::Agent => "agent",
+                };
+                write!(f, "[{call_id}] {who}: {text}")
+            }
+            Self::Dtmf { call_id, key } => write!(f, "[{call_id}] caller pressed {key}"),
+            Self::ToolCall {
+                call_id,
+                name,
+                arguments,
+                ..
+            } => write!(f, "[{call_id}] model calls {name}({arguments})"),
+            Self::ToolOutput {
+                call_id, output, ..
+            } => write!(f, "[{call_id}] tool output: {output}"),
+            Self::Refer {
+                call_id,
+                target,
+                outcome,
+            } => {
+                let what = match outcome {
+                    ReferOutcome::Transferred => "transferred".to_string(),
+                    ReferOutcome::Ignored => "accepted but nothing happened".to_string(),
+                    ReferOutcome::Failed { status } => format!("failed with HTTP {status}"),
+                };
+                write!(f, "[{call_id}] refer to {target}: {what}")
+            }
+            Self::Hangup { call_id, by } => match by {
+                HangupBy::Controller => write!(f, "[{call_id}] controller hung up"),
+                HangupBy::Caller => write!(f, "[{call_id}] caller hung up"),
+            },
+            Self::ScriptDone { call_id } => write!(f, "[{call_id}] caller script finished"),
+        }
+    }
+}
+
+/// The local OpenAI emulator: one port serving the call-control REST API under `/v1` and the
+/// Realtime sideband WebSocket at `/v1/realtime`. Cheap to clone; the servers stop when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Emulator {
+    handle: Arc<Handle>,
+}
+
+impl fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.handle.shared.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+/// State shared by the handle, the REST handlers and the sideband connections.
+pub(crate) struct Shared {
+    pub(crate) api_key: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) cancel: CancellationToken,
+    calls: Mutex<HashMap<String, CallState>>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    version: watch::Sender<u64>,
+    events: broadcast::Sender<EmulatorEvent>,
+    http: reqwest::Client,
+}
+
+/// A command to a live sideband connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Send a close frame (1000) and end.
+    Close,
+    /// Drop the TCP connection without a close frame.
+    Drop,
+}
+
+/// Everything the emulator knows about one call.
+pub(crate) struct CallState {
+    pub(crate) view: CallView,
+    pub(crate) script: Script,
+    pub(crate) session_id: String,
+    pub(crate) conversation_id: String,
+    /// The session object (`session.created` payload), set at a valid accept.
+    pub(crate) session: Value,
+    pub(crate) next_turn: usize,
+    pub(crate) next_reply: usize,
+    pub(crate) responses: u32,
+    pub(crate) accept_faults_used: usize,
+    pub(crate) refers: usize,
+    pub(crate) last_item_id: Option<String>,
+    pub(crate) accepted_at: Option<Instant>,
+    pub(crate) conns: Vec<(u32, mpsc::UnboundedSender<Control>)>,
+    pub(crate) driver: Option<u32>,
+}
+
+impl CallState {
+    /// Sends `ctrl` to every live sideband connection of the call.
+    pub(crate) fn control_all(&self, ctrl: Control) {
+        for (_, tx) in &self.conns {
+            let _ = tx.send(ctrl);
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn calls(&self) -> MutexGuard<'_, HashMap<String, CallState>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes every [`Emulator::wait_for`].
+    pub(crate) fn bump(&self) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub(crate) fn emit(&self, event: EmulatorEvent) {
+        tracing::debug!(target: "voxmachina::emulator", "{event}");
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn record(&self, req: RecordedRequest) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(req);
+        self.bump();
+    }
+}
+
+/// `prefix` followed by 32 random lowercase hex digits.
+pub(crate) fn hex_id(prefix: &str) -> String {
+    format!("{prefix}{:032x}", rand::random::<u128>())
+}
+
+/// Current Unix time in seconds.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `realtime.call.incoming`, field order as in openai.md §3.1.
+#[derive(Serialize)]
+struct IncomingEvent<'a> {
+    object: &'static str,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    created_at: i64,
+    data: IncomingData<'a>,
+}
+
+#[derive(Serialize)]
+struct IncomingData<'a> {
+    call_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sip_media_security: Option<&'a str>,
+    sip_headers: Vec<SipHeader<'a>>,
+}
+
+#[derive(Serialize)]
+struct SipHeader<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+impl Emulator {
+    /// Binds `127.0.0.1:0` and serves the REST API and the sideband on that one port.
+    ///
+    /// # Errors
+    /// The bind error, or a failure to build the HTTP client used for webhook deliveries.
+    pub async fn start(cfg: EmulatorConfig) -> std::io::Result<Emulator> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let (version, _) = watch::channel(0);
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            api_key: cfg.api_key,
+            addr,
+            cancel: CancellationToken::new(),
+            calls: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Vec::new()),
+            version,
+            events,
+            http,
+        });
+        let app = rest::router(shared.clone());
+        let cancel = shared.cancel.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                cancel.cancelled().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::warn!(target: "voxmachina::emulator", "emulator server stopped: {e}");
+            }
+        });
+        tracing::info!(target: "voxmachina::emulator", %addr, "OpenAI emulator listening");
+        Ok(Emulator {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    /// The socket address the servers listen on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared().addr
+    }
+
+    /// The REST base URL, `http://127.0.0.1:PORT/v1` (the controller's `openai.base_url`).
+    pub fn rest_base_url(&self) -> String {
+        format!("http://{}/v1", self.shared().addr)
+    }
+
+    /// The sideband URL, `ws://127.0.0.1:PORT/v1/realtime` (the controller's
+    /// `openai.sideband_url`; it connects to `{this}?call_id=...`).
+    pub fn sideband_url(&self) -> String {
+        format!("ws://{}/v1/realtime", self.shared().addr)
+    }
+
+    /// Stops the servers now and drops live sideband sockets without a close frame. Happens
+    /// anyway when the last handle is dropped.
+    pub fn shutdown(&self) {
+        self.shared().cancel.cancel();
+    }
+
+    /// Registers a pending call driven by `script` and returns its `realtime.call.incoming`
+    /// event body (openai.md §3.1): `object` `"event"`, `id` `evt_<32 hex>`, `type`,
+    /// `created_at` (now, Unix seconds) and `data` with `call_id` `rtc_<32 hex>`,
+    /// `sip_media_security` (omitted when the script has none) and `sip_headers`: `From`, `To`,
+    /// `Call-ID` (a random UUID), then the script's extra headers in order.
+    pub fn new_call(&self, script: Script) -> PendingCall {
+        let call_id = hex_id("rtc_");
+        let event_id = hex_id("evt_");
+        let sip_call_id = {
+            let h = format!("{:032x}", rand::random::<u128>());
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
+        };
+        let mut sip_headers = vec![
+            SipHeader {
+                name: "From",
+                value: &script.call.from,
+            },
+            SipHeader {
+                name: "To",
+                value: &script.call.to,
+            },
+            SipHeader {
+                name: "Call-ID",
+                value: &sip_call_id,
+            },
+        ];
+        sip_headers.extend(
+            script
+                .call
+                .headers
+                .iter()
+                .map(|(n, v)| SipHeader { name: n, value: v }),
+        );
+        let event = IncomingEvent {
+            object: "event",
+            id: &event_id,
+            kind: "realtime.call.incoming",
+            created_at: unix_now(),
+            data: IncomingData {
+                call_id: &call_id,
+                sip_media_security: script.call.media_security.as_deref(),
+                sip_headers,
+            },
+        };
+        let body = Bytes::from(serde_json::to_vec(&event).expect("event serializes"));
+        let state = CallState {
+            view: CallView {
+                call_id: call_id.clone(),
+                status: EmuCallStatus::Pending,
+                accept_count: 0,
+                accept_body: None,
+                reject_body: None,
+                refer_targets: Vec::new(),
+                hangup_count: 0,
+                sideband_connections: 0,
+                client_events: Vec::new(),
+                function_outputs: Vec::new(),
+                agent_lines: Vec::new(),
+                caller_lines: Vec::new(),
+                script_done: false,
+            },
+            script,
+            session_id: hex_id("sess_"),
+            conversation_id: hex_id("conv_"),
+            session: Value::Null,
+            next_turn: 0,
+            next_reply: 0,
+            responses: 0,
+            accept_faults_used: 0,
+            refers: 0,
+            last_item_id: None,
+            accepted_at: None,
+            conns: Vec::new(),
+            driver: None,
+        };
+        self.shared().calls().insert(call_id.clone(), state);
+        self.shared().bump();
+        PendingCall {
+            call_id,
+            body,
+            event_id,
+        }
+    }
+
+    /// Signs `body` the way OpenAI does (Standard Webhooks `v1` over
+    /// `"{webhook_id}.{timestamp}.{body}"`, openai.md §4.1) and POSTs it to `url` with the
+    /// headers of openai.md §2: `webhook-id`, `webhook-timestamp` (`timestamp`, Unix seconds),
+    /// `webhook-signature` (`v1,<base64>`), `user-agent` [`WEBHOOK_USER_AGENT`] and
+    /// `content-type: application/json`. Redirects are not followed. Returns the HTTP status.
+    ///
+    /// # Errors
+    /// [`EmulatorError::Secret`] for a malformed `whsec_` secret, [`EmulatorError::Http`] when
+    /// the request could not be completed (15 s timeout).
+    pub async fn deliver(
+        &self,
+        url: &str,
+        secret: &str,
+        webhook_id: &str,
+        timestamp: i64,
+        body: &[u8],
+    ) -> Result<u16, EmulatorError> {
+        let verifier = Verifier::new(secret, 300)?;
+        let ts = timestamp.to_string();
+        let signature = verifier.sign(webhook_id, &ts, body);
+        let resp = self
+            .shared()
+            .http
+            .post(url)
+            .header("user-agent", WEBHOOK_USER_AGENT)
+            .header("content-type", "application/json")
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", &ts)
+            .header("webhook-signature", signature)
+            .body(body.to_vec())
+            .send()
+            .await?;
+        Ok(resp.status().as_u16())
+    }
+
+    /// [`Emulator::new_call`] then [`Emulator::deliver`] with a fresh `webhook-id`
+    /// (`wh_<32 hex>`) and the current time. The call stays registered even if delivery fails.
+    ///
+    /// # Errors
+    /// As [`Emulator::deliver`].
+    pub async fn place_call(
+        &self,
+        webhook_url: &str,
+        secret: &str,
+        script: Script,
+    ) -> Result<PlacedCall, EmulatorError> {
+        let pending = self.new_call(script);
+        let webhook_id = hex_id("wh_");
+        let status = self
+            .deliver(webhook_url, secret, &webhook_id, unix_now(), &pending.body)
+            .await?;
+        self.shared().emit(EmulatorEvent::WebhookDelivered {
+            call_id: pending.call_id.clone(),
+            webhook_id: webhook_id.clone(),
+            status,
+        });
+        Ok(PlacedCall {
+            call_id: pending.call_id,
+            webhook_id,
+            status,
+        })
+    }
+
+    /// A snapshot of the call, or `None` for an unknown id.
+    pub fn call(&self, call_id: &str) -> Option<CallView> {
+        self.shared().calls().get(call_id).map(|c| c.view.clone())
+    }
+
+    /// Waits until the call exists and `pred` holds for it, re-checking on every state change.
+    /// Returns the matching snapshot, or `None` after `timeout`.
+    pub async fn wait_for(
+        &self,
+        call_id: &str,
+        timeout: Duration,
+        pred: impl Fn(&CallView) -> bool,
+    ) -> Option<CallView> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.shared().version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(view) = self.call(call_id).filter(|v| pred(v)) {
+                return Some(view);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Every REST request answered so far, in arrival order: the four call-control endpoints
+    /// and any other path (answered 404). Sideband upgrade requests are not listed; their
+    /// outcome shows in [`CallView::sideband_connections`] and the client's HTTP response.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared()
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A live feed of [`EmulatorEvent`]s from now on (buffer of 1024; a slow reader sees
+    /// `RecvError::Lagged`).
+    pub fn events(&self) -> broadcast::Receiver<EmulatorEvent> {
+        self.shared().events.subscribe()
+    }
+}

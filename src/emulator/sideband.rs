@@ -1,0 +1,1049 @@
+//! The emulated Realtime sideband WebSocket (openai.md §6) and its canned "model".
+//!
+//! **Connecting**: `GET /v1/realtime?call_id=...` with `Authorization: Bearer <api_key>` (401
+//! otherwise); the call must be Accepted with a valid session, otherwise the answer is an HTTP
+//! `404 call_id_not_found` before any upgrade (§5.6, §9.3). A `model` query parameter is ignored
+//! (§6). On upgrade the server sends `session.created` with the session built from the accept
+//! body (defaults filled in, `type: "realtime"`, `object: "realtime.session"`, `id: "sess_..."`).
+//!
+//! **Server events** all carry an `event_id` (`event_<32 hex>`):
+//!
+//! - *Responses*: every client `response.create` is answered at once with `response.created`,
+//!   two or three `response.output_audio_transcript.delta`, `response.output_audio_transcript.done`
+//!   and `response.done` (`status: "completed"`, one assistant message in `output`, `usage`).
+//!   With `output_modalities: ["text"]` (on the request or the session) the text events
+//!   `response.output_text.delta|done` are sent instead and nothing is "spoken". The words: the
+//!   first double-quoted passage (`"..."` or `“...”`) of `response.instructions` verbatim;
+//!   otherwise, for the call's first response before any turn, the script's greeting;
+//!   otherwise the next canned reply, then [`super::script::FALLBACK_REPLY`].
+//!   Responses are emitted atomically, so `response.cancel` has nothing to cancel and is only
+//!   recorded (emulator-specific).
+//! - *Caller turn*: `input_audio_buffer.speech_started`, `.speech_stopped`, `.committed`, then
+//!   `conversation.item.input_audio_transcription.completed` **only when the session has
+//!   `audio.input.transcription` set** ("If `transcription` is not set, you get no caller
+//!   transcripts", §5.1). Then, if the script's `auto_reply` is on and the session's
+//!   `turn_detection` is not `null` and does not set `create_response: false`, an agent
+//!   response, unless the call is no longer live (transferred, hung up).
+//! - *DTMF turn*: `input_audio_buffer.dtmf_event_received {event, received_at}` per key.
+//! - *Tool turn*: `response.created`, `response.function_call_arguments.done` (arguments as a
+//!   JSON string), `response.output_item.done` (the `function_call` item) and `response.done`
+//!   with the `function_call` in `output`. The script then waits up to `tool_timeout_ms` for a
+//!   `conversation.item.create` carrying a `function_call_output` with the same `call_id`, then
+//!   up to `tool_timeout_ms` again for the `response.create` that answers it, before the next
+//!   turn.
+//! - `conversation.item.create` is acknowledged with `conversation.item.added` and
+//!   `conversation.item.done`; `session.update` merges into the session and is answered with
+//!   `session.updated`.
+//!
+//! **Client events**: every text frame is recorded in [`CallView::client_events`](super::CallView)
+//! (non-JSON text as a JSON string). Unknown types and garbage are logged and ignored; binary
+//! frames are ignored.
+//!
+//! **Script**: on the call's first connection the driver waits up to `greeting_wait_ms` for the
+//! greeting `response.create`, then plays the turns with `turn_gap_ms` between them. A `drop`
+//! turn drops the TCP connection without a close frame, and the next connection resumes at the
+//! following turn (nothing already sent is replayed). A `hangup` turn does the same and ends the
+//! call. After the last turn the call stays up until the controller hangs up or transfers it.
+//!
+//! *Emulator-specific* (the Realtime docs say nothing about several sockets, §6): a call may have
+//! several connections at once. Each gets `session.created` and answers to its own client
+//! events, and all get the close frame or the drop when the call ends; the newest connection
+//! drives the script, older ones stop playing turns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::script::{AgentSpec, FALLBACK_REPLY, Turn};
+use super::{
+    Control, EmuCallStatus, EmulatorEvent, HangupBy, Shared, SidebandClose, Speaker, hex_id,
+    unix_now,
+};
+
+/// Builds the `session.created` session object: defaults of a SIP Realtime session, overlaid
+/// with the accept body (openai.md §5.1), with `type`, `object` and `id` fixed.
+pub(crate) fn build_session(session_id: &str, body: &Map<String, Value>) -> Value {
+    let mut session = json!({
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": "gpt-realtime",
+        "output_modalities": ["audio"],
+        "instructions": "",
+        "audio": {
+            "input": {
+                "format": { "type": "audio/pcmu" },
+                "transcription": null,
+                "noise_reduction": null,
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0.5,
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": 500,
+                    "create_response": true,
+                    "interrupt_response": true,
+                    "idle_timeout_ms": null
+                }
+            },
+            "output": { "format": { "type": "audio/pcmu" }, "voice": "alloy", "speed": 1.0 }
+        },
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf",
+        "tracing": null,
+        "truncation": "auto",
+        "prompt": null,
+        "include": null
+    });
+    merge_session(&mut session, body);
+    session
+}
+
+/// Overlays `update` on `session`: top-level fields replace, `audio.input` and `audio.output`
+/// merge field by field; `type`, `object` and `id` never change.
+pub(crate) fn merge_session(session: &mut Value, update: &Map<String, Value>) {
+    let Some(dst) = session.as_object_mut() else {
+        return;
+    };
+    for (key, value) in update {
+        match key.as_str() {
+            "type" | "object" | "id" => {}
+            "audio" => {
+                let (Some(audio), Some(src)) = (
+                    dst.get_mut("audio").and_then(Value::as_object_mut),
+                    value.as_object(),
+                ) else {
+                    dst.insert(key.clone(), value.clone());
+                    continue;
+                };
+                for (dir, cfg) in src {
+                    match (
+                        audio.get_mut(dir).and_then(Value::as_object_mut),
+                        cfg.as_object(),
+                    ) {
+                        (Some(d), Some(c)) => {
+                            for (k, v) in c {
+                                d.insert(k.clone(), v.clone());
+                            }
+                        }
+                        _ => {
+                            audio.insert(dir.clone(), cfg.clone());
+                        }
+                    }
+                }
+            }
+            _ => {
+                dst.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// Whether the session produces caller transcripts (`audio.input.transcription` set).
+fn transcription_on(session: &Value) -> bool {
+    session
+        .pointer("/audio/input/transcription")
+        .is_some_and(Value::is_object)
+}
+
+/// Whether the session's turn detection answers caller turns by itself.
+fn create_response_on(session: &Value) -> bool {
+    match session.pointer("/audio/input/turn_detection") {
+        Some(Value::Null) => false,
+        Some(td) => td
+            .get("create_response")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        None => true,
+    }
+}
+
+/// The first non-empty double-quoted passage (`"..."`, else `“...”`) of `text`.
+pub(crate) fn quoted_passage(text: &str) -> Option<String> {
+    for (open, close) in [('"', '"'), ('\u{201C}', '\u{201D}')] {
+        let mut rest = text;
+        while let Some(start) = rest.find(open) {
+            let after = &rest[start + open.len_utf8()..];
+            let Some(end) = after.find(close) else {
+                break;
+            };
+            let passage = after[..end].trim();
+            if !passage.is_empty() {
+                return Some(passage.to_string());
+            }
+            rest = &after[end + close.len_utf8()..];
+        }
+    }
+    None
+}
+
+/// Splits `text` into up to three chunks at word starts; the chunks concatenate to `text`.
+fn delta_chunks(text: &str) -> Vec<&str> {
+    let starts: Vec<usize> = text
+        .char_indices()
+        .zip(text.chars().skip(1))
+        .filter(|((_, prev), next)| prev.is_whitespace() && !next.is_whitespace())
+        .map(|((i, prev), _)| i + prev.len_utf8())
+        .collect();
+    let n = starts.len();
+    let mut cuts: Vec<usize> = [n / 3, 2 * n / 3]
+        .iter()
+        .filter(|&&k| n > 0 && k < n)
+        .map(|&k| starts[k])
+        .collect();
+    cuts.dedup();
+    let mut chunks = Vec::new();
+    let mut from = 0;
+    for cut in cuts {
+        if cut > from {
+            chunks.push(&text[from..cut]);
+            from = cut;
+        }
+    }
+    chunks.push(&text[from..]);
+    chunks.retain(|c| !c.is_empty());
+    if chunks.is_empty() {
+        chunks.push(text);
+    }
+    chunks
+}
+
+/// Why a connection's serve loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Send a close frame 1000 and finish the handshake.
+    CloseFrame,
+    /// Drop the TCP connection without a close frame.
+    Dropped,
+    /// The client closed (close frame or EOF).
+    Client,
+    /// A transport error.
+    Error,
+}
+
+/// Where the driving connection is in the script.
+#[derive(Debug, Clone)]
+enum Phase {
+    /// Waiting for the greeting `response.create` until the instant.
+    Greeting(Instant),
+    /// Playing the next turn at the instant.
+    Gap(Instant),
+    /// Waiting for the `function_call_output` of `tool_call_id`.
+    ToolOutput {
+        tool_call_id: String,
+        deadline: Instant,
+    },
+    /// Waiting for the `response.create` that follows a tool output.
+    ToolResponse(Instant),
+    /// Not driving (script done, or another connection drives).
+    Idle,
+}
+
+impl Phase {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Self::Greeting(t) | Self::Gap(t) | Self::ToolResponse(t) => Some(*t),
+            Self::ToolOutput { deadline, .. } => Some(*deadline),
+            Self::Idle => None,
+        }
+    }
+}
+
+/// One sideband connection.
+struct Conn {
+    shared: Arc<Shared>,
+    call_id: String,
+    id: u32,
+    agent: AgentSpec,
+    phase: Phase,
+}
+
+/// What the driver took from the script.
+enum Taken {
+    Turn(Turn, bool),
+    NotDriver,
+    Done(bool),
+}
+
+/// Serves one upgraded sideband connection until it ends.
+pub(crate) async fn run(shared: Arc<Shared>, call_id: String, mut ws: WebSocket) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let registered = {
+        let mut calls = shared.calls();
+        match calls.get_mut(&call_id) {
+            Some(call) if call.view.status == EmuCallStatus::Accepted => {
+                call.view.sideband_connections += 1;
+                let id = call.view.sideband_connections;
+                call.conns.push((id, tx));
+                call.driver = Some(id);
+                let greeting = id == 1 && call.next_turn == 0 && call.responses == 0;
+                Some((
+                    id,
+                    greeting,
+                    call.script.agent.clone(),
+                    call.session.clone(),
+                ))
+            }
+            _ => None,
+        }
+    };
+    // The call ended between the HTTP check and the upgrade: drop the socket.
+    let Some((id, greeting, agent, session)) = registered else {
+        return;
+    };
+    shared.bump();
+    shared.emit(EmulatorEvent::SidebandConnected {
+        call_id: call_id.clone(),
+        connection: id,
+    });
+    let now = Instant::now();
+    let phase = if greeting {
+        Phase::Greeting(now + Duration::from_millis(agent.greeting_wait_ms))
+    } else {
+        Phase::Gap(now + Duration::from_millis(agent.turn_gap_ms))
+    };
+    let mut conn = Conn {
+        shared: shared.clone(),
+        call_id: call_id.clone(),
+        id,
+        agent,
+        phase,
+    };
+    let end = conn.serve(&mut ws, &mut rx, session).await;
+    let how = match end {
+        End::CloseFrame => {
+            close_handshake(&mut ws).await;
+            SidebandClose::CloseFrame
+        }
+        End::Client => {
+            // Let tungstenite flush its reply to the client's close frame.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(Ok(_)) = ws.recv().await {}
+            })
+            .await;
+            SidebandClose::ByClient
+        }
+        End::Dropped => SidebandClose::Dropped,
+        End::Error => SidebandClose::Error,
+    };
+    // Dropping the socket closes the TCP connection; no close frame unless sent above.
+    drop(ws);
+    {
+        let mut calls = shared.calls();
+        if let Some(call) = calls.get_mut(&call_id) {
+            call.conns.retain(|(c, _)| *c != id);
+            if call.driver == Some(id) {
+                call.driver = None;
+            }
+        }
+    }
+    shared.bump();
+    shared.emit(EmulatorEvent::SidebandClosed {
+        call_id,
+        connection: id,
+        how,
+    });
+}
+
+async fn close_handshake(ws: &mut WebSocket) {
+    let frame = CloseFrame {
+        code: 1000,
+        reason: Utf8Bytes::from_static(""),
+    };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = ws.recv().await {}
+    })
+    .await;
+}
+
+impl Conn {
+    fn gap(&self) -> Duration {
+        Duration::from_millis(self.agent.turn_gap_ms)
+    }
+
+    fn tool_timeout(&self) -> Duration {
+        Duration::from_millis(self.agent.tool_timeout_ms)
+    }
+
+    async fn serve(
+        &mut self,
+        ws: &mut WebSocket,
+        rx: &mut mpsc::UnboundedReceiver<Control>,
+        session: Value,
+    ) -> End {
+        if let Err(end) = self
+            .send(ws, json!({"type": "session.created", "session": session}))
+            .await
+        {
+            return end;
+        }
+        let cancel = self.shared.cancel.clone();
+        loop {
+            let deadline = self.phase.deadline();
+            let wake = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let step = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(End::Dropped),
+                ctrl = rx.recv() => match ctrl {
+                    Some(Control::Close) => Err(End::CloseFrame),
+                    Some(Control::Drop) | None => Err(End::Dropped),
+                },
+                msg = ws.recv() => match msg {
+                    None => Err(End::Client),
+                    Some(Err(e)) => {
+                        tracing::debug!(target: "voxmachina::emulator", call_id = %self.call_id, "sideband read error: {e}");
+                        Err(End::Error)
+                    }
+                    Some(Ok(Message::Text(text))) => self.on_client_text(ws, text.as_str()).await,
+                    Some(Ok(Message::Close(_))) => Err(End::Client),
+                    Some(Ok(_)) => Ok(()),
+                },
+                _ = tokio::time::sleep_until(wake), if deadline.is_some() => self.on_deadline(ws).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Sends one server event, adding its `event_id`.
+    async fn send(&self, ws: &mut WebSocket, mut event: Value) -> Result<(), End> {
+        if let Some(map) = event.as_object_mut() {
+            map.insert("event_id".to_string(), Value::String(hex_id("event_")));
+        }
+        ws.send(Message::text(event.to_string()))
+            .await
+            .map_err(|_| End::Error)
+    }
+
+    async fn on_client_text(&mut self, ws: &mut WebSocket, text: &str) -> Result<(), End> {
+        let value: Value =
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()));
+        if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
+            call.view.client_events.push(value.clone());
+        }
+        self.shared.bump();
+        let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "response.create" => {
+                let request = value.get("response").cloned().unwrap_or(Value::Null);
+                self.respond(ws, Some(&request)).await?;
+                if matches!(self.phase, Phase::Greeting(_) | Phase::ToolResponse(_)) {
+                    self.phase = Phase::Gap(Instant::now() + self.gap());
+                }
+            }
+            "conversation.item.create" => self.on_item_create(ws, &value).await?,
+            "session.update" => self.on_session_update(ws, &value).await?,
+            // Responses are emitted atomically: there is never one in progress to cancel.
+            "response.cancel" => {}
+            other => {
+                tracing::debug!(target: "voxmachina::emulator", call_id = %self.call_id, kind = other, "ignoring client event");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_item_create(&mut self, ws: &mut WebSocket, value: &Value) -> Result<(), End> {
+        let Some(item) = value.get("item").and_then(Value::as_object) else {
+            tracing::debug!(target: "voxmachina::emulator", call_id = %self.call_id, "conversation.item.create without an item");
+            return Ok(());
+        };
+        let mut item = item.clone();
+        let item_id = item
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| hex_id("item_"));
+        item.insert("id".into(), Value::String(item_id.clone()));
+        item.insert("object".into(), json!("realtime.item"));
+        item.insert("status".into(), json!("completed"));
+        let previous = {
+            let mut calls = self.shared.calls();
+            calls
+                .get_mut(&self.call_id)
+                .and_then(|c| c.last_item_id.replace(item_id.clone()))
+        };
+        for kind in ["conversation.item.added", "conversation.item.done"] {
+            self.send(
+                ws,
+                json!({"type": kind, "previous_item_id": previous, "item": item}),
+            )
+            .await?;
+        }
+        if item.get("type").and_then(Value::as_str) == Some("function_call_output") {
+            let tool_call_id = item
+                .get("call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let output = match item.get("output") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
+                call.view
+                    .function_outputs
+                    .push((tool_call_id.clone(), output.clone()));
+            }
+            self.shared.bump();
+            self.shared.emit(EmulatorEvent::ToolOutput {
+                call_id: self.call_id.clone(),
+                tool_call_id: tool_call_id.clone(),
+                output,
+            });
+            let awaited = matches!(&self.phase, Phase::ToolOutput { tool_call_id: waiting, .. } if *waiting == tool_call_id);
+            if awaited {
+                self.phase = Phase::ToolResponse(Instant::now() + self.tool_timeout());
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_session_update(&mut self, ws: &mut WebSocket, value: &Value) -> Result<(), End> {
+        let Some(update) = value.get("session").and_then(Value::as_object) else {
+            tracing::debug!(target: "voxmachina::emulator", call_id = %self.call_id, "session.update without a session");
+            return Ok(());
+        };
+        let session = {
+            let mut calls = self.shared.calls();
+            let Some(call) = calls.get_mut(&self.call_id) else {
+                return Ok(());
+            };
+            merge_session(&mut call.session, update);
+            call.session.clone()
+        };
+        self.send(ws, json!({"type": "session.updated", "session": session}))
+            .await
+    }
+
+    async fn on_deadline(&mut self, ws: &mut WebSocket) -> Result<(), End> {
+        let now = Instant::now();
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Greeting(_) => self.phase = Phase::Gap(now),
+            Phase::Gap(_) => self.next_turn(ws).await?,
+            Phase::ToolOutput { tool_call_id, .. } => {
+                tracing::warn!(target: "voxmachina::emulator", call_id = %self.call_id, %tool_call_id, "no function_call_output arrived; moving on");
+                self.phase = Phase::Gap(now + self.gap());
+            }
+            Phase::ToolResponse(_) => {
+                tracing::warn!(target: "voxmachina::emulator", call_id = %self.call_id, "no response.create after the tool output; moving on");
+                self.phase = Phase::Gap(now + self.gap());
+            }
+            Phase::Idle => {}
+        }
+        Ok(())
+    }
+
+    async fn next_turn(&mut self, ws: &mut WebSocket) -> Result<(), End> {
+        let taken = {
+            let mut calls = self.shared.calls();
+            match calls.get_mut(&self.call_id) {
+                Some(call)
+                    if call.driver == Some(self.id)
+                        && call.view.status == EmuCallStatus::Accepted =>
+                {
+                    if call.next_turn < call.script.turns.len() {
+                        let turn = call.script.turns[call.next_turn].clone();
+                        call.next_turn += 1;
+                        Taken::Turn(turn, call.next_turn == call.script.turns.len())
+                    } else {
+                        let newly = !call.view.script_done;
+                        call.view.script_done = true;
+                        Taken::Done(newly)
+                    }
+                }
+                _ => Taken::NotDriver,
+            }
+        };
+        let (turn, last) = match taken {
+            Taken::NotDriver => return Ok(()),
+            Taken::Done(newly) => {
+                if newly {
+                    self.shared.bump();
+                    self.shared.emit(EmulatorEvent::ScriptDone {
+                        call_id: self.call_id.clone(),
+                    });
+                }
+                return Ok(());
+            }
+            Taken::Turn(turn, last) => (turn, last),
+        };
+        match turn {
+            Turn::Caller { text } => {
+                self.caller_turn(ws, &text).await?;
+                self.phase = Phase::Gap(Instant::now() + self.gap());
+            }
+            Turn::Dtmf { key } => {
+                for k in key.chars() {
+                    self.send(
+                        ws,
+                        json!({
+                            "type": "input_audio_buffer.dtmf_event_received",
+                            "event": k.to_string(),
+                            "received_at": unix_now(),
+                        }),
+                    )
+                    .await?;
+                    self.shared.emit(EmulatorEvent::Dtmf {
+                        call_id: self.call_id.clone(),
+                        key: k.to_string(),
+                    });
+                }
+                self.phase = Phase::Gap(Instant::now() + self.gap());
+            }
+            Turn::Wait { ms } => {
+                self.phase = Phase::Gap(Instant::now() + Duration::from_millis(ms))
+            }
+            Turn::Tool { name, arguments } => {
+                let tool_call_id = self.tool_turn(ws, &name, &arguments).await?;
+                self.phase = Phase::ToolOutput {
+                    tool_call_id,
+                    deadline: Instant::now() + self.tool_timeout(),
+                };
+            }
+            Turn::Drop => {
+                self.finish_script_if(last);
+                return Err(End::Dropped);
+            }
+            Turn::Hangup => {
+                if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
+                    call.view.status = EmuCallStatus::CallerHungUp;
+                    call.control_all(Control::Drop);
+                }
+                self.shared.emit(EmulatorEvent::Hangup {
+                    call_id: self.call_id.clone(),
+                    by: HangupBy::Caller,
+                });
+                self.finish_script_if(last);
+                return Err(End::Dropped);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_script_if(&self, last: bool) {
+        if last {
+            if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
+                call.view.script_done = true;
+            }
+            self.shared.emit(EmulatorEvent::ScriptDone {
+                call_id: self.call_id.clone(),
+            });
+        }
+        self.shared.bump();
+    }
+
+    async fn caller_turn(&mut self, ws: &mut WebSocket, text: &str) -> Result<(), End> {
+        let (transcribe, previous, start_ms) = {
+            let calls = self.shared.calls();
+            let Some(call) = calls.get(&self.call_id) else {
+                return Ok(());
+            };
+            let start_ms = call
+                .accepted_at
+                .map(|t| t.elapsed().as_millis() as u64)
+                .unwrap_or(0);
+            (
+                transcription_on(&call.session),
+                call.last_item_id.clone(),
+                start_ms,
+            )
+        };
+        let item_id = hex_id("item_");
+        let words = text.split_whitespace().count() as u64;
+        let end_ms = start_ms + 300 + 250 * words;
+        self.send(
+            ws,
+            json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": start_ms, "item_id": item_id}),
+        )
+        .await?;
+        self.send(
+            ws,
+            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms, "item_id": item_id}),
+        )
+        .await?;
+        self.send(
+            ws,
+            json!({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id}),
+        )
+        .await?;
+        if transcribe {
+            self.send(
+                ws,
+                json!({
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": text,
+                    "usage": {"type": "duration", "seconds": (end_ms - start_ms).div_ceil(1000)},
+                }),
+            )
+            .await?;
+        }
+        let auto = {
+            let mut calls = self.shared.calls();
+            let Some(call) = calls.get_mut(&self.call_id) else {
+                return Ok(());
+            };
+            call.view.caller_lines.push(text.to_string());
+            call.last_item_id = Some(item_id);
+            self.agent.auto_reply
+                && call.view.status == EmuCallStatus::Accepted
+                && create_response_on(&call.session)
+        };
+        self.shared.bump();
+        self.shared.emit(EmulatorEvent::Transcript {
+            call_id: self.call_id.clone(),
+            speaker: Speaker::Caller,
+            text: text.to_string(),
+        });
+        if auto {
+            self.respond(ws, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Emits one agent response. `request` is the `response` object of a client
+    /// `response.create` (`None` for a server-VAD auto reply).
+    async fn respond(&mut self, ws: &mut WebSocket, request: Option<&Value>) -> Result<(), End> {
+        let quoted = request
+            .and_then(|r| r.get("instructions"))
+            .and_then(Value::as_str)
+            .and_then(quoted_passage);
+        let (text, modalities, conversation_id, voice) = {
+            let mut calls = self.shared.calls();
+            let Some(call) = calls.get_mut(&self.call_id) else {
+                return Ok(());
+            };
+            let text = match quoted {
+                Some(q) => q,
+                None if call.responses == 0 && call.next_turn == 0 => {
+                    call.script.agent.greeting.clone()
+                }
+                None => {
+                    let reply = call
+                        .script
+                        .agent
+                        .replies
+                        .get(call.next_reply)
+                        .cloned()
+                        .unwrap_or_else(|| FALLBACK_REPLY.to_string());
+                    call.next_reply += 1;
+                    reply
+                }
+            };
+            call.responses += 1;
+            let modalities = request
+                .and_then(|r| r.get("output_modalities"))
+                .filter(|m| m.is_array())
+                .or_else(|| call.session.get("output_modalities"))
+                .cloned()
+                .unwrap_or_else(|| json!(["audio"]));
+            let voice = call
+                .session
+                .pointer("/audio/output/voice")
+                .cloned()
+                .unwrap_or(Value::Null);
+            (text, modalities, call.conversation_id.clone(), voice)
+        };
+        let audio = modalities
+            .as_array()
+            .is_none_or(|m| m.iter().any(|v| v == "audio"));
+        let metadata = request
+            .and_then(|r| r.get("metadata"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let response_id = hex_id("resp_");
+        let item_id = hex_id("item_");
+        self.send(
+            ws,
+            json!({
+                "type": "response.created",
+                "response": {
+                    "object": "realtime.response",
+                    "id": response_id,
+                    "status": "in_progress",
+                    "status_details": null,
+                    "output": [],
+                    "conversation_id": conversation_id,
+                    "output_modalities": modalities,
+                    "max_output_tokens": "inf",
+                    "audio": {"output": {"format": {"type": "audio/pcmu"}, "voice": voice}},
+                    "usage": null,
+                    "metadata": metadata,
+                }
+            }),
+        )
+        .await?;
+        let (delta_type, done_type, done_field, content_type) = if audio {
+            (
+                "response.output_audio_transcript.delta",
+                "response.output_audio_transcript.done",
+                "transcript",
+                "output_audio",
+            )
+        } else {
+            (
+                "response.output_text.delta",
+                "response.output_text.done",
+                "text",
+                "output_text",
+            )
+        };
+        for chunk in delta_chunks(&text) {
+            self.send(
+                ws,
+                json!({
+                    "type": delta_type,
+                    "response_id": response_id,
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": chunk,
+                }),
+            )
+            .await?;
+        }
+        self.send(
+            ws,
+            json!({
+                "type": done_type,
+                "response_id": response_id,
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                done_field: text,
+            }),
+        )
+        .await?;
+        let output_tokens = 2 * text.split_whitespace().count() as u64 + 1;
+        let input_tokens = 120;
+        self.send(
+            ws,
+            json!({
+                "type": "response.done",
+                "response": {
+                    "object": "realtime.response",
+                    "id": response_id,
+                    "status": "completed",
+                    "status_details": null,
+                    "output": [{
+                        "id": item_id,
+                        "object": "realtime.item",
+                        "type": "message",
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": content_type, done_field: text}],
+                    }],
+                    "conversation_id": conversation_id,
+                    "output_modalities": modalities,
+                    "max_output_tokens": "inf",
+                    "audio": {"output": {"format": {"type": "audio/pcmu"}, "voice": voice}},
+                    "usage": {
+                        "total_tokens": input_tokens + output_tokens,
+                        "input_tokens": input_tokens,
+                        "output_tokens": output_tokens,
+                    },
+                    "metadata": metadata,
+                }
+            }),
+        )
+        .await?;
+        if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
+            call.last_item_id = Some(item_id);
+            if audio {
+                call.view.agent_lines.push(text.clone());
+            }
+        }
+        self.shared.bump();
+        if audio {
+            self.shared.emit(EmulatorEvent::Transcript {
+                call_id: self.call_id.clone(),
+                speaker: Speaker::Agent,
+                text,
+            });
+        }
+        Ok(())
+    }
+
+    /// Emits a function call; returns its `call_id`.
+    async fn tool_turn(
+        &mut self,
+        ws: &mut WebSocket,
+        name: &str,
+        arguments: &Value,
+    ) -> Result<String, End> {
+        let (conversation_id, modalities) = {
+            let mut calls = self.shared.calls();
+            let Some(call) = calls.get_mut(&self.call_id) else {
+                return Err(End::Dropped);
+            };
+            call.responses += 1;
+            (
+                call.conversation_id.clone(),
+                call.session
+                    .get("output_modalities")
+                    .cloned()
+                    .unwrap_or_else(|| json!(["audio"])),
+            )
+        };
+        let response_id = hex_id("resp_");
+        let item_id = hex_id("item_");
+        let tool_call_id = hex_id("call_");
+        let args = arguments.to_string();
+        let item = json!({
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": tool_call_id,
+            "name": name,
+            "arguments": args,
+        });
+        self.send(
+            ws,
+            json!({
+                "type": "response.created",
+                "response": {
+                    "object": "realtime.response",
+                    "id": response_id,
+                    "status": "in_progress",
+                    "status_details": null,
+                    "output": [],
+                    "conversation_id": conversation_id,
+                    "output_modalities": modalities,
+                    "usage": null,
+                }
+            }),
+        )
+        .await?;
+        self.send(
+            ws,
+            json!({
+                "type": "response.function_call_arguments.done",
+                "response_id": response_id,
+                "item_id": item_id,
+                "output_index": 0,
+                "call_id": tool_call_id,
+                "name": name,
+                "arguments": args,
+            }),
+        )
+        .await?;
+        self.send(
+            ws,
+            json!({
+                "type": "response.output_item.done",
+                "response_id": response_id,
+                "output_index": 0,
+                "item": item,
+            }),
+        )
+        .await?;
+        self.send(
+            ws,
+            json!({
+                "type": "response.done",
+                "response": {
+                    "object": "realtime.response",
+                    "id": response_id,
+                    "status": "completed",
+                    "status_details": null,
+                    "output": [item],
+                    "conversation_id": conversation_id,
+                    "output_modalities": modalities,
+                    "usage": {"total_tokens": 140, "input_tokens": 120, "output_tokens": 20},
+                }
+            }),
+        )
+        .await?;
+        if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
+            call.last_item_id = Some(item_id);
+        }
+        self.shared.emit(EmulatorEvent::ToolCall {
+            call_id: self.call_id.clone(),
+            tool_call_id: tool_call_id.clone(),
+            name: name.to_string(),
+            arguments: args,
+        });
+        Ok(tool_call_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_passages() {
+        assert_eq!(
+            quoted_passage(r#"Say exactly: "Let me put you through." Then stop."#).as_deref(),
+            Some("Let me put you through.")
+        );
+        assert_eq!(
+            quoted_passage("Say “One moment please.” now").as_deref(),
+            Some("One moment please.")
+        );
+        assert_eq!(
+            quoted_passage(r#"empty "" then "second""#).as_deref(),
+            Some("second")
+        );
+        assert_eq!(quoted_passage("no quotes"), None);
+        assert_eq!(quoted_passage(r#"unterminated "quote"#), None);
+    }
+
+    #[test]
+    fn delta_chunks_reassemble() {
+        for text in [
+            "We're open nine to five, Monday to Friday.",
+            "Hi",
+            "",
+            "  spaced   out  words ",
+            "é à ü ö",
+        ] {
+            let chunks = delta_chunks(text);
+            assert_eq!(chunks.concat(), text);
+            assert!(chunks.len() <= 3);
+        }
+        assert_eq!(delta_chunks("a b c d e f").len(), 3);
+    }
+
+    #[test]
+    fn session_merges_accept_body() {
+        let body = json!({
+            "type": "realtime",
+            "model": "gpt-realtime-2.1",
+            "instructions": "Be nice.",
+            "audio": {
+                "input": {"transcription": {"model": "gpt-4o-mini-transcribe"}},
+                "output": {"voice": "marin"}
+            },
+            "id": "sess_evil"
+        });
+        let s = build_session("sess_1", body.as_object().unwrap());
+        assert_eq!(s["id"], "sess_1");
+        assert_eq!(s["object"], "realtime.session");
+        assert_eq!(s["model"], "gpt-realtime-2.1");
+        assert_eq!(s["audio"]["output"]["voice"], "marin");
+        assert_eq!(s["audio"]["output"]["speed"], 1.0);
+        assert!(transcription_on(&s));
+        assert!(create_response_on(&s));
+        let mut s2 = s.clone();
+        merge_session(
+            &mut s2,
+            json!({"audio": {"input": {"turn_detection": null}}})
+                .as_object()
+                .unwrap(),
+        );
+        assert!(!create_response_on(&s2));
+        assert!(!transcription_on(&build_session("x", &Map::new())));
+    }
+}
