@@ -47,7 +47,7 @@ pub enum ConfigError {
 }
 
 /// The whole controller configuration. Every key is documented in `config/voxmachina.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// HTTP listener settings.
@@ -66,19 +66,6 @@ pub struct Config {
     pub logging: LoggingConfig,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            openai: OpenAiConfig::default(),
-            webhook: WebhookConfig::default(),
-            prompts: PromptsConfig::default(),
-            store: StoreConfig::default(),
-            monitor: MonitorConfig::default(),
-            logging: LoggingConfig::default(),
-        }
-    }
-}
 
 /// `[server]`: the HTTP listener.
 #[derive(Debug, Clone, Deserialize)]
