@@ -1,4 +1,813 @@
 //! The embedded store: one SQLite file in WAL mode.
+//!
+//! # Layout
+//! Schema version 1 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
+//! and refuses newer ones):
+//!
+//! ```sql
+//! calls(call_id TEXT PRIMARY KEY, api TEXT, state TEXT, profile TEXT, caller TEXT NULL,
+//!       dialed TEXT NULL, sip_call_id TEXT NULL, webhook_id TEXT, created_at INTEGER,
+//!       accepted_at INTEGER NULL, ended_at INTEGER NULL, end_reason TEXT NULL,
+//!       escalation TEXT NULL  -- JSON EscalationSummary
+//!       usage TEXT            -- JSON Usage
+//! )
+//! transcript_lines(id INTEGER PRIMARY KEY AUTOINCREMENT, call_id, speaker, text, at, item_id NULL)
+//!       + UNIQUE (call_id, speaker, item_id) WHERE item_id IS NOT NULL
+//! call_events(id INTEGER PRIMARY KEY AUTOINCREMENT, call_id, at, kind, detail TEXT -- JSON)
+//! webhooks(webhook_id TEXT PRIMARY KEY, received_at INTEGER, expires_at INTEGER)
+//! ```
+//!
+//! # Timestamps
+//! Every timestamp column holds integer Unix **milliseconds** (UTC). Sub-millisecond precision
+//! is dropped on write (floored), so a record written with a nanosecond timestamp reads back
+//! truncated to the millisecond. The `at` of an escalation lives inside the JSON column and keeps
+//! chrono's RFC 3339 form (nanoseconds).
+//!
+//! # Concurrency
+//! rusqlite is blocking, so every operation runs on [`tokio::task::spawn_blocking`]. Writes go
+//! through one connection behind a mutex (SQLite allows one writer anyway, and serialising them
+//! here avoids `SQLITE_BUSY` between our own connections); reads use a small pool of read-only
+//! connections, which WAL lets run alongside the writer.
+//!
+//! Transcript lines and events carry no foreign key to `calls`: like a distributed backend, the
+//! store accepts lines and events for a call it has no record of.
 
-/// SQLite implementation of [`super::Store`].
-pub struct SqliteStore {}
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
+
+use super::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
+use crate::calls::record::{
+    Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine, Usage,
+};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Most records [`Store::list_calls`] returns, whatever the query's `limit`.
+pub const LIST_LIMIT_CAP: usize = 1000;
+
+/// How long a connection waits on a lock held by another process before failing with
+/// `SQLITE_BUSY` (surfaced as [`StoreError::Backend`]).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read-only connections kept next to the writer.
+const READERS: usize = 2;
+
+/// Migrations, indexed by the version they upgrade *from*: `MIGRATIONS[v]` takes a file at
+/// `user_version = v` to `v + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: initial schema.
+    "
+    CREATE TABLE calls (
+        call_id     TEXT PRIMARY KEY NOT NULL,
+        api         TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        profile     TEXT NOT NULL,
+        caller      TEXT,
+        dialed      TEXT,
+        sip_call_id TEXT,
+        webhook_id  TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        accepted_at INTEGER,
+        ended_at    INTEGER,
+        end_reason  TEXT,
+        escalation  TEXT,
+        usage       TEXT NOT NULL
+    );
+    CREATE INDEX calls_by_created ON calls (created_at, call_id);
+    CREATE INDEX calls_by_state_created ON calls (state, created_at, call_id);
+
+    CREATE TABLE transcript_lines (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id TEXT NOT NULL,
+        speaker TEXT NOT NULL,
+        text    TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        item_id TEXT
+    );
+    CREATE INDEX transcript_lines_by_call ON transcript_lines (call_id, id);
+    CREATE UNIQUE INDEX transcript_lines_replay
+        ON transcript_lines (call_id, speaker, item_id) WHERE item_id IS NOT NULL;
+
+    CREATE TABLE call_events (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        kind    TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    );
+    CREATE INDEX call_events_by_call ON call_events (call_id, id);
+
+    CREATE TABLE webhooks (
+        webhook_id  TEXT PRIMARY KEY NOT NULL,
+        received_at INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX webhooks_by_expiry ON webhooks (expires_at);
+    ",
+];
+
+const CALL_COLUMNS: &str = "call_id, api, state, profile, caller, dialed, sip_call_id, \
+     webhook_id, created_at, accepted_at, ended_at, end_reason, escalation, usage";
+
+/// SQLite implementation of [`super::Store`]: one database file in WAL mode.
+///
+/// Cloning is cheap (an [`Arc`]); clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`, creating its parent directory,
+    /// and brings the schema up to [`SCHEMA_VERSION`].
+    ///
+    /// Sets `journal_mode=WAL`, `synchronous=NORMAL`, `foreign_keys=ON` and a 5 s
+    /// `busy_timeout` on every connection. Blocking: call it before serving, or from
+    /// `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the directory or file cannot be created or opened, a pragma
+    /// or migration fails, or the file's `user_version` is newer than this build understands.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Backend(format!("create directory {}: {e}", parent.display()))
+            })?;
+        }
+        let mut writer = Connection::open(path).map_err(backend)?;
+        configure(&writer)?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "journal_mode WAL refused (got {mode}) for {}",
+                path.display()
+            )));
+        }
+        migrate(&mut writer)?;
+
+        let readers = (0..READERS)
+            .map(|_| {
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(backend)?;
+                configure(&conn)?;
+                Ok(Mutex::new(conn))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The database file this store was opened on.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the writer connection on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer)))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task: {e}")))?
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool: the first idle one, else the next
+    /// in turn.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let idle = inner.readers.iter().find_map(|m| m.try_lock().ok());
+            let conn = match idle {
+                Some(conn) => conn,
+                None => {
+                    let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+                    lock(&inner.readers[i])
+                }
+            };
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task: {e}")))?
+    }
+}
+
+/// Locks `m`, recovering from poisoning: a panic mid-operation leaves no open transaction
+/// (rusqlite rolls back on drop), so the connection stays usable.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    if version < 0 {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version}"
+        )));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Backend(format!("migration {from} -> {}: {e}", from + 1)))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+/// Maps a rusqlite error: value-conversion failures are [`StoreError::Corrupt`], everything
+/// else [`StoreError::Backend`].
+fn backend(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// Integer Unix milliseconds (floored).
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(v)
+        .ok_or_else(|| StoreError::Corrupt(format!("{what}: timestamp {v} ms out of range")))
+}
+
+fn api_name(api: Api) -> &'static str {
+    match api {
+        Api::Realtime => "realtime",
+        Api::Live => "live",
+    }
+}
+
+fn parse_api(s: &str) -> Result<Api, StoreError> {
+    match s {
+        "realtime" => Ok(Api::Realtime),
+        "live" => Ok(Api::Live),
+        other => Err(StoreError::Corrupt(format!("unknown api {other:?}"))),
+    }
+}
+
+fn parse_state(s: &str) -> Result<CallState, StoreError> {
+    CallState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown call state {s:?}")))
+}
+
+fn parse_speaker(s: &str) -> Result<Speaker, StoreError> {
+    match s {
+        "caller" => Ok(Speaker::Caller),
+        "agent" => Ok(Speaker::Agent),
+        other => Err(StoreError::Corrupt(format!("unknown speaker {other:?}"))),
+    }
+}
+
+/// Every [`CallState`]. The exhaustive match in [`all_states_is_exhaustive`] fails to compile
+/// when a state is added, as a reminder to list it here.
+const ALL_STATES: [CallState; 9] = [
+    CallState::Accepting,
+    CallState::AcceptFailed,
+    CallState::Missed,
+    CallState::Rejected,
+    CallState::Active,
+    CallState::Transferring,
+    CallState::Transferred,
+    CallState::TransferFailed,
+    CallState::Ended,
+];
+
+#[allow(dead_code)]
+fn all_states_is_exhaustive(s: CallState) {
+    match s {
+        CallState::Accepting
+        | CallState::AcceptFailed
+        | CallState::Missed
+        | CallState::Rejected
+        | CallState::Active
+        | CallState::Transferring
+        | CallState::Transferred
+        | CallState::TransferFailed
+        | CallState::Ended => {}
+    }
+}
+
+/// `'a', 'b', ...`: the stored names of the states matching `pred`, as SQL literals (state
+/// names are fixed snake_case identifiers, so inlining them is safe).
+fn state_list(pred: impl Fn(CallState) -> bool) -> String {
+    ALL_STATES
+        .iter()
+        .filter(|s| pred(**s))
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encode json: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// The column values of a [`CallRecord`], in [`CALL_COLUMNS`] order, owned so they can move to
+/// the blocking pool.
+struct CallRow {
+    call_id: String,
+    api: &'static str,
+    state: &'static str,
+    profile: String,
+    caller: Option<String>,
+    dialed: Option<String>,
+    sip_call_id: Option<String>,
+    webhook_id: String,
+    created_at: i64,
+    accepted_at: Option<i64>,
+    ended_at: Option<i64>,
+    end_reason: Option<String>,
+    escalation: Option<String>,
+    usage: String,
+}
+
+impl CallRow {
+    fn encode(r: &CallRecord) -> Result<Self, StoreError> {
+        Ok(Self {
+            call_id: r.call_id.clone(),
+            api: api_name(r.api),
+            state: r.state.as_str(),
+            profile: r.profile.clone(),
+            caller: r.caller.clone(),
+            dialed: r.dialed.clone(),
+            sip_call_id: r.sip_call_id.clone(),
+            webhook_id: r.webhook_id.clone(),
+            created_at: ms(r.created_at),
+            accepted_at: r.accepted_at.map(ms),
+            ended_at: r.ended_at.map(ms),
+            end_reason: r.end_reason.clone(),
+            escalation: r.escalation.as_ref().map(to_json).transpose()?,
+            usage: to_json(&r.usage)?,
+        })
+    }
+}
+
+fn decode_call(row: &Row<'_>) -> Result<CallRecord, StoreError> {
+    let call_id: String = row.get(0).map_err(backend)?;
+    let api: String = row.get(1).map_err(backend)?;
+    let state: String = row.get(2).map_err(backend)?;
+    let escalation: Option<String> = row.get(12).map_err(backend)?;
+    let usage: String = row.get(13).map_err(backend)?;
+    let created_at: i64 = row.get(8).map_err(backend)?;
+    let accepted_at: Option<i64> = row.get(9).map_err(backend)?;
+    let ended_at: Option<i64> = row.get(10).map_err(backend)?;
+    Ok(CallRecord {
+        api: parse_api(&api)?,
+        state: parse_state(&state)?,
+        profile: row.get(3).map_err(backend)?,
+        caller: row.get(4).map_err(backend)?,
+        dialed: row.get(5).map_err(backend)?,
+        sip_call_id: row.get(6).map_err(backend)?,
+        webhook_id: row.get(7).map_err(backend)?,
+        created_at: from_ms(created_at, "created_at")?,
+        accepted_at: accepted_at.map(|v| from_ms(v, "accepted_at")).transpose()?,
+        ended_at: ended_at.map(|v| from_ms(v, "ended_at")).transpose()?,
+        end_reason: row.get(11).map_err(backend)?,
+        escalation: escalation
+            .map(|s| from_json::<EscalationSummary>(&s, "escalation"))
+            .transpose()?,
+        usage: from_json::<Usage>(&usage, "usage")?,
+        call_id,
+    })
+}
+
+/// Runs `sql` (selecting [`CALL_COLUMNS`]) and decodes every row.
+fn query_calls(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<CallRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        out.push(decode_call(row)?);
+    }
+    Ok(out)
+}
+
+fn get_call_on(conn: &Connection, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
+    let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1");
+    Ok(query_calls(conn, &sql, [call_id])?.into_iter().next())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            let one: i64 = conn
+                .query_row("SELECT 1", [], |r| r.get(0))
+                .map_err(backend)?;
+            if one == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Backend(format!("SELECT 1 returned {one}")))
+            }
+        })
+        .await
+    }
+
+    async fn claim_webhook(
+        &self,
+        webhook_id: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let id = webhook_id.to_string();
+        let (now, expires_at) = (ms(now), ms(expires_at));
+        self.write(move |conn| {
+            // Inserts a new entry, or takes over one that has expired by `now`; a live entry
+            // makes the statement change nothing.
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO webhooks (webhook_id, received_at, expires_at)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (webhook_id) DO UPDATE
+                        SET received_at = excluded.received_at,
+                            expires_at = excluded.expires_at
+                        WHERE webhooks.expires_at <= excluded.received_at",
+                )
+                .and_then(|mut s| s.execute(params![id, now, expires_at]))
+                .map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_webhook(&self, webhook_id: &str) -> Result<(), StoreError> {
+        let id = webhook_id.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM webhooks WHERE webhook_id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_call(&self, record: &CallRecord) -> Result<CreateOutcome, StoreError> {
+        let row = CallRow::encode(record)?;
+        self.write(move |conn| {
+            let sql = format!(
+                "INSERT INTO calls ({CALL_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT (call_id) DO NOTHING"
+            );
+            let inserted = conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        row.call_id,
+                        row.api,
+                        row.state,
+                        row.profile,
+                        row.caller,
+                        row.dialed,
+                        row.sip_call_id,
+                        row.webhook_id,
+                        row.created_at,
+                        row.accepted_at,
+                        row.ended_at,
+                        row.end_reason,
+                        row.escalation,
+                        row.usage,
+                    ])
+                })
+                .map_err(backend)?;
+            if inserted == 1 {
+                return Ok(CreateOutcome::Created);
+            }
+            // Still holding the writer: no one can delete the row between the two statements.
+            match get_call_on(conn, &row.call_id)? {
+                Some(existing) => Ok(CreateOutcome::Exists(Box::new(existing))),
+                None => Err(StoreError::Backend(format!(
+                    "insert of call {} ignored but no row found",
+                    row.call_id
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn transition_call(
+        &self,
+        call_id: &str,
+        from: &[CallState],
+        to: CallState,
+    ) -> Result<bool, StoreError> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let id = call_id.to_string();
+        let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
+        self.write(move |conn| {
+            let placeholders = (0..from.len())
+                .map(|i| format!("?{}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE calls SET state = ?1 WHERE call_id = ?2 AND state IN ({placeholders})"
+            );
+            let to_name = to.as_str();
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&to_name, &id];
+            values.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
+            let changed = conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| s.execute(values.as_slice()))
+                .map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn update_call(&self, record: &CallRecord) -> Result<(), StoreError> {
+        let row = CallRow::encode(record)?;
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE calls SET api = ?2, state = ?3, profile = ?4, caller = ?5,
+                        dialed = ?6, sip_call_id = ?7, webhook_id = ?8, created_at = ?9,
+                        accepted_at = ?10, ended_at = ?11, end_reason = ?12, escalation = ?13,
+                        usage = ?14
+                     WHERE call_id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        row.call_id,
+                        row.api,
+                        row.state,
+                        row.profile,
+                        row.caller,
+                        row.dialed,
+                        row.sip_call_id,
+                        row.webhook_id,
+                        row.created_at,
+                        row.accepted_at,
+                        row.ended_at,
+                        row.end_reason,
+                        row.escalation,
+                        row.usage,
+                    ])
+                })
+                .map_err(backend)?;
+            if changed == 0 {
+                Err(StoreError::NoSuchCall(row.call_id))
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn get_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
+        let id = call_id.to_string();
+        self.read(move |conn| get_call_on(conn, &id)).await
+    }
+
+    async fn list_calls(&self, query: &CallQuery) -> Result<Vec<CallRecord>, StoreError> {
+        let state = query.state.map(CallState::as_str);
+        let before = query.before.map(ms);
+        let limit = query.limit.min(LIST_LIMIT_CAP) as i64;
+        self.read(move |conn| {
+            // One statement per filter combination, so each can use its index.
+            let order = "ORDER BY created_at DESC, call_id DESC LIMIT ?1";
+            match (state, before) {
+                (None, None) => query_calls(
+                    conn,
+                    &format!("SELECT {CALL_COLUMNS} FROM calls {order}"),
+                    params![limit],
+                ),
+                (Some(state), None) => query_calls(
+                    conn,
+                    &format!("SELECT {CALL_COLUMNS} FROM calls WHERE state = ?2 {order}"),
+                    params![limit, state],
+                ),
+                (None, Some(before)) => query_calls(
+                    conn,
+                    &format!("SELECT {CALL_COLUMNS} FROM calls WHERE created_at < ?2 {order}"),
+                    params![limit, before],
+                ),
+                (Some(state), Some(before)) => query_calls(
+                    conn,
+                    &format!(
+                        "SELECT {CALL_COLUMNS} FROM calls \
+                         WHERE state = ?2 AND created_at < ?3 {order}"
+                    ),
+                    params![limit, state, before],
+                ),
+            }
+        })
+        .await
+    }
+
+    async fn live_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {CALL_COLUMNS} FROM calls WHERE state IN ({})
+                 ORDER BY created_at ASC, call_id ASC",
+                state_list(CallState::is_live)
+            );
+            query_calls(conn, &sql, [])
+        })
+        .await
+    }
+
+    async fn append_transcript(&self, line: &TranscriptLine) -> Result<(), StoreError> {
+        let call_id = line.call_id.clone();
+        let speaker = line.speaker.as_str();
+        let text = line.text.clone();
+        let at = ms(line.at);
+        let item_id = line.item_id.clone();
+        self.write(move |conn| {
+            // DO NOTHING only on the replay index (the one uniqueness constraint); other
+            // constraint failures still surface.
+            conn.prepare_cached(
+                "INSERT INTO transcript_lines (call_id, speaker, text, at, item_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![call_id, speaker, text, at, item_id]))
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn transcript(&self, call_id: &str) -> Result<Vec<TranscriptLine>, StoreError> {
+        let id = call_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT speaker, text, at, item_id FROM transcript_lines
+                     WHERE call_id = ?1 ORDER BY id",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt.query([&id]).map_err(backend)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(backend)? {
+                let speaker: String = row.get(0).map_err(backend)?;
+                let at: i64 = row.get(2).map_err(backend)?;
+                out.push(TranscriptLine {
+                    call_id: id.clone(),
+                    speaker: parse_speaker(&speaker)?,
+                    text: row.get(1).map_err(backend)?,
+                    at: from_ms(at, "transcript at")?,
+                    item_id: row.get(3).map_err(backend)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append_event(&self, event: &CallEvent) -> Result<(), StoreError> {
+        let call_id = event.call_id.clone();
+        let at = ms(event.at);
+        let kind = event.kind.clone();
+        let detail = to_json(&event.detail)?;
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO call_events (call_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![call_id, at, kind, detail]))
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(&self, call_id: &str) -> Result<Vec<CallEvent>, StoreError> {
+        let id = call_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT at, kind, detail FROM call_events WHERE call_id = ?1 ORDER BY id",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt.query([&id]).map_err(backend)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(backend)? {
+                let at: i64 = row.get(0).map_err(backend)?;
+                let detail: String = row.get(2).map_err(backend)?;
+                out.push(CallEvent {
+                    call_id: id.clone(),
+                    at: from_ms(at, "event at")?,
+                    kind: row.get(1).map_err(backend)?,
+                    detail: from_json(&detail, "event detail")?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn purge(
+        &self,
+        now: DateTime<Utc>,
+        calls_before: DateTime<Utc>,
+    ) -> Result<PurgeStats, StoreError> {
+        let (now, before) = (ms(now), ms(calls_before));
+        self.write(move |conn| {
+            let finals = state_list(CallState::is_final);
+            let doomed =
+                format!("SELECT call_id FROM calls WHERE state IN ({finals}) AND created_at < ?1");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let webhooks = tx
+                .execute("DELETE FROM webhooks WHERE expires_at <= ?1", [now])
+                .map_err(backend)?;
+            tx.execute(
+                &format!("DELETE FROM transcript_lines WHERE call_id IN ({doomed})"),
+                [before],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                &format!("DELETE FROM call_events WHERE call_id IN ({doomed})"),
+                [before],
+            )
+            .map_err(backend)?;
+            let calls = tx
+                .execute(
+                    &format!("DELETE FROM calls WHERE state IN ({finals}) AND created_at < ?1"),
+                    [before],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(PurgeStats {
+                webhooks: webhooks as u64,
+                calls: calls as u64,
+            })
+        })
+        .await
+    }
+}

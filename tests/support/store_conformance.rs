@@ -1,0 +1,1031 @@
+//! Backend-independent conformance cases for [`voxmachina::store::Store`].
+//!
+//! Each case is `pub async fn case(store: Arc<dyn Store>)` and panics on failure. Cases use ids
+//! unique to the process run and time windows unique to the case, so they can share one store
+//! (even one running them concurrently). Two conventions make that work:
+//! - ordinary cases place their records at or after 2030-01-01, each in its own one-day window
+//!   ([`window`]), and only assert on their own records;
+//! - [`purge_removes_expired_webhooks_and_old_final_calls`] is the only case that writes data
+//!   before 2020, and it assumes no one else does (it asserts exact purge counts).
+//!
+//! A backend's test file expands [`store_conformance_tests!`] with an async constructor
+//! returning `(Arc<dyn Store>, guard)`; the guard (a temp dir, a table name, `()`) is kept alive
+//! for the test. The macro emits one `#[tokio::test]` per case plus `all_cases_share_one_store`.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use voxmachina::calls::record::{
+    Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine, Usage,
+};
+use voxmachina::store::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
+
+/// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$fresh`
+/// (an `async fn() -> (Arc<dyn Store>, G)`), and `all_cases_share_one_store`, which runs every
+/// case concurrently on a single store.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($fresh:path) => {
+        $crate::store_conformance_tests!(@cases $fresh;
+            webhook_claim_first_then_duplicate,
+            webhook_claim_after_expiry,
+            webhook_release_allows_reclaim,
+            webhook_claim_concurrent_exactly_one,
+            create_call_created_then_exists,
+            create_call_concurrent_exactly_one,
+            transition_call_matching,
+            transition_call_not_matching,
+            transition_call_unknown,
+            transition_call_concurrent_exactly_one,
+            update_call_round_trips_every_field,
+            update_call_unknown_is_no_such_call,
+            get_call_unknown_is_none,
+            list_calls_newest_first_before_and_limit,
+            list_calls_state_filter,
+            list_calls_limit_capped_at_1000,
+            live_calls_oldest_first,
+            transcript_order_and_replay_dedupe,
+            transcript_unknown_call_is_empty,
+            events_order_and_detail_round_trip,
+            purge_removes_expired_webhooks_and_old_final_calls,
+            ping_answers,
+        );
+    };
+    (@cases $fresh:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let (store, _guard) = $fresh().await;
+                $crate::support::store_conformance::$case(store).await;
+            }
+        )+
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn all_cases_share_one_store() {
+            let (store, _guard) = $fresh().await;
+            let mut tasks = tokio::task::JoinSet::new();
+            $(
+                tasks.spawn($crate::support::store_conformance::$case(store.clone()));
+            )+
+            while let Some(done) = tasks.join_next().await {
+                done.expect("a conformance case failed on the shared store");
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A random tag for this process, so ids do not collide with leftovers of earlier runs.
+fn run_tag() -> u32 {
+    static TAG: OnceLock<u32> = OnceLock::new();
+    *TAG.get_or_init(rand::random)
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// An id unique to this run: `{prefix}-{run}-{n}`.
+pub fn uniq(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:08x}-{n}", run_tag())
+}
+
+/// The start of a one-day window no other case in this run uses, at or after 2030-01-01 (at a
+/// run-dependent offset, so runs against a persistent store do not overlap either).
+pub fn window() -> DateTime<Utc> {
+    static WINDOWS: AtomicU64 = AtomicU64::new(0);
+    let day = i64::from(run_tag() % 2_000) * 256 + WINDOWS.fetch_add(1, Ordering::Relaxed) as i64;
+    at_ms(1_893_456_000_000 + day * 86_400_000) // 2030-01-01T00:00:00Z + day days
+}
+
+/// A timestamp at millisecond precision (what every backend round-trips exactly).
+pub fn at_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).expect("timestamp in range")
+}
+
+fn secs(s: i64) -> Duration {
+    Duration::seconds(s)
+}
+
+/// A minimal record in `state`, created at `created_at`.
+pub fn record(call_id: &str, state: CallState, created_at: DateTime<Utc>) -> CallRecord {
+    let mut r = CallRecord::new(call_id, Api::Realtime, uniq("wh"), created_at);
+    r.state = state;
+    r.profile = "default".to_string();
+    r
+}
+
+async fn create(store: &Arc<dyn Store>, r: &CallRecord) {
+    let outcome = store.create_call(r).await.expect("create_call");
+    assert_eq!(outcome, CreateOutcome::Created, "create {}", r.call_id);
+}
+
+fn ids(records: &[CallRecord]) -> Vec<String> {
+    records.iter().map(|r| r.call_id.clone()).collect()
+}
+
+/// The ids in `records` that belong to `mine`, in the order returned.
+fn mine(records: &[CallRecord], mine: &[&str]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| mine.contains(&r.call_id.as_str()))
+        .map(|r| r.call_id.clone())
+        .collect()
+}
+
+fn line(
+    call_id: &str,
+    speaker: Speaker,
+    text: &str,
+    at: DateTime<Utc>,
+    item: Option<&str>,
+) -> TranscriptLine {
+    TranscriptLine {
+        call_id: call_id.to_string(),
+        speaker,
+        text: text.to_string(),
+        at,
+        item_id: item.map(str::to_string),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook dedupe
+
+/// The first claim wins; a redelivery before expiry (up to 1 ms before it) is a duplicate.
+pub async fn webhook_claim_first_then_duplicate(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("wh-first");
+    let expires = t + secs(300);
+    assert!(
+        store.claim_webhook(&id, t, expires).await.unwrap(),
+        "first claim"
+    );
+    assert!(
+        !store.claim_webhook(&id, t, expires).await.unwrap(),
+        "same instant"
+    );
+    assert!(
+        !store
+            .claim_webhook(&id, t + secs(60), t + secs(360))
+            .await
+            .unwrap(),
+        "redelivery a minute later"
+    );
+    assert!(
+        !store
+            .claim_webhook(
+                &id,
+                expires - Duration::milliseconds(1),
+                expires + secs(300)
+            )
+            .await
+            .unwrap(),
+        "1 ms before expiry"
+    );
+    // The duplicate attempts did not extend the entry: it still expires at `expires`.
+    assert!(
+        store
+            .claim_webhook(&id, expires, expires + secs(300))
+            .await
+            .unwrap()
+    );
+    // Other ids are independent.
+    let other = uniq("wh-first-other");
+    assert!(store.claim_webhook(&other, t, expires).await.unwrap());
+}
+
+/// An entry whose `expires_at <= now` is claimable again, and the new claim sets a new expiry.
+pub async fn webhook_claim_after_expiry(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("wh-expiry");
+    assert!(store.claim_webhook(&id, t, t + secs(10)).await.unwrap());
+    assert!(
+        store
+            .claim_webhook(&id, t + secs(10), t + secs(20))
+            .await
+            .unwrap(),
+        "claim at exactly expires_at"
+    );
+    assert!(
+        !store
+            .claim_webhook(&id, t + secs(15), t + secs(25))
+            .await
+            .unwrap(),
+        "re-claimed entry is live until its new expiry"
+    );
+    assert!(
+        store
+            .claim_webhook(&id, t + secs(3600), t + secs(3700))
+            .await
+            .unwrap(),
+        "long after expiry"
+    );
+}
+
+/// Releasing a claimed id lets the redelivery claim it again; releasing an unknown id is fine.
+pub async fn webhook_release_allows_reclaim(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("wh-release");
+    assert!(store.claim_webhook(&id, t, t + secs(300)).await.unwrap());
+    store.release_webhook(&id).await.unwrap();
+    assert!(
+        store
+            .claim_webhook(&id, t + secs(1), t + secs(300))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_webhook(&id, t + secs(2), t + secs(300))
+            .await
+            .unwrap()
+    );
+    store
+        .release_webhook(&uniq("wh-never-claimed"))
+        .await
+        .unwrap();
+}
+
+/// 50 concurrent claims of one id: exactly one wins.
+pub async fn webhook_claim_concurrent_exactly_one(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("wh-race");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (store, id) = (store.clone(), id.clone());
+        tasks.spawn(async move { store.claim_webhook(&id, t, t + secs(300)).await.unwrap() });
+    }
+    let mut wins = 0;
+    while let Some(won) = tasks.join_next().await {
+        wins += usize::from(won.unwrap());
+    }
+    assert_eq!(wins, 1, "exactly one concurrent claim wins");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Call records
+
+/// `create_call` inserts once; a second create of the id returns the stored record untouched.
+pub async fn create_call_created_then_exists(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("call-create");
+    let mut first = record(&id, CallState::Accepting, t);
+    first.caller = Some("+14155550123".to_string());
+    create(&store, &first).await;
+
+    let mut second = record(&id, CallState::Rejected, t + secs(5));
+    second.profile = "other".to_string();
+    match store.create_call(&second).await.unwrap() {
+        CreateOutcome::Exists(stored) => assert_eq!(*stored, first),
+        other => panic!("expected Exists, got {other:?}"),
+    }
+    assert_eq!(store.get_call(&id).await.unwrap(), Some(first));
+}
+
+/// 20 concurrent creates of one id: exactly one `Created`, and every `Exists` carries the
+/// winner's record.
+pub async fn create_call_concurrent_exactly_one(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("call-race");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        let mut r = record(&id, CallState::Accepting, t);
+        r.profile = format!("profile-{i}");
+        tasks.spawn(async move { (r.clone(), store.create_call(&r).await.unwrap()) });
+    }
+    let mut winners = Vec::new();
+    let mut seen = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (attempt, outcome) = done.unwrap();
+        match outcome {
+            CreateOutcome::Created => winners.push(attempt),
+            CreateOutcome::Exists(stored) => seen.push(*stored),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one Created");
+    assert_eq!(seen.len(), 19);
+    assert!(
+        seen.iter().all(|r| *r == winners[0]),
+        "Exists returns the winner's record"
+    );
+    assert_eq!(
+        store.get_call(&id).await.unwrap().as_ref(),
+        Some(&winners[0])
+    );
+}
+
+/// A transition whose `from` matches moves the state and touches nothing else.
+pub async fn transition_call_matching(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("call-cas");
+    let mut r = record(&id, CallState::Accepting, t);
+    r.dialed = Some("+14155550100".to_string());
+    create(&store, &r).await;
+
+    assert!(
+        store
+            .transition_call(
+                &id,
+                &[CallState::AcceptFailed, CallState::Accepting],
+                CallState::Active
+            )
+            .await
+            .unwrap()
+    );
+    r.state = CallState::Active;
+    assert_eq!(store.get_call(&id).await.unwrap(), Some(r.clone()));
+
+    assert!(
+        store
+            .transition_call(&id, &[CallState::Active], CallState::Ended)
+            .await
+            .unwrap()
+    );
+    r.state = CallState::Ended;
+    assert_eq!(store.get_call(&id).await.unwrap(), Some(r));
+}
+
+/// A transition whose `from` does not match (or is empty) changes nothing and returns false.
+pub async fn transition_call_not_matching(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("call-cas-miss");
+    let r = record(&id, CallState::Accepting, t);
+    create(&store, &r).await;
+
+    assert!(
+        !store
+            .transition_call(
+                &id,
+                &[CallState::Active, CallState::Transferring],
+                CallState::Ended
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .transition_call(&id, &[], CallState::Ended)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_call(&id).await.unwrap(), Some(r));
+}
+
+/// A transition of an unknown call returns false and creates nothing.
+pub async fn transition_call_unknown(store: Arc<dyn Store>) {
+    let id = uniq("call-cas-unknown");
+    assert!(
+        !store
+            .transition_call(&id, &[CallState::Accepting], CallState::Active)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_call(&id).await.unwrap(), None);
+}
+
+/// 20 concurrent `Active -> Transferring` transitions: exactly one succeeds.
+pub async fn transition_call_concurrent_exactly_one(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("call-cas-race");
+    create(&store, &record(&id, CallState::Active, t)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (store, id) = (store.clone(), id.clone());
+        tasks.spawn(async move {
+            store
+                .transition_call(&id, &[CallState::Active], CallState::Transferring)
+                .await
+                .unwrap()
+        });
+    }
+    let mut wins = 0;
+    while let Some(won) = tasks.join_next().await {
+        wins += usize::from(won.unwrap());
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(
+        store.get_call(&id).await.unwrap().unwrap().state,
+        CallState::Transferring
+    );
+}
+
+/// `update_call` replaces every field, including `Some` -> `None`, and reads back exactly.
+pub async fn update_call_round_trips_every_field(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("call-update");
+    let original = record(&id, CallState::Accepting, t);
+    create(&store, &original).await;
+
+    let full = CallRecord {
+        call_id: id.clone(),
+        api: Api::Live,
+        state: CallState::TransferFailed,
+        profile: "after-hours ☎ \"quoted\"".to_string(),
+        caller: Some("+14155550123".to_string()),
+        dialed: Some("+442071838750".to_string()),
+        sip_call_id: Some("a84b4c76e66710@pc33.example.com".to_string()),
+        webhook_id: "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W".to_string(),
+        created_at: t + Duration::milliseconds(1),
+        accepted_at: Some(t + Duration::milliseconds(1_234)),
+        ended_at: Some(t + secs(95) + Duration::milliseconds(7)),
+        end_reason: Some("transfer_failed".to_string()),
+        escalation: Some(EscalationSummary {
+            trigger: "tool".to_string(),
+            detail: "caller asked for billing; 'quotes' and\nnewlines".to_string(),
+            target: "sip:billing@pbx.example.com;transport=tls".to_string(),
+            outcome: "transfer_failed".to_string(),
+            at: t + secs(80) + Duration::milliseconds(999),
+        }),
+        usage: Usage {
+            responses: 12,
+            input_tokens: 4_000_000_001,
+            output_tokens: 9_007_199_254_740_993, // above 2^53: must not go through an f64
+            total_tokens: u64::MAX,
+        },
+    };
+    store.update_call(&full).await.unwrap();
+    assert_eq!(store.get_call(&id).await.unwrap(), Some(full.clone()));
+
+    // Back to all-None options, another api/state: nothing of `full` may linger.
+    let mut bare = original.clone();
+    bare.state = CallState::Ended;
+    bare.profile = String::new();
+    store.update_call(&bare).await.unwrap();
+    assert_eq!(store.get_call(&id).await.unwrap(), Some(bare.clone()));
+
+    // The updated state is what the filters see.
+    let ended = store
+        .list_calls(&CallQuery {
+            state: Some(CallState::Ended),
+            before: Some(t + secs(86_400)),
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert!(ids(&ended).contains(&id));
+}
+
+/// Updating a call that does not exist is `NoSuchCall(call_id)` and creates nothing.
+pub async fn update_call_unknown_is_no_such_call(store: Arc<dyn Store>) {
+    let id = uniq("call-update-unknown");
+    let r = record(&id, CallState::Active, window());
+    match store.update_call(&r).await {
+        Err(StoreError::NoSuchCall(got)) => assert_eq!(got, id),
+        other => panic!("expected NoSuchCall, got {other:?}"),
+    }
+    assert_eq!(store.get_call(&id).await.unwrap(), None);
+}
+
+/// `get_call` of an unknown id is `None`.
+pub async fn get_call_unknown_is_none(store: Arc<dyn Store>) {
+    assert_eq!(store.get_call(&uniq("call-nobody")).await.unwrap(), None);
+}
+
+/// Newest `created_at` first, `before` is strict, `limit` truncates (and pages).
+pub async fn list_calls_newest_first_before_and_limit(store: Arc<dyn Store>) {
+    let t = window();
+    // Created out of order, in various states.
+    let spec = [
+        (2, CallState::Ended),
+        (0, CallState::Accepting),
+        (4, CallState::Active),
+        (1, CallState::Rejected),
+        (3, CallState::Transferred),
+    ];
+    let mut made = Vec::new();
+    for (minute, state) in spec {
+        let id = uniq(&format!("list-{minute}"));
+        let r = record(&id, state, t + secs(60 * minute));
+        create(&store, &r).await;
+        made.push((minute, r));
+    }
+    made.sort_by_key(|(m, _)| std::cmp::Reverse(*m));
+    let newest_first: Vec<String> = made.iter().map(|(_, r)| r.call_id.clone()).collect();
+    let end = t + secs(3600);
+
+    let all = store
+        .list_calls(&CallQuery {
+            state: None,
+            before: Some(end),
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert!(all.len() >= 5);
+    assert_eq!(
+        ids(&all[..5]),
+        newest_first,
+        "newest first, own window on top"
+    );
+    assert_eq!(all[0], made[0].1, "records come back whole");
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].created_at >= pair[1].created_at,
+            "sorted newest first"
+        );
+    }
+
+    let top2 = store
+        .list_calls(&CallQuery {
+            state: None,
+            before: Some(end),
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&top2), newest_first[..2]);
+
+    // Paging: `before` = the oldest of the page, strictly excluded.
+    let next = store
+        .list_calls(&CallQuery {
+            state: None,
+            before: Some(top2[1].created_at),
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&next), newest_first[2..4]);
+
+    let none = store
+        .list_calls(&CallQuery {
+            state: None,
+            before: Some(end),
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "limit 0 returns nothing");
+
+    // Without `before` (other data may come first): sorted, and a shorter limit is a prefix.
+    let unbounded = store
+        .list_calls(&CallQuery {
+            state: None,
+            before: None,
+            limit: 50,
+        })
+        .await
+        .unwrap();
+    assert!(!unbounded.is_empty() && unbounded.len() <= 50);
+    for pair in unbounded.windows(2) {
+        assert!(
+            pair[0].created_at >= pair[1].created_at,
+            "sorted newest first"
+        );
+    }
+    let head = store
+        .list_calls(&CallQuery {
+            state: None,
+            before: None,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(head.len(), 1);
+    assert!(head[0].created_at >= unbounded[0].created_at);
+}
+
+/// `state` keeps only records in that state (still newest first).
+pub async fn list_calls_state_filter(store: Arc<dyn Store>) {
+    let t = window();
+    let a = uniq("state-a");
+    let b = uniq("state-b");
+    let c = uniq("state-c");
+    create(&store, &record(&a, CallState::Active, t)).await;
+    create(&store, &record(&b, CallState::Ended, t + secs(1))).await;
+    create(&store, &record(&c, CallState::Active, t + secs(2))).await;
+    let end = t + secs(3600);
+
+    let active = store
+        .list_calls(&CallQuery {
+            state: Some(CallState::Active),
+            before: Some(end),
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert!(active.iter().all(|r| r.state == CallState::Active));
+    assert_eq!(ids(&active[..2]), vec![c.clone(), a.clone()]);
+
+    let ended = store
+        .list_calls(&CallQuery {
+            state: Some(CallState::Ended),
+            before: Some(end),
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&ended), vec![b.clone()]);
+
+    let older = store
+        .list_calls(&CallQuery {
+            state: Some(CallState::Active),
+            before: Some(t + secs(2)),
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(older.first().map(|r| r.call_id.clone()), Some(a.clone()));
+    assert!(!ids(&older).contains(&c));
+
+    let missed = store
+        .list_calls(&CallQuery {
+            state: Some(CallState::Missed),
+            before: Some(end),
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert!(mine(&missed, &[&a, &b, &c]).is_empty());
+}
+
+/// A `limit` above 1000 returns at most 1000 records.
+pub async fn list_calls_limit_capped_at_1000(store: Arc<dyn Store>) {
+    let t = window();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1001 {
+        let store = store.clone();
+        let r = record(
+            &uniq("cap"),
+            CallState::Ended,
+            t + Duration::milliseconds(i),
+        );
+        tasks.spawn(async move { store.create_call(&r).await.unwrap() });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap(), CreateOutcome::Created);
+    }
+    let got = store
+        .list_calls(&CallQuery {
+            state: None,
+            before: Some(t + secs(3600)),
+            limit: usize::MAX,
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1000);
+    // Newest first: the newest of ours is on top, the oldest of ours fell off.
+    assert_eq!(got[0].created_at, t + Duration::milliseconds(1000));
+    assert_eq!(got[999].created_at, t + Duration::milliseconds(1));
+}
+
+/// `live_calls` returns exactly the live states (active, transferring), oldest first.
+pub async fn live_calls_oldest_first(store: Arc<dyn Store>) {
+    let t = window();
+    let states = [
+        CallState::Transferring,
+        CallState::Accepting,
+        CallState::AcceptFailed,
+        CallState::Active,
+        CallState::Missed,
+        CallState::Rejected,
+        CallState::Transferred,
+        CallState::TransferFailed,
+        CallState::Ended,
+        CallState::Active,
+    ];
+    let mut made = Vec::new();
+    for (i, state) in states.iter().enumerate() {
+        // Ids sort opposite to creation, so ordering must come from created_at.
+        let id = uniq(&format!("live-{}", 9 - i));
+        let r = record(&id, *state, t + secs(i as i64));
+        create(&store, &r).await;
+        made.push(r);
+    }
+    let live = store.live_calls().await.unwrap();
+    assert!(live.iter().all(|r| r.state.is_live()), "only live states");
+    let own: Vec<&str> = made.iter().map(|r| r.call_id.as_str()).collect();
+    let expected: Vec<String> = made
+        .iter()
+        .filter(|r| r.state.is_live())
+        .map(|r| r.call_id.clone())
+        .collect();
+    assert_eq!(expected.len(), 3);
+    assert_eq!(mine(&live, &own), expected, "oldest first");
+    let first = live.iter().find(|r| r.call_id == expected[0]).unwrap();
+    assert_eq!(*first, made[0], "records come back whole");
+    for pair in live.windows(2) {
+        assert!(
+            pair[0].created_at <= pair[1].created_at,
+            "sorted oldest first"
+        );
+    }
+
+    // A call that ends drops out.
+    assert!(
+        store
+            .transition_call(&expected[1], &[CallState::Active], CallState::Ended)
+            .await
+            .unwrap()
+    );
+    let live = store.live_calls().await.unwrap();
+    assert_eq!(
+        mine(&live, &own),
+        vec![expected[0].clone(), expected[2].clone()]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transcripts and events
+
+/// Lines come back in append order; a replay of `(call_id, speaker, item_id)` is ignored; lines
+/// without `item_id` are never deduplicated; other calls are not affected.
+pub async fn transcript_order_and_replay_dedupe(store: Arc<dyn Store>) {
+    let t = window();
+    let call = uniq("tx");
+    let other = uniq("tx-other");
+    create(&store, &record(&call, CallState::Active, t)).await;
+
+    let l1 = line(
+        &call,
+        Speaker::Agent,
+        "Hello, how can I help?",
+        t + secs(1),
+        Some("item_1"),
+    );
+    // Same item id, other speaker: a different line.
+    let l2 = line(
+        &call,
+        Speaker::Caller,
+        "I need my invoice.",
+        t + secs(3),
+        Some("item_1"),
+    );
+    // Earlier `at` than the previous line: order is append order, not `at`.
+    let l3 = line(&call, Speaker::Caller, "uh", t + secs(2), None);
+    let l4 = line(&call, Speaker::Caller, "uh", t + secs(2), None);
+    let l5 = line(
+        &call,
+        Speaker::Agent,
+        "Sure — one moment. ✓",
+        t + secs(5),
+        Some("item_2"),
+    );
+    for l in [&l1, &l2, &l3, &l4] {
+        store.append_transcript(l).await.unwrap();
+    }
+    // Replays after a reconnect, even with different text or time.
+    store
+        .append_transcript(&line(
+            &call,
+            Speaker::Agent,
+            "Hello, how can I help",
+            t + secs(9),
+            Some("item_1"),
+        ))
+        .await
+        .unwrap();
+    store.append_transcript(&l2).await.unwrap();
+    store.append_transcript(&l5).await.unwrap();
+    store.append_transcript(&l5).await.unwrap();
+    // The same item id on another call is kept there.
+    let o1 = line(
+        &other,
+        Speaker::Agent,
+        "Other call",
+        t + secs(1),
+        Some("item_1"),
+    );
+    store.append_transcript(&o1).await.unwrap();
+
+    assert_eq!(
+        store.transcript(&call).await.unwrap(),
+        vec![l1, l2, l3, l4, l5]
+    );
+    assert_eq!(store.transcript(&other).await.unwrap(), vec![o1]);
+}
+
+/// The transcript of a call with no lines is empty.
+pub async fn transcript_unknown_call_is_empty(store: Arc<dyn Store>) {
+    assert!(
+        store
+            .transcript(&uniq("tx-nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.events(&uniq("ev-nobody")).await.unwrap().is_empty());
+}
+
+/// Events come back in append order (not `at` order) with their JSON detail intact.
+pub async fn events_order_and_detail_round_trip(store: Arc<dyn Store>) {
+    let t = window();
+    let call = uniq("ev");
+    let other = uniq("ev-other");
+    create(&store, &record(&call, CallState::Active, t)).await;
+    let event = |call_id: &str, ms: i64, kind: &str, detail: serde_json::Value| CallEvent {
+        call_id: call_id.to_string(),
+        at: t + Duration::milliseconds(ms),
+        kind: kind.to_string(),
+        detail,
+    };
+    let evs = vec![
+        event(
+            &call,
+            10,
+            "webhook_received",
+            json!({"webhook_id": "msg_1", "attempt": 1}),
+        ),
+        event(&call, 5, "accepted", json!(null)),
+        event(
+            &call,
+            5,
+            "escalation_triggered",
+            json!({
+                "trigger": "caller_phrase",
+                "phrase": "talk to a \"human\" ☎",
+                "scores": [0.5, -1.25, 3],
+                "nested": {"ok": true, "none": null, "big": 9_007_199_254_740_993_u64},
+            }),
+        ),
+        event(&call, 20, "refer_sent", json!("tel:+14155550100")),
+        event(&call, 21, "error", json!([1, "two", {"three": 3}])),
+    ];
+    for e in &evs {
+        store.append_event(e).await.unwrap();
+    }
+    let o = event(&other, 1, "accepted", json!({}));
+    store.append_event(&o).await.unwrap();
+
+    assert_eq!(store.events(&call).await.unwrap(), evs);
+    assert_eq!(store.events(&other).await.unwrap(), vec![o]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention
+
+/// `purge` drops webhook entries expired at `now` and final calls created before
+/// `calls_before` with their lines and events; it keeps live and unfinished calls, recent final
+/// calls, and unexpired webhook entries.
+pub async fn purge_removes_expired_webhooks_and_old_final_calls(store: Arc<dyn Store>) {
+    // This case alone lives before 2020 (see the module docs).
+    let t = at_ms(978_307_200_000); // 2001-01-01T00:00:00Z
+    let now = t + secs(30 * 86_400);
+    let cutoff = t + secs(10 * 86_400);
+
+    let expired = uniq("purge-wh-expired");
+    let boundary = uniq("purge-wh-boundary");
+    let fresh = uniq("purge-wh-fresh");
+    assert!(
+        store
+            .claim_webhook(&expired, t, t + secs(300))
+            .await
+            .unwrap()
+    );
+    assert!(store.claim_webhook(&boundary, t, now).await.unwrap());
+    assert!(
+        store
+            .claim_webhook(&fresh, t, now + Duration::milliseconds(1))
+            .await
+            .unwrap()
+    );
+
+    let mut old_final = Vec::new();
+    for (i, state) in [
+        CallState::Missed,
+        CallState::Rejected,
+        CallState::Transferred,
+        CallState::TransferFailed,
+        CallState::Ended,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = record(&uniq("purge-old-final"), state, t + secs(i as i64));
+        create(&store, &r).await;
+        old_final.push(r);
+    }
+    let mut kept = Vec::new();
+    for (i, state) in [
+        CallState::Active,
+        CallState::Transferring,
+        CallState::Accepting,
+        CallState::AcceptFailed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = record(&uniq("purge-old-unfinished"), state, t + secs(i as i64));
+        create(&store, &r).await;
+        kept.push(r);
+    }
+    // Final, but created exactly at / after the cutoff.
+    for created in [cutoff, cutoff + secs(1)] {
+        let r = record(&uniq("purge-recent-final"), CallState::Ended, created);
+        create(&store, &r).await;
+        kept.push(r);
+    }
+    for r in old_final.iter().chain(&kept) {
+        store
+            .append_transcript(&line(
+                &r.call_id,
+                Speaker::Agent,
+                "hi",
+                r.created_at,
+                Some("i1"),
+            ))
+            .await
+            .unwrap();
+        store
+            .append_transcript(&line(
+                &r.call_id,
+                Speaker::Caller,
+                "bye",
+                r.created_at,
+                None,
+            ))
+            .await
+            .unwrap();
+        store
+            .append_event(&CallEvent {
+                call_id: r.call_id.clone(),
+                at: r.created_at,
+                kind: "accepted".to_string(),
+                detail: json!({"n": 1}),
+            })
+            .await
+            .unwrap();
+    }
+
+    let stats = store.purge(now, cutoff).await.unwrap();
+    assert_eq!(
+        stats,
+        PurgeStats {
+            webhooks: 2,
+            calls: 5
+        }
+    );
+
+    for r in &old_final {
+        assert_eq!(
+            store.get_call(&r.call_id).await.unwrap(),
+            None,
+            "{} purged",
+            r.call_id
+        );
+        assert!(store.transcript(&r.call_id).await.unwrap().is_empty());
+        assert!(store.events(&r.call_id).await.unwrap().is_empty());
+    }
+    for r in &kept {
+        assert_eq!(
+            store.get_call(&r.call_id).await.unwrap().as_ref(),
+            Some(r),
+            "{} kept",
+            r.call_id
+        );
+        assert_eq!(store.transcript(&r.call_id).await.unwrap().len(), 2);
+        assert_eq!(store.events(&r.call_id).await.unwrap().len(), 1);
+    }
+    // Purged webhook entries are gone (claimable even at a `now` before their old expiry);
+    // the unexpired one still dedupes.
+    assert!(
+        store
+            .claim_webhook(&expired, t, t + secs(300))
+            .await
+            .unwrap()
+    );
+    assert!(store.claim_webhook(&boundary, t, now).await.unwrap());
+    assert!(
+        !store
+            .claim_webhook(&fresh, now, now + secs(300))
+            .await
+            .unwrap()
+    );
+
+    // Nothing left to do: a second purge with the same bounds removes only what we re-claimed
+    // and has since expired.
+    let again = store.purge(now, cutoff).await.unwrap();
+    assert_eq!(
+        again,
+        PurgeStats {
+            webhooks: 2,
+            calls: 0
+        }
+    );
+    let live: HashSet<String> = store
+        .live_calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.call_id)
+        .collect();
+    for r in kept.iter().filter(|r| r.state.is_live()) {
+        assert!(
+            live.contains(&r.call_id),
+            "{} still live after purge",
+            r.call_id
+        );
+    }
+}
+
+/// `ping` answers on a healthy store.
+pub async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+}
