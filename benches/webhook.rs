@@ -36,7 +36,11 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("webhook");
     g.bench_function("verify", |b| {
-        b.iter(|| verifier.verify(black_box(headers), black_box(BODY.as_bytes()), now).unwrap())
+        b.iter(|| {
+            verifier
+                .verify(black_box(headers), black_box(BODY.as_bytes()), now)
+                .unwrap()
+        })
     });
     g.bench_function("parse_event", |b| {
         b.iter(|| {
@@ -45,14 +49,25 @@ fn bench(c: &mut Criterion) {
             data
         })
     });
-    g.bench_function("sip_parties", |b| b.iter(|| CallParties::from_headers(black_box(&data.sip_headers))));
-    g.bench_function("select_profile", |b| {
-        b.iter(|| profiles.select(black_box(&parties), black_box(&data.sip_headers)).name.len())
+    g.bench_function("sip_parties", |b| {
+        b.iter(|| CallParties::from_headers(black_box(&data.sip_headers)))
     });
-    g.bench_function("accept_body", |b| b.iter(|| serde_json::to_vec(&profile.realtime_session()).unwrap()));
+    g.bench_function("select_profile", |b| {
+        b.iter(|| {
+            profiles
+                .select(black_box(&parties), black_box(&data.sip_headers))
+                .name
+                .len()
+        })
+    });
+    g.bench_function("accept_body", |b| {
+        b.iter(|| serde_json::to_vec(&profile.realtime_session()).unwrap())
+    });
     g.bench_function("full_path", |b| {
         b.iter(|| {
-            let v = verifier.verify(black_box(headers), black_box(BODY.as_bytes()), now).unwrap();
+            let v = verifier
+                .verify(black_box(headers), black_box(BODY.as_bytes()), now)
+                .unwrap();
             let env: Envelope = serde_json::from_slice(BODY.as_bytes()).unwrap();
             let data: RealtimeCallIncoming = serde_json::from_value(env.data).unwrap();
             let parties = CallParties::from_headers(&data.sip_headers);

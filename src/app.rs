@@ -113,7 +113,10 @@ impl Running {
         }
         let detached = state.registry().len();
         if detached > 0 {
-            info!(calls = detached, "detaching live calls; they will be reattached on the next start");
+            info!(
+                calls = detached,
+                "detaching live calls; they will be reattached on the next start"
+            );
         }
         state.monitors.shutdown.cancel();
         while !state.registry().is_empty() {
@@ -148,9 +151,16 @@ pub async fn start(config: Config, secrets: Secrets) -> Result<Running, StartErr
 ///
 /// # Errors
 /// As [`start`].
-pub async fn start_with_store(config: Config, secrets: Secrets, store: Arc<dyn Store>) -> Result<Running, StartError> {
+pub async fn start_with_store(
+    config: Config,
+    secrets: Secrets,
+    store: Arc<dyn Store>,
+) -> Result<Running, StartError> {
     let profiles = ProfileSet::load(&config.prompts.dir)?;
-    let verifier = Verifier::new(secrets.webhook_secret.expose(), config.webhook.tolerance_secs)?;
+    let verifier = Verifier::new(
+        secrets.webhook_secret.expose(),
+        config.webhook.tolerance_secs,
+    )?;
     let call_control = CallControl::new(
         &config.openai.base_url,
         secrets.openai_api_key.clone(),
@@ -192,7 +202,8 @@ pub async fn start_with_store(config: Config, secrets: Secrets, store: Arc<dyn S
     let http_shutdown = CancellationToken::new();
     let token = http_shutdown.clone();
     let join = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move { token.cancelled().await });
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await });
         if let Err(e) = serve.await {
             error!(error = %e, "http server failed");
         }

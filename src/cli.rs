@@ -111,9 +111,18 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
     match crate::prompts::ProfileSet::load(&config.prompts.dir) {
         Ok(set) => {
-            println!("config ok; {} prompt profile(s) in {}:", set.len(), config.prompts.dir.display());
+            println!(
+                "config ok; {} prompt profile(s) in {}:",
+                set.len(),
+                config.prompts.dir.display()
+            );
             for p in set.iter() {
-                println!("  {}{} ({})", p.name, if p.is_default { " [default]" } else { "" }, p.source.display());
+                println!(
+                    "  {}{} ({})",
+                    p.name,
+                    if p.is_default { " [default]" } else { "" },
+                    p.source.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -130,7 +139,8 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
     use crate::sip::SipHeader;
     use crate::webhook::event::{RealtimeCallIncoming, realtime_call_incoming};
-    let secret = std::env::var("OPENAI_WEBHOOK_SECRET").context("OPENAI_WEBHOOK_SECRET must be set to sign the webhook")?;
+    let secret = std::env::var("OPENAI_WEBHOOK_SECRET")
+        .context("OPENAI_WEBHOOK_SECRET must be set to sign the webhook")?;
     let verifier = crate::webhook::signature::Verifier::new(&secret, 300)?;
     let hex = |n: usize| -> String {
         (0..n)
@@ -153,7 +163,9 @@ async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
         },
     ];
     for h in &args.headers {
-        let (name, value) = h.split_once(':').context("--header must look like \"Name: value\"")?;
+        let (name, value) = h
+            .split_once(':')
+            .context("--header must look like \"Name: value\"")?;
         sip_headers.push(SipHeader {
             name: name.trim().into(),
             value: value.trim().into(),
@@ -165,7 +177,11 @@ async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
         sip_headers,
         sip_media_security: Some("srtp".into()),
     };
-    let body = serde_json::to_vec(&realtime_call_incoming(&format!("evt_{}", hex(32)), now, &data))?;
+    let body = serde_json::to_vec(&realtime_call_incoming(
+        &format!("evt_{}", hex(32)),
+        now,
+        &data,
+    ))?;
     let webhook_id = format!("wh_{}", hex(32));
     let ts = now.to_string();
     let resp = reqwest::Client::new()
@@ -181,5 +197,9 @@ async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     println!("call_id={call_id} webhook-id={webhook_id} -> {status} {text}");
-    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

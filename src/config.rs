@@ -66,7 +66,6 @@ pub struct Config {
     pub logging: LoggingConfig,
 }
 
-
 /// `[server]`: the HTTP listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]

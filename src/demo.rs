@@ -38,13 +38,20 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     config.logging.format = crate::config::LogFormat::Pretty;
     crate::telemetry::init_logging(&config.logging);
 
-    let script = Script::load(&args.script).with_context(|| format!("loading {}", args.script.display()))?;
+    let script =
+        Script::load(&args.script).with_context(|| format!("loading {}", args.script.display()))?;
     let api_key = format!("sk-demo-{}", hex(24));
     let mut key = [0u8; 32];
     rand::fill(&mut key);
-    let webhook_secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
+    let webhook_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
 
-    let emulator = Emulator::start(EmulatorConfig { api_key: api_key.clone() }).await?;
+    let emulator = Emulator::start(EmulatorConfig {
+        api_key: api_key.clone(),
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     config.server.listen = "127.0.0.1:0".parse()?;
     config.openai.base_url = emulator.rest_base_url();
@@ -57,7 +64,11 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         admin_token: None,
     };
     let server = crate::app::start(config, secrets).await?;
-    println!("controller on {}  ·  OpenAI emulator on {}", server.base_url(), emulator.rest_base_url());
+    println!(
+        "controller on {}  ·  OpenAI emulator on {}",
+        server.base_url(),
+        emulator.rest_base_url()
+    );
 
     let mut feed = emulator.events();
     let printer = tokio::spawn(async move {
@@ -66,8 +77,13 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         }
     });
     let webhook_url = format!("{}/openai/webhook", server.base_url());
-    let placed = emulator.place_call(&webhook_url, &webhook_secret, script).await?;
-    println!("webhook realtime.call.incoming {} → HTTP {}", placed.call_id, placed.status);
+    let placed = emulator
+        .place_call(&webhook_url, &webhook_secret, script)
+        .await?;
+    println!(
+        "webhook realtime.call.incoming {} → HTTP {}",
+        placed.call_id, placed.status
+    );
 
     let store = server.state.store.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);

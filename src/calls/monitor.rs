@@ -29,7 +29,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::calls::record::{CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine};
+use crate::calls::record::{
+    CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine,
+};
 use crate::calls::registry::{CallRegistry, Command};
 use crate::config::{MonitorConfig, Secret};
 use crate::escalation::{Handoff, Outcome, Step, Trigger};
@@ -140,15 +142,25 @@ impl Monitor {
             Ok(ws) => ws,
             Err(e) => {
                 warn!(error = %e, "sideband attach failed");
-                self.event("sideband_attach_failed", json!({ "error": e.to_string() })).await;
-                let reason = if matches!(e, SidebandError::CallNotFound) { "call_gone" } else { "sideband_lost" };
+                self.event("sideband_attach_failed", json!({ "error": e.to_string() }))
+                    .await;
+                let reason = if matches!(e, SidebandError::CallNotFound) {
+                    "call_gone"
+                } else {
+                    "sideband_lost"
+                };
                 return self.finish(CallState::Ended, reason).await;
             }
         };
-        self.event("sideband_attached", json!({ "mode": format!("{attach:?}").to_lowercase() })).await;
+        self.event(
+            "sideband_attached",
+            json!({ "mode": format!("{attach:?}").to_lowercase() }),
+        )
+        .await;
         if attach == Attach::Fresh {
             if let Some(greeting) = self.profile.greeting.clone() {
-                self.send(&mut ws, client::response_create(Some(&greeting))).await;
+                self.send(&mut ws, client::response_create(Some(&greeting)))
+                    .await;
             }
         }
         let started = self.record.accepted_at.unwrap_or_else(Utc::now);
@@ -191,16 +203,22 @@ impl Monitor {
 
     async fn connect_with_retry(&self) -> Result<SidebandStream, SidebandError> {
         let cfg = &self.ctx.config;
-        (|| sideband::connect(&self.ctx.sideband_url, &self.record.call_id, &self.ctx.api_key))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(cfg.reconnect_initial_delay_ms))
-                    .with_max_delay(Duration::from_millis(cfg.reconnect_max_delay_ms))
-                    .with_max_times(cfg.reconnect_max_attempts),
+        (|| {
+            sideband::connect(
+                &self.ctx.sideband_url,
+                &self.record.call_id,
+                &self.ctx.api_key,
             )
-            .when(|e: &SidebandError| !e.is_permanent())
-            .notify(|e, delay| debug!(error = %e, ?delay, "sideband connect retry"))
-            .await
+        })
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(cfg.reconnect_initial_delay_ms))
+                .with_max_delay(Duration::from_millis(cfg.reconnect_max_delay_ms))
+                .with_max_times(cfg.reconnect_max_attempts),
+        )
+        .when(|e: &SidebandError| !e.is_permanent())
+        .notify(|e, delay| debug!(error = %e, ?delay, "sideband connect retry"))
+        .await
     }
 
     /// The sideband ended. `clean` = a close frame was received.
@@ -208,7 +226,12 @@ impl Monitor {
         if let Some(h) = self.handoff.as_mut().filter(|h| h.is_awaiting_outcome()) {
             if !clean {
                 // Ambiguous drop: if the call is still reachable the REFER has not taken yet.
-                if let Ok(new_ws) = sideband::connect(&self.ctx.sideband_url, &self.record.call_id, &self.ctx.api_key).await
+                if let Ok(new_ws) = sideband::connect(
+                    &self.ctx.sideband_url,
+                    &self.record.call_id,
+                    &self.ctx.api_key,
+                )
+                .await
                 {
                     *ws = new_ws;
                     metrics::counter!(names::SIDEBAND_RECONNECTS, "result" => "ok").increment(1);
@@ -250,22 +273,41 @@ impl Monitor {
             }
         };
         match event {
-            ServerEvent::InputTranscriptionCompleted { item_id, transcript } => {
+            ServerEvent::InputTranscriptionCompleted {
+                item_id,
+                transcript,
+            } => {
                 self.transcript(Speaker::Caller, &transcript, item_id).await;
-                let phrase = self.profile.escalation.phrases.find(&transcript).map(str::to_string);
+                let phrase = self
+                    .profile
+                    .escalation
+                    .phrases
+                    .find(&transcript)
+                    .map(str::to_string);
                 if let Some(phrase) = phrase.filter(|_| self.escalation_available()) {
                     return self.escalate(ws, Trigger::CallerPhrase(phrase)).await;
                 }
             }
-            ServerEvent::OutputTranscriptDone { item_id, transcript, .. } => {
+            ServerEvent::OutputTranscriptDone {
+                item_id,
+                transcript,
+                ..
+            } => {
                 self.transcript(Speaker::Agent, &transcript, item_id).await;
             }
-            ServerEvent::FunctionCallArgumentsDone { call_id, name, arguments, .. } => {
+            ServerEvent::FunctionCallArgumentsDone {
+                call_id,
+                name,
+                arguments,
+                ..
+            } => {
                 return self.on_tool_call(ws, &call_id, &name, &arguments).await;
             }
             ServerEvent::ResponseCreated { response } => {
                 if let Some(line) = self.line.as_mut() {
-                    if line.response_id.is_none() && line.ignore_id.as_deref() != Some(response.id.as_str()) {
+                    if line.response_id.is_none()
+                        && line.ignore_id.as_deref() != Some(response.id.as_str())
+                    {
                         line.response_id = Some(response.id.clone());
                     }
                 }
@@ -280,10 +322,9 @@ impl Monitor {
                     usage.total_tokens += u.total_tokens;
                 }
                 self.response_in_progress = None;
-                let ours = self
-                    .line
-                    .as_ref()
-                    .is_some_and(|l| l.response_id.as_deref() == Some(response.id.as_str()) && !l.audio_started);
+                let ours = self.line.as_ref().is_some_and(|l| {
+                    l.response_id.as_deref() == Some(response.id.as_str()) && !l.audio_started
+                });
                 if ours {
                     return self.line_finished(ws).await;
                 }
@@ -292,15 +333,18 @@ impl Monitor {
                 }
             }
             ServerEvent::OutputAudioStarted { response_id } => {
-                if let Some(line) = self.line.as_mut().filter(|l| l.response_id.as_deref() == Some(response_id.as_str())) {
+                if let Some(line) = self
+                    .line
+                    .as_mut()
+                    .filter(|l| l.response_id.as_deref() == Some(response_id.as_str()))
+                {
                     line.audio_started = true;
                 }
             }
             ServerEvent::OutputAudioStopped { response_id } => {
-                let ours = self
-                    .line
-                    .as_ref()
-                    .is_some_and(|l| l.audio_started && l.response_id.as_deref() == Some(response_id.as_str()));
+                let ours = self.line.as_ref().is_some_and(|l| {
+                    l.audio_started && l.response_id.as_deref() == Some(response_id.as_str())
+                });
                 if ours {
                     return self.line_finished(ws).await;
                 }
@@ -308,19 +352,28 @@ impl Monitor {
             ServerEvent::DtmfReceived { event, .. } => {
                 self.event("dtmf", json!({ "key": event })).await;
                 let key = event.chars().next();
-                if key.is_some() && key == self.profile.escalation.dtmf_key && self.escalation_available() {
-                    return self.escalate(ws, Trigger::Dtmf(key.expect("checked"))).await;
+                if let Some(key) = key.filter(|k| Some(*k) == self.profile.escalation.dtmf_key)
+                    && self.escalation_available()
+                {
+                    return self.escalate(ws, Trigger::Dtmf(key)).await;
                 }
             }
             ServerEvent::Error { error } => {
                 let code = error.code.clone().unwrap_or_else(|| "unknown".into());
                 warn!(code = %code, message = ?error.message, "sideband error event");
                 metrics::counter!(names::SIDEBAND_ERRORS, "code" => code.clone()).increment(1);
-                self.event("openai_error", json!({ "type": error.kind, "code": code, "message": error.message }))
-                    .await;
+                self.event(
+                    "openai_error",
+                    json!({ "type": error.kind, "code": code, "message": error.message }),
+                )
+                .await;
             }
             ServerEvent::InputTranscriptionFailed { item_id, error } => {
-                self.event("transcription_failed", json!({ "item_id": item_id, "code": error.code })).await;
+                self.event(
+                    "transcription_failed",
+                    json!({ "item_id": item_id, "code": error.code }),
+                )
+                .await;
             }
             ServerEvent::SessionCreated { session } => {
                 debug!(model = ?session.get("model"), "session.created");
@@ -330,25 +383,45 @@ impl Monitor {
         Flow::Continue
     }
 
-    async fn on_tool_call(&mut self, ws: &mut SidebandStream, fc_id: &str, name: &str, arguments: &str) -> Flow {
+    async fn on_tool_call(
+        &mut self,
+        ws: &mut SidebandStream,
+        fc_id: &str,
+        name: &str,
+        arguments: &str,
+    ) -> Flow {
         let args: Value = serde_json::from_str(arguments).unwrap_or(Value::Null);
-        let reason = args.get("reason").and_then(Value::as_str).unwrap_or_default().to_string();
-        self.event("tool_call", json!({ "name": name, "call_id": fc_id })).await;
+        let reason = args
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.event("tool_call", json!({ "name": name, "call_id": fc_id }))
+            .await;
         match name {
             TOOL_TRANSFER_TO_HUMAN if self.escalation_available() => {
-                self.send(ws, client::function_call_output(fc_id, &json!({ "status": "transferring" })))
-                    .await;
+                self.send(
+                    ws,
+                    client::function_call_output(fc_id, &json!({ "status": "transferring" })),
+                )
+                .await;
                 self.escalate(ws, Trigger::Tool(reason)).await
             }
             TOOL_TRANSFER_TO_HUMAN => {
                 let out = json!({ "error": "transfer is not available right now; keep helping the caller" });
-                self.send(ws, client::function_call_output(fc_id, &out)).await;
+                self.send(ws, client::function_call_output(fc_id, &out))
+                    .await;
                 self.send(ws, client::response_create(None)).await;
                 Flow::Continue
             }
             TOOL_END_CALL => {
-                self.send(ws, client::function_call_output(fc_id, &json!({ "ok": true }))).await;
-                self.event("end_call_requested", json!({ "reason": reason })).await;
+                self.send(
+                    ws,
+                    client::function_call_output(fc_id, &json!({ "ok": true })),
+                )
+                .await;
+                self.event("end_call_requested", json!({ "reason": reason }))
+                    .await;
                 if self.response_in_progress.is_some() {
                     // Let the goodbye finish playing, but not forever.
                     self.hangup_when_quiet = true;
@@ -360,7 +433,8 @@ impl Monitor {
             }
             other => {
                 let out = json!({ "error": format!("unknown tool {other}") });
-                self.send(ws, client::function_call_output(fc_id, &out)).await;
+                self.send(ws, client::function_call_output(fc_id, &out))
+                    .await;
                 self.send(ws, client::response_create(None)).await;
                 Flow::Continue
             }
@@ -373,7 +447,8 @@ impl Monitor {
                 if self.escalation_available() {
                     self.escalate(ws, Trigger::Operator(note)).await
                 } else {
-                    self.event("escalation_unavailable", json!({ "trigger": "operator" })).await;
+                    self.event("escalation_unavailable", json!({ "trigger": "operator" }))
+                        .await;
                     Flow::Continue
                 }
             }
@@ -387,7 +462,11 @@ impl Monitor {
     async fn on_timer(&mut self, ws: &mut SidebandStream, max_deadline: Instant) -> Flow {
         let now = Instant::now();
         if now >= max_deadline {
-            self.event("max_duration_reached", json!({ "secs": self.profile.max_call_duration.as_secs() })).await;
+            self.event(
+                "max_duration_reached",
+                json!({ "secs": self.profile.max_call_duration.as_secs() }),
+            )
+            .await;
             return self.hangup(CallState::Ended, "max_duration").await;
         }
         if self.line_deadline.is_some_and(|d| now >= d) {
@@ -405,7 +484,8 @@ impl Monitor {
             if let Some(h) = self.handoff.as_mut() {
                 let target = h.current_target().map(|t| t.as_uri());
                 let step = h.window_elapsed();
-                self.event("transfer_not_confirmed", json!({ "target": target })).await;
+                self.event("transfer_not_confirmed", json!({ "target": target }))
+                    .await;
                 return self.run_step(ws, step).await;
             }
         }
@@ -423,7 +503,10 @@ impl Monitor {
 
     async fn escalate(&mut self, ws: &mut SidebandStream, trigger: Trigger) -> Flow {
         let settings = &self.profile.escalation;
-        let target = settings.target.clone().expect("escalation_available checked the target");
+        let target = settings
+            .target
+            .clone()
+            .expect("escalation_available checked the target");
         info!(trigger = trigger.kind(), "escalation triggered");
         metrics::counter!(names::ESCALATIONS, "trigger" => trigger.kind(), "outcome" => "triggered").increment(1);
         self.record.escalation = Some(EscalationSummary {
@@ -435,8 +518,11 @@ impl Monitor {
         });
         self.record.state = CallState::Transferring;
         self.save().await;
-        self.event("escalation_triggered", json!({ "trigger": trigger.kind(), "detail": trigger.detail() }))
-            .await;
+        self.event(
+            "escalation_triggered",
+            json!({ "trigger": trigger.kind(), "detail": trigger.detail() }),
+        )
+        .await;
         let (handoff, step) = Handoff::start(
             trigger,
             target,
@@ -468,17 +554,28 @@ impl Monitor {
                 }
                 Step::Refer(target) => {
                     let uri = target.as_uri();
-                    let result = self.ctx.call_control.refer(&self.record.call_id, &uri).await;
+                    let result = self
+                        .ctx
+                        .call_control
+                        .refer(&self.record.call_id, &uri)
+                        .await;
                     let h = self.handoff.as_mut().expect("refer only during a hand-off");
                     step = match result {
                         Ok(()) => {
                             self.event("refer_sent", json!({ "target": uri })).await;
-                            self.handoff.as_mut().expect("hand-off").refer_answered(true)
+                            self.handoff
+                                .as_mut()
+                                .expect("hand-off")
+                                .refer_answered(true)
                         }
                         Err(e) => {
                             let s = h.refer_answered(false);
                             warn!(error = %e, "refer failed");
-                            self.event("refer_failed", json!({ "target": uri, "error": e.to_string() })).await;
+                            self.event(
+                                "refer_failed",
+                                json!({ "target": uri, "error": e.to_string() }),
+                            )
+                            .await;
                             s
                         }
                     };
@@ -487,7 +584,8 @@ impl Monitor {
                     }
                 }
                 Step::AwaitOutcome(_) => {
-                    self.refer_deadline = Some(Instant::now() + self.ctx.config.refer_outcome_window());
+                    self.refer_deadline =
+                        Some(Instant::now() + self.ctx.config.refer_outcome_window());
                     return Flow::Continue;
                 }
                 Step::Hangup => {
@@ -516,20 +614,23 @@ impl Monitor {
             .as_ref()
             .map(|h| h.trigger().kind())
             .unwrap_or("unknown");
-        metrics::counter!(names::ESCALATIONS, "trigger" => trigger, "outcome" => outcome.label()).increment(1);
+        metrics::counter!(names::ESCALATIONS, "trigger" => trigger, "outcome" => outcome.label())
+            .increment(1);
         if let Some(esc) = self.record.escalation.as_mut() {
             esc.outcome = outcome.label().to_string();
         }
         match outcome {
             Outcome::Transferred(target) => {
                 info!(target = %target.as_uri(), "transfer confirmed: sideband closed after REFER");
-                self.event("transferred", json!({ "target": target.as_uri() })).await;
+                self.event("transferred", json!({ "target": target.as_uri() }))
+                    .await;
                 Flow::End(CallState::Transferred, "transferred")
             }
             Outcome::Failed => {
                 warn!("transfer failed on every target; hanging up after the apology");
                 self.event("transfer_failed", json!({})).await;
-                self.hangup(CallState::TransferFailed, "transfer_failed").await
+                self.hangup(CallState::TransferFailed, "transfer_failed")
+                    .await
             }
         }
     }
@@ -539,7 +640,11 @@ impl Monitor {
             Ok(()) => self.event("hangup_sent", json!({ "reason": reason })).await,
             Err(e) => {
                 warn!(error = %e, "hangup failed");
-                self.event("hangup_failed", json!({ "reason": reason, "error": e.to_string() })).await;
+                self.event(
+                    "hangup_failed",
+                    json!({ "reason": reason, "error": e.to_string() }),
+                )
+                .await;
             }
         }
         Flow::End(state, reason)
@@ -549,12 +654,22 @@ impl Monitor {
         self.record.state = state;
         self.record.ended_at = Some(Utc::now());
         self.record.end_reason = Some(reason.to_string());
-        if let Some(esc) = self.record.escalation.as_mut().filter(|e| e.outcome == "pending") {
+        if let Some(esc) = self
+            .record
+            .escalation
+            .as_mut()
+            .filter(|e| e.outcome == "pending")
+        {
             esc.outcome = "abandoned".into();
         }
         self.save().await;
-        self.event("call_ended", json!({ "state": state.as_str(), "reason": reason })).await;
-        metrics::counter!(names::CALLS_ENDED, "state" => state.as_str(), "reason" => reason).increment(1);
+        self.event(
+            "call_ended",
+            json!({ "state": state.as_str(), "reason": reason }),
+        )
+        .await;
+        metrics::counter!(names::CALLS_ENDED, "state" => state.as_str(), "reason" => reason)
+            .increment(1);
         info!(state = %state, reason, "call ended");
         self.record
     }
@@ -570,7 +685,11 @@ impl Monitor {
         if self.ctx.log_transcripts {
             info!(speaker = speaker.as_str(), text, "transcript");
         } else {
-            debug!(speaker = speaker.as_str(), chars = text.len(), "transcript line stored");
+            debug!(
+                speaker = speaker.as_str(),
+                chars = text.len(),
+                "transcript line stored"
+            );
         }
         let line = TranscriptLine {
             call_id: self.record.call_id.clone(),

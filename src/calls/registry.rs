@@ -83,7 +83,10 @@ impl CallRegistry {
 
     /// True when `call_id` is monitored here.
     pub fn contains(&self, call_id: &str) -> bool {
-        self.inner.lock().expect("registry lock").contains_key(call_id)
+        self.inner
+            .lock()
+            .expect("registry lock")
+            .contains_key(call_id)
     }
 
     /// Sends `command` to the monitor of `call_id`.
@@ -93,7 +96,10 @@ impl CallRegistry {
     pub fn send(&self, call_id: &str, command: Command) -> Result<(), CommandError> {
         let tx = {
             let map = self.inner.lock().expect("registry lock");
-            map.get(call_id).ok_or(CommandError::NotMonitored)?.commands.clone()
+            map.get(call_id)
+                .ok_or(CommandError::NotMonitored)?
+                .commands
+                .clone()
         };
         tx.try_send(command).map_err(|_| CommandError::Ending)
     }
@@ -113,7 +119,10 @@ mod tests {
         assert_eq!(r.count_for_profile("support"), 2);
         r.send("rtc_1", Command::Hangup("x".into())).unwrap();
         assert_eq!(rx.try_recv().unwrap(), Command::Hangup("x".into()));
-        assert_eq!(r.send("rtc_9", Command::Transfer(String::new())), Err(CommandError::NotMonitored));
+        assert_eq!(
+            r.send("rtc_9", Command::Transfer(String::new())),
+            Err(CommandError::NotMonitored)
+        );
         r.remove("rtc_1");
         assert_eq!(r.len(), 2);
     }

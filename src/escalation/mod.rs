@@ -235,12 +235,24 @@ mod tests {
 
     #[test]
     fn transfer_on_first_target() {
-        let (mut h, step) = Handoff::start(Trigger::Dtmf('0'), tel("tel:+14155550100"), None, "Hold on", "Sorry");
+        let (mut h, step) = Handoff::start(
+            Trigger::Dtmf('0'),
+            tel("tel:+14155550100"),
+            None,
+            "Hold on",
+            "Sorry",
+        );
         assert_eq!(step, Step::Say("Hold on".into()));
         assert_eq!(h.line_spoken(), Step::Refer(tel("tel:+14155550100")));
-        assert_eq!(h.refer_answered(true), Step::AwaitOutcome(tel("tel:+14155550100")));
+        assert_eq!(
+            h.refer_answered(true),
+            Step::AwaitOutcome(tel("tel:+14155550100"))
+        );
         assert!(h.is_awaiting_outcome());
-        assert_eq!(h.sideband_closed(), Some(Outcome::Transferred(tel("tel:+14155550100"))));
+        assert_eq!(
+            h.sideband_closed(),
+            Some(Outcome::Transferred(tel("tel:+14155550100")))
+        );
         assert!(h.is_done());
     }
 
@@ -248,12 +260,30 @@ mod tests {
     fn silent_failure_falls_back_then_apologises() {
         let primary = tel("tel:+14155550100");
         let fallback = TransferTarget::parse("sip:queue@pbx.example.com").unwrap();
-        let (mut h, _) = Handoff::start(Trigger::Tool("x".into()), primary.clone(), Some(fallback.clone()), "Hold", "Sorry");
+        let (mut h, _) = Handoff::start(
+            Trigger::Tool("x".into()),
+            primary.clone(),
+            Some(fallback.clone()),
+            "Hold",
+            "Sorry",
+        );
         assert_eq!(h.line_spoken(), Step::Refer(primary.clone()));
         h.refer_answered(true);
-        assert_eq!(h.window_elapsed(), Step::Refer(fallback.clone()), "silent failure tries the fallback");
-        assert_eq!(h.refer_answered(false), Step::Say("Sorry".into()), "error on fallback → apology");
-        assert_eq!(h.sideband_closed(), None, "a close while apologising is not a transfer");
+        assert_eq!(
+            h.window_elapsed(),
+            Step::Refer(fallback.clone()),
+            "silent failure tries the fallback"
+        );
+        assert_eq!(
+            h.refer_answered(false),
+            Step::Say("Sorry".into()),
+            "error on fallback → apology"
+        );
+        assert_eq!(
+            h.sideband_closed(),
+            None,
+            "a close while apologising is not a transfer"
+        );
         assert_eq!(h.line_spoken(), Step::Hangup);
         assert_eq!(h.tried(), &[primary, fallback]);
     }

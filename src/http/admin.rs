@@ -42,7 +42,10 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
 
 async fn require_token(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(expected) = &app.admin_token else {
-        return error(StatusCode::NOT_FOUND, "admin API disabled: set VOXMACHINA_ADMIN_TOKEN");
+        return error(
+            StatusCode::NOT_FOUND,
+            "admin API disabled: set VOXMACHINA_ADMIN_TOKEN",
+        );
     };
     let presented = req
         .headers()

@@ -54,7 +54,11 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         "accepting_webhooks": accepting,
         "active_calls": app.registry().len(),
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }
 

@@ -39,7 +39,9 @@ pub enum CallControlError {
 }
 
 fn code_suffix(code: &Option<String>) -> String {
-    code.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default()
+    code.as_deref()
+        .map(|c| format!(" [{c}]"))
+        .unwrap_or_default()
 }
 
 impl CallControlError {
@@ -79,7 +81,11 @@ impl CallControl {
     ///
     /// # Errors
     /// When the TLS backend cannot be initialised.
-    pub fn new(base_url: &str, api_key: Secret, request_timeout: Duration) -> Result<Self, CallControlError> {
+    pub fn new(
+        base_url: &str,
+        api_key: Secret,
+        request_timeout: Duration,
+    ) -> Result<Self, CallControlError> {
         let http = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
@@ -102,7 +108,12 @@ impl CallControl {
         url.to_string()
     }
 
-    async fn post(&self, call_id: &str, action: &str, body: Option<&Value>) -> Result<(), CallControlError> {
+    async fn post(
+        &self,
+        call_id: &str,
+        action: &str,
+        body: Option<&Value>,
+    ) -> Result<(), CallControlError> {
         let mut req = self
             .http
             .post(self.url(call_id, action))
@@ -216,7 +227,12 @@ mod tests {
 
     #[test]
     fn call_id_is_a_single_path_segment() {
-        let cc = CallControl::new("http://127.0.0.1:9/v1/", Secret::new("k"), Duration::from_secs(1)).unwrap();
+        let cc = CallControl::new(
+            "http://127.0.0.1:9/v1/",
+            Secret::new("k"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         assert_eq!(
             cc.url("rtc_a/b?c", "accept"),
             "http://127.0.0.1:9/v1/realtime/calls/rtc_a%2Fb%3Fc/accept"

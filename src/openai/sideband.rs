@@ -42,8 +42,13 @@ impl SidebandError {
 ///
 /// # Errors
 /// [`SidebandError`] as classified from the upgrade response.
-pub async fn connect(sideband_url: &str, call_id: &str, api_key: &Secret) -> Result<SidebandStream, SidebandError> {
-    let mut url = reqwest::Url::parse(sideband_url).map_err(|e| SidebandError::Transport(e.to_string()))?;
+pub async fn connect(
+    sideband_url: &str,
+    call_id: &str,
+    api_key: &Secret,
+) -> Result<SidebandStream, SidebandError> {
+    let mut url =
+        reqwest::Url::parse(sideband_url).map_err(|e| SidebandError::Transport(e.to_string()))?;
     url.query_pairs_mut().append_pair("call_id", call_id);
     let mut request = url
         .as_str()
@@ -56,7 +61,9 @@ pub async fn connect(sideband_url: &str, call_id: &str, api_key: &Secret) -> Res
         Ok((stream, _)) => Ok(stream),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => match resp.status() {
             StatusCode::NOT_FOUND => Err(SidebandError::CallNotFound),
-            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(SidebandError::Unauthorized(s.as_u16())),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                Err(SidebandError::Unauthorized(s.as_u16()))
+            }
             s => Err(SidebandError::Transport(format!("upgrade answered {s}"))),
         },
         Err(e) => Err(SidebandError::Transport(e.to_string())),
@@ -230,7 +237,9 @@ pub mod client {
     pub fn response_create(instructions: Option<&str>) -> String {
         match instructions {
             None => json!({ "type": "response.create" }).to_string(),
-            Some(i) => json!({ "type": "response.create", "response": { "instructions": i } }).to_string(),
+            Some(i) => {
+                json!({ "type": "response.create", "response": { "instructions": i } }).to_string()
+            }
         }
     }
 
@@ -284,7 +293,9 @@ mod tests {
             r#"{"type":"response.function_call_arguments.done","event_id":"e","response_id":"r","item_id":"i","output_index":0,"call_id":"call_1","name":"transfer_to_human","arguments":"{\"reason\":\"x\"}"}"#,
         )
         .unwrap();
-        assert!(matches!(ev, ServerEvent::FunctionCallArgumentsDone { ref name, .. } if name == "transfer_to_human"));
+        assert!(
+            matches!(ev, ServerEvent::FunctionCallArgumentsDone { ref name, .. } if name == "transfer_to_human")
+        );
         let ev = ServerEvent::parse(r#"{"type":"input_audio_buffer.dtmf_event_received","event":"9","received_at":1750000000}"#).unwrap();
         assert_eq!(
             ev,
@@ -297,19 +308,33 @@ mod tests {
             r#"{"type":"response.done","event_id":"e","response":{"object":"realtime.response","id":"resp_1","status":"completed","output":[],"usage":{"total_tokens":30,"input_tokens":10,"output_tokens":20}}}"#,
         )
         .unwrap();
-        let ServerEvent::ResponseDone { response } = ev else { panic!() };
+        let ServerEvent::ResponseDone { response } = ev else {
+            panic!()
+        };
         assert_eq!(response.usage.unwrap().total_tokens, 30);
-        assert_eq!(ServerEvent::parse(r#"{"type":"rate_limits.updated","rate_limits":[]}"#).unwrap(), ServerEvent::Other);
+        assert_eq!(
+            ServerEvent::parse(r#"{"type":"rate_limits.updated","rate_limits":[]}"#).unwrap(),
+            ServerEvent::Other
+        );
         assert!(ServerEvent::parse("not json").is_err());
     }
 
     #[test]
     fn client_events_match_reference() {
-        let v: Value = serde_json::from_str(&client::function_call_output("call_001", &json!({"ok": true}))).unwrap();
+        let v: Value = serde_json::from_str(&client::function_call_output(
+            "call_001",
+            &json!({"ok": true}),
+        ))
+        .unwrap();
         assert_eq!(v["type"], "conversation.item.create");
         assert_eq!(v["item"]["type"], "function_call_output");
         assert_eq!(v["item"]["output"], "{\"ok\":true}");
         let v: Value = serde_json::from_str(&client::say_exactly("Please \"hold\".")).unwrap();
-        assert!(v["response"]["instructions"].as_str().unwrap().contains("\"Please 'hold'.\""));
+        assert!(
+            v["response"]["instructions"]
+                .as_str()
+                .unwrap()
+                .contains("\"Please 'hold'.\"")
+        );
     }
 }

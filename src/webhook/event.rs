@@ -39,7 +39,11 @@ pub struct RealtimeCallIncoming {
 
 /// Builds a `realtime.call.incoming` event body in the reference shape, used by
 /// `voxmachina trigger`.
-pub fn realtime_call_incoming(event_id: &str, created_at: i64, data: &RealtimeCallIncoming) -> Value {
+pub fn realtime_call_incoming(
+    event_id: &str,
+    created_at: i64,
+    data: &RealtimeCallIncoming,
+) -> Value {
     json!({
         "object": "event",
         "id": event_id,

@@ -20,10 +20,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::Bytes;
 use chrono::Utc;
 use serde_json::json;
@@ -41,12 +41,17 @@ use crate::webhook::event::{Envelope, REALTIME_CALL_INCOMING, RealtimeCallIncomi
 use crate::webhook::signature::DeliveryHeaders;
 
 fn reply(status: StatusCode, event: &str, outcome: &'static str) -> Response {
-    metrics::counter!(names::WEBHOOKS, "event" => event.to_string(), "outcome" => outcome).increment(1);
+    metrics::counter!(names::WEBHOOKS, "event" => event.to_string(), "outcome" => outcome)
+        .increment(1);
     (status, Json(json!({ "status": outcome }))).into_response()
 }
 
 /// The webhook endpoint handler. Takes the raw body: the signature covers the exact bytes.
-pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn receive(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let received = std::time::Instant::now();
     let delivery = DeliveryHeaders::from_map(&headers);
     let verified = match app.verifier.verify(delivery, &body, Utc::now().timestamp()) {
@@ -66,7 +71,11 @@ pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
         }
     };
     if !app.accepting.load(Ordering::SeqCst) {
-        return reply(StatusCode::SERVICE_UNAVAILABLE, &envelope.kind, "shutting_down");
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &envelope.kind,
+            "shutting_down",
+        );
     }
     if envelope.kind != REALTIME_CALL_INCOMING {
         info!(webhook_id = %verified.webhook_id, event_type = %envelope.kind, "event type not handled; acknowledged");
@@ -93,7 +102,8 @@ async fn incoming_call(
 ) -> Response {
     const EV: &str = REALTIME_CALL_INCOMING;
     let now = Utc::now();
-    let ttl = chrono::Duration::hours(i64::try_from(app.config.webhook.dedupe_ttl_hours).unwrap_or(72));
+    let ttl =
+        chrono::Duration::hours(i64::try_from(app.config.webhook.dedupe_ttl_hours).unwrap_or(72));
     match app.store.claim_webhook(&webhook_id, now, now + ttl).await {
         Ok(true) => {}
         Ok(false) => {
@@ -130,7 +140,11 @@ async fn incoming_call(
             let retry = existing.state == CallState::AcceptFailed
                 && app
                     .store
-                    .transition_call(&record.call_id, &[CallState::AcceptFailed], CallState::Accepting)
+                    .transition_call(
+                        &record.call_id,
+                        &[CallState::AcceptFailed],
+                        CallState::Accepting,
+                    )
                     .await
                     .unwrap_or(false);
             if !retry {
@@ -147,7 +161,13 @@ async fn incoming_call(
             }
         }
     }
-    event(&app, &record.call_id, "webhook_received", json!({ "webhook_id": webhook_id, "profile": profile.name })).await;
+    event(
+        &app,
+        &record.call_id,
+        "webhook_received",
+        json!({ "webhook_id": webhook_id, "profile": profile.name }),
+    )
+    .await;
 
     let active = app.registry().count_for_profile(&profile.name);
     if let Admission::Reject { status, reason } = profile.admission(&parties, now, active) {
@@ -159,7 +179,13 @@ async fn incoming_call(
                 record.ended_at = Some(Utc::now());
                 record.end_reason = Some(reason.as_str().to_string());
                 save(&app, &record).await;
-                event(&app, &record.call_id, "rejected", json!({ "reason": reason.as_str(), "status": status, "ok": result.is_ok() })).await;
+                event(
+                    &app,
+                    &record.call_id,
+                    "rejected",
+                    json!({ "reason": reason.as_str(), "status": status, "ok": result.is_ok() }),
+                )
+                .await;
                 metrics::counter!(names::CALLS_ENDED, "state" => "rejected", "reason" => reason.as_str()).increment(1);
                 return reply(StatusCode::OK, EV, "rejected");
             }
@@ -172,7 +198,10 @@ async fn incoming_call(
 
     let session = profile.realtime_session();
     let budget = std::time::Duration::from_millis(app.config.openai.accept_retry_budget_ms);
-    let (attempts, result) = app.call_control.accept_with_retry(&record.call_id, &session, budget).await;
+    let (attempts, result) = app
+        .call_control
+        .accept_with_retry(&record.call_id, &session, budget)
+        .await;
     let latency = received.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
@@ -180,7 +209,13 @@ async fn incoming_call(
             record.state = CallState::Active;
             record.accepted_at = Some(Utc::now());
             save(&app, &record).await;
-            event(&app, &record.call_id, "accepted", json!({ "attempts": attempts, "latency_ms": (latency * 1000.0).round() })).await;
+            event(
+                &app,
+                &record.call_id,
+                "accepted",
+                json!({ "attempts": attempts, "latency_ms": (latency * 1000.0).round() }),
+            )
+            .await;
             info!(attempts, latency_ms = latency * 1000.0, "call accepted");
             monitor::spawn(app.monitors.clone(), record, profile, Attach::Fresh);
             reply(StatusCode::OK, EV, "accepted")
@@ -193,7 +228,8 @@ async fn incoming_call(
             record.end_reason = Some("accept_404".into());
             save(&app, &record).await;
             event(&app, &record.call_id, "missed", json!({ "code": code })).await;
-            metrics::counter!(names::CALLS_ENDED, "state" => "missed", "reason" => "accept_404").increment(1);
+            metrics::counter!(names::CALLS_ENDED, "state" => "missed", "reason" => "accept_404")
+                .increment(1);
             reply(StatusCode::OK, EV, "missed")
         }
         Err(e) => {
@@ -206,14 +242,29 @@ async fn incoming_call(
 
 /// Accept or reject failed in a way a redelivery may fix: record it, release the `webhook-id`
 /// and answer 503 so OpenAI retries.
-async fn decision_failed(app: &AppState, mut record: CallRecord, webhook_id: &str, e: &CallControlError) -> Response {
+async fn decision_failed(
+    app: &AppState,
+    mut record: CallRecord,
+    webhook_id: &str,
+    e: &CallControlError,
+) -> Response {
     record.state = CallState::AcceptFailed;
     save(app, &record).await;
-    event(app, &record.call_id, "accept_failed", json!({ "error": e.to_string(), "kind": e.label() })).await;
+    event(
+        app,
+        &record.call_id,
+        "accept_failed",
+        json!({ "error": e.to_string(), "kind": e.label() }),
+    )
+    .await;
     if let Err(err) = app.store.release_webhook(webhook_id).await {
         warn!(error = %err, "cannot release webhook id; a retry will be treated as a duplicate");
     }
-    reply(StatusCode::SERVICE_UNAVAILABLE, REALTIME_CALL_INCOMING, "accept_failed")
+    reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        REALTIME_CALL_INCOMING,
+        "accept_failed",
+    )
 }
 
 async fn save(app: &AppState, record: &CallRecord) {
@@ -224,7 +275,11 @@ async fn save(app: &AppState, record: &CallRecord) {
 }
 
 async fn event(app: &AppState, call_id: &str, kind: &str, detail: serde_json::Value) {
-    if let Err(e) = app.store.append_event(&CallEvent::new(call_id, kind, detail)).await {
+    if let Err(e) = app
+        .store
+        .append_event(&CallEvent::new(call_id, kind, detail))
+        .await
+    {
         warn!(error = %e, "cannot store call event");
         metrics::counter!(names::STORE_ERRORS, "op" => "append_event").increment(1);
     }

@@ -29,6 +29,30 @@ pub fn fixture_prompts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prompts")
 }
 
+/// Copies the fixture profiles to `dest` and adds `closed.toml`: a line whose only opening window
+/// is twelve hours away from now (UTC), so every call to +18005550122 meets closed hours.
+pub fn copy_prompts_with_closed_line(dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for entry in std::fs::read_dir(fixture_prompts()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dest.join(path.file_name().unwrap())).unwrap();
+    }
+    use chrono::{Datelike, Timelike};
+    let opens = chrono::Utc::now() + chrono::Duration::hours(12);
+    let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        [opens.weekday().num_days_from_monday() as usize];
+    let hour = opens.hour().min(22);
+    std::fs::write(
+        dest.join("closed.toml"),
+        format!(
+            "# Open one hour, twelve hours from now: closed during the test.\n[match]\ndialed = [\"+18005550122\"]\n[escalation]\nenabled = false\n[reject.hours]\ntimezone = \"UTC\"\nopen = [\"{day} {hour:02}:00-{:02}:00\"]\nstatus = 480\n",
+            hour + 1
+        ),
+    )
+    .unwrap();
+    std::fs::write(dest.join("closed.md"), "You answer the closed test line.\n").unwrap();
+}
+
 /// A controller plus its emulator.
 pub struct Harness {
     pub emulator: Emulator,
@@ -78,9 +102,13 @@ impl Harness {
         .await
         .expect("emulator starts");
         let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(&emulator, dir.path(), &fixture_prompts());
+        let prompts = dir.path().join("prompts");
+        copy_prompts_with_closed_line(&prompts);
+        let mut config = test_config(&emulator, dir.path(), &prompts);
         adjust(&mut config);
-        let server = app::start(config, test_secrets()).await.expect("controller starts");
+        let server = app::start(config, test_secrets())
+            .await
+            .expect("controller starts");
         Harness {
             emulator,
             server,
@@ -100,7 +128,12 @@ impl Harness {
     }
 
     /// Waits until the stored record of `call_id` satisfies `pred`, or panics after `timeout`.
-    pub async fn wait_record(&self, call_id: &str, timeout: Duration, pred: impl Fn(&CallRecord) -> bool) -> CallRecord {
+    pub async fn wait_record(
+        &self,
+        call_id: &str,
+        timeout: Duration,
+        pred: impl Fn(&CallRecord) -> bool,
+    ) -> CallRecord {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(r) = self.store().get_call(call_id).await.unwrap() {
@@ -108,7 +141,10 @@ impl Harness {
                     return r;
                 }
                 if tokio::time::Instant::now() > deadline {
-                    panic!("record of {call_id} never matched; last: {r:#?}\nevents: {:#?}", self.events(call_id).await);
+                    panic!(
+                        "record of {call_id} never matched; last: {r:#?}\nevents: {:#?}",
+                        self.events(call_id).await
+                    );
                 }
             } else if tokio::time::Instant::now() > deadline {
                 panic!("no record for {call_id}");
@@ -119,7 +155,8 @@ impl Harness {
 
     /// Waits until the call reaches a final state.
     pub async fn wait_final(&self, call_id: &str) -> CallRecord {
-        self.wait_record(call_id, Duration::from_secs(10), |r| r.state.is_final()).await
+        self.wait_record(call_id, Duration::from_secs(10), |r| r.state.is_final())
+            .await
     }
 
     /// The stored transcript.
@@ -134,7 +171,21 @@ impl Harness {
 
     /// Event kinds only.
     pub async fn event_kinds(&self, call_id: &str) -> Vec<String> {
-        self.events(call_id).await.into_iter().map(|e| e.kind).collect()
+        self.events(call_id)
+            .await
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    /// `/accept` requests for `call_id` that the emulator answered 200.
+    pub fn successful_accepts(&self, call_id: &str) -> usize {
+        let path = format!("/v1/realtime/calls/{call_id}/accept");
+        self.emulator
+            .requests()
+            .iter()
+            .filter(|r| r.path == path && r.status == 200)
+            .count()
     }
 
     /// Admin API request builder with the token.
