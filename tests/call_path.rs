@@ -866,3 +866,42 @@ async fn health_ready_metrics_and_unknown_events() {
     assert!(metrics.contains("voxmachina_webhooks_total"), "{metrics}");
     assert!(metrics.contains(r#"outcome="ignored""#));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_command_delivers_a_verifiable_webhook() {
+    let h = Harness::start().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxmachina"))
+        .args([
+            "trigger",
+            "--url",
+            &h.webhook_url(),
+            "--call-id",
+            "rtc_triggered",
+            "--to",
+            "+18005550111",
+            "--from",
+            "+19005550199",
+        ])
+        .env("OPENAI_WEBHOOK_SECRET", webhook_secret())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Verified, parsed and routed to the blocklist profile; the emulator does not know the call,
+    // so /reject answers 404 and the call is recorded as rejected all the same.
+    let r = h
+        .store()
+        .get_call("rtc_triggered")
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(
+        (r.state, r.profile.as_str(), r.end_reason.as_deref()),
+        (CallState::Rejected, "blocked", Some("blocked_caller"))
+    );
+}
