@@ -11,4 +11,6 @@
 //! - [`voice`]: the parameters of a voice webhook (§3);
 //! - [`rest`]: create and update calls, send SMS, Twilio's error JSON (§4).
 
+pub mod media;
 pub mod signature;
+pub mod twiml;
