@@ -12,5 +12,7 @@
 //! - [`rest`]: create and update calls, send SMS, Twilio's error JSON (§4).
 
 pub mod media;
+pub mod rest;
 pub mod signature;
 pub mod twiml;
+pub mod voice;
