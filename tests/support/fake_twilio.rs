@@ -363,6 +363,17 @@ impl FakeTwilio {
         self.open_media_stream_with_signature(url, Some(&sig)).await
     }
 
+    /// As [`FakeTwilio::open_media_stream`], but signed over `signed_url`: the public `wss://`
+    /// URL of the TwiML when the test connects to a local `ws://` address.
+    pub async fn open_media_stream_signed_as(
+        &self,
+        url: &str,
+        signed_url: &str,
+    ) -> Result<MediaStreamClient, tokio_tungstenite::tungstenite::Error> {
+        let sig = signature::sign(&self.auth_token(), signed_url, &[]);
+        self.open_media_stream_with_signature(url, Some(&sig)).await
+    }
+
     /// Opens a Media Streams WebSocket with an arbitrary (or no) signature header.
     pub async fn open_media_stream_with_signature(
         &self,
