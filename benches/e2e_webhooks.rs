@@ -131,6 +131,8 @@ fn main() {
             openai_api_key: Secret::new(API_KEY),
             webhook_secret: Secret::new(SECRET),
             admin_token: None,
+            twilio_auth_token: None,
+            hubspot_token: None,
         };
         let server = app::start(config, secrets).await.unwrap();
         let url = format!("{}/openai/webhook", server.base_url());
