@@ -82,21 +82,42 @@ pub fn spawn(
     profile: Arc<Profile>,
     attach: Attach,
 ) -> Option<tokio::task::JoinHandle<CallRecord>> {
+    let commands = ctx.registry.register(&record.call_id, &profile.name)?;
+    Some(spawn_registered(ctx, record, profile, attach, commands))
+}
+
+/// Like [`spawn`] for a call already registered in the registry (`commands` from
+/// [`CallRegistry::register`]), so registration can happen before the webhook is answered.
+pub fn spawn_registered(
+    ctx: Arc<MonitorContext>,
+    record: CallRecord,
+    profile: Arc<Profile>,
+    attach: Attach,
+    commands: mpsc::Receiver<Command>,
+) -> tokio::task::JoinHandle<CallRecord> {
     let actions = Arc::new(OpenAiActions {
         call_control: ctx.call_control.clone(),
         call_id: record.call_id.clone(),
     });
     let c = ctx.clone();
     let call_id = record.call_id.clone();
-    spawn_with(ctx, record, profile, attach, actions, async move {
-        SidebandLink::connect(&c.sideband_url, &call_id, &c.api_key, &c.config)
-            .await
-            .map(|l| Box::new(l) as Box<dyn Link>)
-            .map_err(|e| {
-                let gone = matches!(e, SidebandError::CallNotFound);
-                (e.to_string(), gone)
-            })
-    })
+    start(
+        ctx,
+        record,
+        profile,
+        attach,
+        actions,
+        commands,
+        async move {
+            SidebandLink::connect(&c.sideband_url, &call_id, &c.api_key, &c.config)
+                .await
+                .map(|l| Box::new(l) as Box<dyn Link>)
+                .map_err(|e| {
+                    let gone = matches!(e, SidebandError::CallNotFound);
+                    (e.to_string(), gone)
+                })
+        },
+    )
 }
 
 /// Result of opening a monitor's [`Link`]: the link, or the error text and whether the call is
@@ -115,6 +136,18 @@ pub fn spawn_with(
     link: impl std::future::Future<Output = LinkResult> + Send + 'static,
 ) -> Option<tokio::task::JoinHandle<CallRecord>> {
     let commands = ctx.registry.register(&record.call_id, &profile.name)?;
+    Some(start(ctx, record, profile, attach, actions, commands, link))
+}
+
+fn start(
+    ctx: Arc<MonitorContext>,
+    record: CallRecord,
+    profile: Arc<Profile>,
+    attach: Attach,
+    actions: Arc<dyn CallActions>,
+    commands: mpsc::Receiver<Command>,
+    link: impl std::future::Future<Output = LinkResult> + Send + 'static,
+) -> tokio::task::JoinHandle<CallRecord> {
     let span = info_span!("call", call_id = %record.call_id, profile = %profile.name);
     metrics::gauge!(names::ACTIVE_CALLS).increment(1.0);
     let monitor = Monitor {
@@ -130,7 +163,7 @@ pub fn spawn_with(
         hangup_when_quiet: false,
         response_in_progress: None,
     };
-    Some(tokio::spawn(
+    tokio::spawn(
         async move {
             let call_id = monitor.record.call_id.clone();
             let registry = monitor.ctx.registry.clone();
@@ -140,7 +173,7 @@ pub fn spawn_with(
             record
         }
         .instrument(span),
-    ))
+    )
 }
 
 /// A line we asked the agent to say, tracked until its response finishes.
