@@ -28,7 +28,10 @@ fn speech_clip_encodes_to_the_itu_bytes() {
     encode_into(&pcm, &mut ours);
     let itu = read_fixture("speech_8k.itu.ulaw");
     assert_eq!(ours.len(), 24_000);
-    assert!(ours == itu, "speech_8k encoding differs from speech_8k.itu.ulaw");
+    assert!(
+        ours == itu,
+        "speech_8k encoding differs from speech_8k.itu.ulaw"
+    );
 }
 
 /// Position of a code on the μ-law quantiser scale (0 = most negative); both zeros share one
@@ -61,7 +64,9 @@ fn sox_output_is_within_one_code_step() {
             max_steps = max_steps.max((level_index(a) - level_index(b)).abs());
         }
     }
-    eprintln!("sox vs ITU on speech: {differ} bytes differ ({sign_of_zero} sign-of-zero), max {max_steps} step");
+    eprintln!(
+        "sox vs ITU on speech: {differ} bytes differ ({sign_of_zero} sign-of-zero), max {max_steps} step"
+    );
     assert_eq!(differ, 1898);
     assert!(max_steps <= 1);
 }
@@ -97,5 +102,8 @@ fn speech_round_trip_snr_matches_the_reference() {
     decode_into(&codes, &mut back);
     let snr = snr_db(&pcm, &back, 0);
     eprintln!("speech PCM -> ITU mu-law -> PCM SNR: {snr:.2} dB");
-    assert!((snr - 37.5).abs() < 0.1, "reference says 37.5 dB, got {snr:.2}");
+    assert!(
+        (snr - 37.5).abs() < 0.1,
+        "reference says 37.5 dB, got {snr:.2}"
+    );
 }

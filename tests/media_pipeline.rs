@@ -88,14 +88,21 @@ fn outbound_frames_are_160_ulaw_bytes() {
     let mut frames = Vec::new();
     for chunk in pcm24.chunks(480) {
         t.push(&STANDARD.encode(pcm_to_bytes(chunk))).unwrap();
-        assert_eq!(drain(&mut t, &mut frames), 1, "one 20 ms frame per 20 ms delta");
+        assert_eq!(
+            drain(&mut t, &mut frames),
+            1,
+            "one 20 ms frame per 20 ms delta"
+        );
         assert_eq!(t.buffered(), 0);
     }
     assert_eq!(frames.len(), 24_000);
     t.flush().unwrap();
     let tail = drain(&mut t, &mut frames);
     assert_eq!(tail, 1, "the 1.875 ms filter tail is padded to one frame");
-    assert!(frames[24_000 + 48..].iter().all(|&b| b == 0xFF), "silence padding");
+    assert!(
+        frames[24_000 + 48..].iter().all(|&b| b == 0xFF),
+        "silence padding"
+    );
 }
 
 /// μ-law → inbound → outbound → μ-law, compared in the PCM domain after the 30-sample delay.
@@ -136,13 +143,20 @@ fn ulaw_round_trip_is_close_to_the_original() {
 #[test]
 fn bad_base64_is_rejected_without_touching_state() {
     let ulaw = itu_ulaw();
-    let frames: Vec<String> = ulaw.chunks(160).take(6).map(|f| STANDARD.encode(f)).collect();
+    let frames: Vec<String> = ulaw
+        .chunks(160)
+        .take(6)
+        .map(|f| STANDARD.encode(f))
+        .collect();
     let mut clean = InboundTranscoder::new();
     let mut hit = InboundTranscoder::new();
     for (i, f) in frames.iter().enumerate() {
         if i == 3 {
             for bad in ["not base64!", "QUJD=", "QQ=Q", "\u{e9}\u{e9}\u{e9}\u{e9}"] {
-                assert!(matches!(hit.frame(bad), Err(MediaError::Base64(_))), "{bad:?}");
+                assert!(
+                    matches!(hit.frame(bad), Err(MediaError::Base64(_))),
+                    "{bad:?}"
+                );
             }
         }
         assert_eq!(clean.frame(f).unwrap(), hit.frame(f).unwrap(), "frame {i}");
@@ -170,7 +184,11 @@ fn bad_base64_is_rejected_without_touching_state() {
     hit.flush().unwrap();
     drain(&mut clean, &mut a);
     drain(&mut hit, &mut b);
-    assert_eq!(a.len(), 11 * 160, "1600 samples + 48-sample tail, padded to 11 frames");
+    assert_eq!(
+        a.len(),
+        11 * 160,
+        "1600 samples + 48-sample tail, padded to 11 frames"
+    );
     assert_eq!(a, b);
 
     let mut framer = UlawFramer::new();
@@ -185,7 +203,10 @@ fn oversize_payloads_are_rejected() {
     let big = STANDARD.encode(vec![0xFFu8; MAX_INBOUND_ULAW_BYTES + 3]);
     assert!(matches!(t.frame(&big), Err(MediaError::Oversize { .. })));
     let max = STANDARD.encode(vec![0xFFu8; MAX_INBOUND_ULAW_BYTES]);
-    assert_eq!(pcm_from_b64(t.frame(&max).unwrap()).len(), 3 * MAX_INBOUND_ULAW_BYTES);
+    assert_eq!(
+        pcm_from_b64(t.frame(&max).unwrap()).len(),
+        3 * MAX_INBOUND_ULAW_BYTES
+    );
 
     let mut o = OutboundTranscoder::new();
     let big = STANDARD.encode(vec![0u8; MAX_OUTBOUND_PCM_BYTES + 6]);
@@ -235,10 +256,7 @@ fn a_stream_ending_mid_sample_reports_odd_length_and_recovers() {
     t.push(&STANDARD.encode(&bytes[..1001])).unwrap(); // ends mid-sample
     let mut first = Vec::new();
     drain(&mut t, &mut first);
-    assert_eq!(
-        t.flush(),
-        Err(MediaError::OddPcmLength { stray_bytes: 1 })
-    );
+    assert_eq!(t.flush(), Err(MediaError::OddPcmLength { stray_bytes: 1 }));
     drain(&mut t, &mut first);
     assert_eq!(first.len(), 320, "500 samples + tail, padded to 2 frames");
 
@@ -273,7 +291,8 @@ fn a_stream_ending_mid_sample_reports_odd_length_and_recovers() {
 fn reset_drops_buffered_audio() {
     let pcm24 = inbound_all(&itu_ulaw());
     let mut t = OutboundTranscoder::new();
-    t.push(&STANDARD.encode(pcm_to_bytes(&pcm24[..1000]))).unwrap();
+    t.push(&STANDARD.encode(pcm_to_bytes(&pcm24[..1000])))
+        .unwrap();
     assert!(t.buffered() > 0);
     t.reset();
     assert_eq!(t.buffered(), 0);
@@ -281,7 +300,10 @@ fn reset_drops_buffered_audio() {
     assert_eq!(t.flush(), Ok(()));
     let mut tail = Vec::new();
     drain(&mut t, &mut tail);
-    assert!(tail.iter().all(|&b| b == 0xFF), "after reset the tail is pure silence");
+    assert!(
+        tail.iter().all(|&b| b == 0xFF),
+        "after reset the tail is pure silence"
+    );
 }
 
 #[test]

@@ -44,8 +44,14 @@ fn passband_is_flat_to_3400_hz() {
         let y = up(&sine(f, 8_000.0, 4_000, AMP));
         let (a, _, _) = fit_sine(&y, SETTLE_24K, f, 24_000.0);
         let g_up = db(a / AMP);
-        assert!(g_down.abs() <= 0.05, "decimator gain at {f} Hz: {g_down:+.4} dB");
-        assert!(g_up.abs() <= 0.05, "interpolator gain at {f} Hz: {g_up:+.4} dB");
+        assert!(
+            g_down.abs() <= 0.05,
+            "decimator gain at {f} Hz: {g_down:+.4} dB"
+        );
+        assert!(
+            g_up.abs() <= 0.05,
+            "interpolator gain at {f} Hz: {g_up:+.4} dB"
+        );
         worst = worst.max(g_down.abs()).max(g_up.abs());
     }
     eprintln!("passband 50..3400 Hz: max |gain| {worst:.4} dB");
@@ -78,7 +84,10 @@ fn interpolator_images_are_65_db_down() {
         let y = up(&x);
         let (_, _, residual) = fit_sine(&y, SETTLE_24K, f, 24_000.0);
         let rejection = db((AMP / 2f64.sqrt()) / residual);
-        assert!(rejection >= 65.0, "images of {f} Hz only {rejection:.1} dB down");
+        assert!(
+            rejection >= 65.0,
+            "images of {f} Hz only {rejection:.1} dB down"
+        );
         worst = worst.min(rejection);
     }
     eprintln!("interpolator: images >= {worst:.1} dB below the tone");
@@ -126,7 +135,12 @@ fn group_delay_is_under_2_ms_across_the_passband() {
             (p, a)
         });
         let g_down = group_delay_ms(f, |f| {
-            let (a, p, _) = fit_sine(&down(&sine(f, 24_000.0, 12_000, AMP)), SETTLE_8K, f, 8_000.0);
+            let (a, p, _) = fit_sine(
+                &down(&sine(f, 24_000.0, 12_000, AMP)),
+                SETTLE_8K,
+                f,
+                8_000.0,
+            );
             (p, a)
         });
         for g in [g_up, g_down] {
@@ -207,7 +221,10 @@ fn round_trip_snr_on_the_speech_fixture() {
     // removes most of it, which bounds the full-band figure. In band, only ripple and rounding
     // remain.
     assert!(full >= 24.0, "full-band round-trip SNR {full:.1} dB");
-    assert!(in_band >= 40.0, "telephone-band round-trip SNR {in_band:.1} dB");
+    assert!(
+        in_band >= 40.0,
+        "telephone-band round-trip SNR {in_band:.1} dB"
+    );
 }
 
 #[test]

@@ -99,7 +99,8 @@ pub fn telephone_band(x: &[i16]) -> Vec<i16> {
             } else {
                 (2.0 * PI * fc * t).sin() / (PI * t)
             };
-            let w = 0.42 - 0.5 * (2.0 * PI * k as f64 / m).cos() + 0.08 * (4.0 * PI * k as f64 / m).cos();
+            let w = 0.42 - 0.5 * (2.0 * PI * k as f64 / m).cos()
+                + 0.08 * (4.0 * PI * k as f64 / m).cos();
             sinc * w
         })
         .collect();
