@@ -166,7 +166,7 @@ fn q15_to_i16(acc: i64) -> i16 {
 /// One interpolator branch output for one 48-sample window. Kept out of line on purpose:
 /// inlined into the output loop, LLVM's vectoriser gave up on the three 48-tap dots inside this
 /// crate (144 scalar `imul`, 15 µs per 20 ms frame), while this body compiles to 6 `pmaddwd`
-/// (3.6 µs per frame including the calls). See `docs/performance.md`.
+/// (2–4 µs per frame including the calls, machine load permitting). See `docs/performance.md`.
 #[inline(never)]
 fn branch_dot(taps: &[i16; BRANCH_TAPS], window: &[i16]) -> i64 {
     dot(taps, window)
