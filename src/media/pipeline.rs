@@ -3,7 +3,7 @@
 //!
 //! Each transcoder owns reusable buffers. After the first few frames (once buffers have grown
 //! to the largest payload seen) a call performs no heap allocation; `tests/media_alloc.rs`
-//! checks this. None is `Sync`-shared: keep one of each per call.
+//! checks this. Each holds per-stream filter state and buffers: keep one of each per call.
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
