@@ -296,13 +296,23 @@ async fn accept_5xx_is_retried_within_budget() {
         .await
         .unwrap();
     assert_eq!(placed.status, 200);
-    let accepted = h
-        .events(&placed.call_id)
-        .await
-        .into_iter()
-        .find(|e| e.kind == "accepted")
-        .unwrap();
-    assert_eq!(accepted.detail["attempts"], 3);
+    // The accepted event is persisted in the background after the 200: wait for it.
+    let mut accepted = None;
+    for _ in 0..250 {
+        accepted = h
+            .events(&placed.call_id)
+            .await
+            .into_iter()
+            .find(|e| e.kind == "accepted");
+        if accepted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        accepted.expect("accepted event stored").detail["attempts"],
+        3
+    );
     assert_eq!(
         h.wait_final(&placed.call_id).await.state,
         CallState::Transferred
