@@ -473,7 +473,11 @@ mod tests {
         .unwrap();
         assert_eq!(off.retention.period(), None);
         let huge = RetentionConfig { days: u64::MAX };
-        assert_eq!(huge.period(), None, "out of range is treated as off, not a panic");
+        assert_eq!(
+            huge.period(),
+            None,
+            "out of range is treated as off, not a panic"
+        );
     }
 
     #[test]
