@@ -27,7 +27,7 @@ grep -q 'server_name voice.test.invalid;' "$root/etc/nginx/sites-available/voxma
   || fail "host name not substituted in the nginx site"
 grep -q 'voice.example.com' "$root/etc/nginx/sites-available/voxmachina" \
   && fail "placeholder host left in the nginx site"
-for f in $(grep -o '/etc/voxmachina/[a-z_.]*' systemd/voxmachina.service | sort -u); do
+for f in $(grep -v '^\s*#' systemd/voxmachina.service | grep -o '/etc/voxmachina/[a-z_.]*' | sort -u); do
   [ -e "$root$f" ] || fail "the unit names $f, which install.sh did not create"
 done
 token=$(cat "$root/etc/voxmachina/admin_token")
