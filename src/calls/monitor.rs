@@ -653,7 +653,7 @@ impl Monitor {
         }
         match outcome {
             Outcome::Transferred(target) => {
-                info!(target = %target.as_uri(), "transfer confirmed: sideband closed after REFER");
+                info!(transfer_target = %target.as_uri(), "transfer confirmed: sideband closed after REFER");
                 self.event("transferred", json!({ "target": target.as_uri() }))
                     .await;
                 Flow::End(CallState::Transferred, "transferred")
