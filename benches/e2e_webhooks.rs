@@ -1,7 +1,7 @@
 //! Benchmark (2): end to end, at a fixed rate. Signed `realtime.call.incoming` webhooks are sent
 //! to the real controller (HTTP on 127.0.0.1, SQLite file) which verifies, dedupes, routes, calls
 //! `/accept` on the OpenAI emulator and answers; each accepted call then attaches a sideband
-//! monitor (the caller hangs up right after the greeting), so monitors run while webhooks arrive.
+//! monitor and is greeted (the calls stay up), so monitors run while webhooks arrive.
 //!
 //! Reports requests/s and latency percentiles of the webhook round trip, and, at the same rate,
 //! of a bare `/accept` round trip to the emulator: the difference is what the controller adds.
@@ -32,7 +32,6 @@ fn script() -> Script {
         .from("\"Bench Caller\" <sip:+14155550123@pstn.twilio.com>;tag=bench")
         .to("<sip:+18005550000@sip.api.openai.com>")
         .greeting_wait_ms(50)
-        .hangup()
 }
 
 struct Stats {
