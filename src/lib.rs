@@ -23,5 +23,6 @@ pub mod prompts;
 pub mod sip;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod twilio;
 pub mod webhook;
