@@ -694,6 +694,46 @@ mod tests {
     }
 
     #[test]
+    fn tools_after_call_and_pricing_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.toml");
+        std::fs::write(
+            &path,
+            "[tools]\nfiller_after_ms = 800\nsecrets_dir = \"/etc/vm/secrets\"\n\
+             [after_call]\nsummary = \"transcript\"\n\
+             [pricing]\ncurrency = \"EUR\"\n[[pricing.models]]\nmodel = \"gpt-realtime-2.1\"\n\
+             audio_input = 30.0\ntext_input = 4.0\naudio_output = 60.0\ntext_output = 15.0\n",
+        )
+        .unwrap();
+        let cfg = Config::load_with_env(Some(&path), Vec::new()).unwrap();
+        assert_eq!(cfg.tools.filler_after_ms, 800);
+        assert_eq!(cfg.tools.default_timeout_ms, 5_000, "default kept");
+        assert_eq!(cfg.tools.secrets_dir, PathBuf::from("/etc/vm/secrets"));
+        assert_eq!(cfg.after_call.summary, SummaryMode::Transcript);
+        assert_eq!(cfg.pricing.currency, "EUR");
+        let p = cfg.pricing.for_model("gpt-realtime-2.1").unwrap();
+        assert_eq!((p.audio_input, p.cached_audio_input), (30.0, None));
+        assert!(
+            cfg.pricing.for_model("gpt-realtime").is_none(),
+            "the table replaces the defaults"
+        );
+        assert!(
+            Config::default()
+                .pricing
+                .for_model("gpt-realtime")
+                .is_some()
+        );
+
+        std::fs::write(
+            &path,
+            "[[pricing.models]]\nmodel = \"m\"\naudio_input = -1.0\ntext_input = 1.0\naudio_output = 1.0\ntext_output = 1.0\n",
+        )
+        .unwrap();
+        let err = Config::load_with_env(Some(&path), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("pricing.models"), "{err}");
+    }
+
+    #[test]
     fn secret_debug_is_redacted() {
         let s = Secret::new("sk-very-secret");
         assert_eq!(format!("{s:?}"), "Secret(***)");

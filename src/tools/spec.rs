@@ -627,6 +627,7 @@ fn build_http(
     }
     let sample = url.render(&Sample(base_url), super::template::Encoding::Url);
     match reqwest::Url::parse(&sample) {
+        _ if uses_base && base_url.is_none() => {}
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
         Ok(u) => err(
             url_span.clone(),
