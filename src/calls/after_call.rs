@@ -243,6 +243,7 @@ pub fn extract(rules: &[ExtractRule], transcript: &[TranscriptLine]) -> BTreeMap
     for rule in rules {
         let found = transcript
             .iter()
+            .rev()
             .filter(|l| match rule.from {
                 ExtractFrom::Any => true,
                 ExtractFrom::Caller => l.speaker == Speaker::Caller,
@@ -256,8 +257,7 @@ pub fn extract(rules: &[ExtractRule], transcript: &[TranscriptLine]) -> BTreeMap
                         .unwrap_or_default()
                 })
             })
-            .filter(|v| !v.is_empty())
-            .last();
+            .find(|v| !v.is_empty());
         if let Some(v) = found {
             out.insert(rule.name.clone(), v);
         }

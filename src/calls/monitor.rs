@@ -192,6 +192,10 @@ enum Flow {
 #[derive(Debug)]
 struct RunningTool {
     name: String,
+    /// When the model called it, and the validated arguments: the `tool_call` event is written
+    /// after the output is sent, so no store write sits in the tool's round trip.
+    called_at: chrono::DateTime<Utc>,
+    arguments: Value,
 }
 
 /// What a tool task hands back to the monitor.
@@ -530,13 +534,7 @@ impl Monitor {
         };
         match def.check_arguments(arguments) {
             Ok(args) => {
-                let logged = args.clone();
                 self.spawn_tool(def, fc_id, args);
-                self.event(
-                    "tool_call",
-                    json!({ "name": name, "call_id": fc_id, "arguments": logged }),
-                )
-                .await;
                 Flow::Continue
             }
             Err(problems) => {
@@ -622,6 +620,8 @@ impl Monitor {
             fc_id.to_string(),
             RunningTool {
                 name: def.name.clone(),
+                called_at: Utc::now(),
+                arguments: args.clone(),
             },
         );
         let services = self.ctx.tools.clone();
@@ -692,9 +692,20 @@ impl Monitor {
         result: ToolResult,
         elapsed: Duration,
     ) -> Flow {
-        self.running.remove(fc_id);
+        let running = self.running.remove(fc_id);
         self.send(link, client::function_call_output(fc_id, &result.output))
             .await;
+        if let Some(r) = running {
+            let call = CallEvent {
+                call_id: self.record.call_id.clone(),
+                at: r.called_at,
+                kind: "tool_call".into(),
+                detail: json!({ "name": name, "call_id": fc_id, "arguments": r.arguments }),
+            };
+            if let Err(e) = self.ctx.store.append_event(&call).await {
+                store_error("append_event", &e);
+            }
+        }
         let outcome = result.outcome.as_str();
         self.count_tool(name, outcome, elapsed);
         let ms = elapsed.as_secs_f64() * 1000.0;

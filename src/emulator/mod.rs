@@ -592,6 +592,12 @@ impl Emulator {
         let app = rest::router(shared.clone());
         let cancel = shared.cancel.clone();
         tokio::spawn(async move {
+            // Events are small frames written back to back: without TCP_NODELAY, Nagle's
+            // algorithm holds the second one until the first is acknowledged (delayed ACK,
+            // ~40 ms on Linux), which real servers do not do to a Realtime socket.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 cancel.cancelled().await;
             });

@@ -1059,3 +1059,22 @@ require = ["conf", "ghost"]
     assert_eq!(a.extract[0].from, ExtractFrom::Any);
     assert_eq!(a.sms.as_ref().unwrap().require, ["conf"]);
 }
+
+#[test]
+fn readme_profile_example_loads() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let start = readme
+        .find("# prompts/orders.toml")
+        .expect("README has the example");
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    profile(dir.path(), "orders", &readme[start..end]);
+    profile(dir.path(), "main", DEFAULT);
+    let set = load_ok(dir.path());
+    let orders = set.get("orders").unwrap();
+    assert_eq!(orders.tools.len(), 3);
+    assert_eq!(orders.after_call.extract[0].name, "ticket");
+    assert!(orders.after_call.sms.is_some());
+}

@@ -575,7 +575,7 @@ fn build_http(
         &mut err,
     );
     check_args(&url, url_span.clone(), &mut err);
-    let uses_base = url.segments().iter().any(|s| *s == Segment::BaseUrl);
+    let uses_base = url.segments().contains(&Segment::BaseUrl);
     if uses_base && base_url.is_none() {
         err(
             url_span.clone(),

@@ -128,6 +128,9 @@ impl ToolServer {
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         let token = stop.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { token.cancelled().await })
