@@ -12,13 +12,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::calls::after_call::AfterCallServices;
 use crate::calls::monitor::{self, Attach, MonitorContext};
 use crate::calls::registry::CallRegistry;
 use crate::config::{Config, Secret, Secrets};
+use crate::hubspot::HubSpot;
 use crate::openai::CallControl;
 use crate::prompts::{LoadErrors, ProfileSet};
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::telemetry;
+use crate::tools;
 use crate::webhook::signature::{KeyError, Verifier};
 
 /// Start-up failures.
@@ -167,6 +170,11 @@ pub async fn start_with_store(
         Duration::from_millis(config.openai.request_timeout_ms),
     )
     .map_err(|e| StartError::Http(e.to_string()))?;
+    let tools = tool_services(&config, &secrets, store.clone())?;
+    let after_call = Arc::new(AfterCallServices::from_config(
+        &config,
+        secrets.twilio_auth_token.clone(),
+    ));
     let monitors = Arc::new(MonitorContext {
         store: store.clone(),
         call_control: call_control.clone(),
@@ -176,6 +184,8 @@ pub async fn start_with_store(
         log_transcripts: config.logging.log_transcripts,
         registry: CallRegistry::default(),
         shutdown: CancellationToken::new(),
+        tools,
+        after_call,
     });
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -263,6 +273,49 @@ pub async fn purge_once(state: &AppState) -> Option<crate::store::PurgeStats> {
             metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "purge").increment(1);
             None
         }
+    }
+}
+
+/// The [`tools::Services`] of the configuration: `[tools]` settings, the secret lookup, HubSpot
+/// when `[hubspot] enabled` and `HUBSPOT_TOKEN` is set, and the store.
+///
+/// # Errors
+/// [`StartError::Http`] when an HTTP client cannot be built.
+pub fn tool_services(
+    config: &Config,
+    secrets: &Secrets,
+    store: Arc<dyn Store>,
+) -> Result<Arc<tools::Services>, StartError> {
+    let hubspot = hubspot_client(config, secrets.hubspot_token.clone())?;
+    Ok(Arc::new(
+        tools::Services::new(config.tools.clone())
+            .map_err(StartError::Http)?
+            .with_hubspot(hubspot)
+            .with_store(store),
+    ))
+}
+
+/// The HubSpot client when `[hubspot] enabled` and a token is given.
+///
+/// # Errors
+/// [`StartError::Http`] when the client cannot be built (bad base URL).
+pub fn hubspot_client(
+    config: &Config,
+    token: Option<Secret>,
+) -> Result<Option<HubSpot>, StartError> {
+    match token {
+        Some(token) if config.hubspot.enabled => HubSpot::new(
+            &config.hubspot.base_url,
+            token,
+            Duration::from_millis(config.hubspot.request_timeout_ms),
+        )
+        .map(Some)
+        .map_err(|e| StartError::Http(e.to_string())),
+        None if config.hubspot.enabled => {
+            warn!("[hubspot] enabled but HUBSPOT_TOKEN is not set; create_ticket is unavailable");
+            Ok(None)
+        }
+        _ => Ok(None),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`.
+//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `tool test`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,39 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Play a whole phone call offline against a local OpenAI SIP emulator.
     Demo(crate::demo::DemoArgs),
+    /// Agent tools declared in the prompt profiles.
+    Tool(ToolArgs),
+}
+
+/// Arguments of `voxmachina tool`.
+#[derive(Debug, Args)]
+pub struct ToolArgs {
+    /// What to do with the tool.
+    #[command(subcommand)]
+    pub command: ToolCommand,
+}
+
+/// `voxmachina tool` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ToolCommand {
+    /// Run one tool of a profile against its real endpoint (with the configured secrets) and
+    /// print the function_call_output the model would see. Exit 0 when the tool answered ok, 1
+    /// for an error output, 2 when the profile or tool does not exist or cannot run here.
+    Test {
+        /// Profile name, e.g. hinglish-support.
+        profile: String,
+        /// Tool name, e.g. lookup_order.
+        tool: String,
+        /// The arguments as a JSON object, checked against the tool's schema.
+        #[arg(default_value = "{}")]
+        arguments: String,
+        /// Caller number for {{call.caller}} and the built-ins (E.164).
+        #[arg(long)]
+        caller: Option<String>,
+        /// Dialed number for {{call.dialed}} (E.164).
+        #[arg(long)]
+        dialed: Option<String>,
+    },
 }
 
 /// Arguments of `voxmachina trigger`.
@@ -79,6 +112,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(cli.config),
         Command::Trigger(args) => trigger(args).await,
         Command::Demo(args) => crate::demo::run(cli.config, args).await,
+        Command::Tool(ToolArgs {
+            command:
+                ToolCommand::Test {
+                    profile,
+                    tool,
+                    arguments,
+                    caller,
+                    dialed,
+                },
+        }) => tool_test(cli.config, &profile, &tool, &arguments, caller, dialed).await,
     }
 }
 
@@ -172,6 +215,13 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     if p.is_default { " [default]" } else { "" },
                     p.source.display()
                 );
+                if !p.tools.is_empty() {
+                    let names: Vec<&str> = p.tools.iter().map(|t| t.name.as_str()).collect();
+                    println!("    tools: {}", names.join(", "));
+                }
+            }
+            for w in tool_warnings(&config, &set) {
+                println!("warning: {w}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -247,6 +297,131 @@ async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
     let text = resp.text().await.unwrap_or_default();
     println!("call_id={call_id} webhook-id={webhook_id} -> {status} {text}");
     Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Problems that do not stop the server but make a tool fail at call time: unset secrets,
+/// `create_ticket` without HubSpot, `send_dtmf` (unsupported on the SIP path).
+pub fn tool_warnings(config: &Config, set: &crate::prompts::ProfileSet) -> Vec<String> {
+    use crate::tools::Builtin;
+    let lookup = crate::tools::secret_lookup(&config.tools.secrets_dir);
+    let mut out = Vec::new();
+    for p in set.iter() {
+        for t in p.tools.iter() {
+            for name in t.secret_names() {
+                if lookup(name).is_none() {
+                    out.push(format!(
+                        "{}: tool {}: secret {name} is not set (a file {name} in [tools] secrets_dir or $CREDENTIALS_DIRECTORY, or VOXMACHINA_SECRET_{}); the tool answers not_configured until it is",
+                        p.source.display(),
+                        t.name,
+                        name.to_ascii_uppercase().replace(['-', '.'], "_")
+                    ));
+                }
+            }
+            match t.builtin() {
+                Some(Builtin::CreateTicket) if !config.hubspot.enabled => out.push(format!(
+                    "{}: tool create_ticket: [hubspot] is not enabled; the tool answers not_configured",
+                    p.source.display()
+                )),
+                Some(Builtin::SendDtmf) => out.push(format!(
+                    "{}: tool send_dtmf is unsupported on SIP calls (no sideband event injects DTMF); the model gets an unsupported error",
+                    p.source.display()
+                )),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+async fn tool_test(
+    config_path: Option<PathBuf>,
+    profile: &str,
+    tool: &str,
+    arguments: &str,
+    caller: Option<String>,
+    dialed: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use crate::tools::{CallInfo, Outcome, Services};
+    let config = Config::load(config_path.as_deref())?;
+    let set = match crate::prompts::ProfileSet::load(&config.prompts.dir) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Some(p) = set.get(profile) else {
+        let names: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
+        eprintln!("no profile {profile:?} (profiles: {})", names.join(", "));
+        return Ok(ExitCode::from(2));
+    };
+    let Some(def) = p.tools.get(tool) else {
+        let names: Vec<&str> = p.tools.iter().map(|t| t.name.as_str()).collect();
+        eprintln!(
+            "profile {profile} declares no tool {tool:?} (tools: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        return Ok(ExitCode::from(2));
+    };
+    if def.builtin().is_some_and(|b| b.acts_on_call()) {
+        eprintln!("{tool} acts on a live call (transfer or hang-up) and cannot be tested here");
+        return Ok(ExitCode::from(2));
+    }
+    let args = match def.check_arguments(arguments) {
+        Ok(a) => a,
+        Err(problems) => {
+            let r = crate::tools::ToolResult::invalid_arguments(tool, problems);
+            println!("{}", serde_json::to_string_pretty(&r.output)?);
+            eprintln!("outcome: invalid_arguments (nothing was sent)");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let hubspot_token = Secrets::from_env()
+        .ok()
+        .and_then(|s| s.hubspot_token)
+        .or_else(|| {
+            std::env::var("HUBSPOT_TOKEN")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(crate::config::Secret::new)
+        });
+    let hubspot = crate::app::hubspot_client(&config, hubspot_token)?;
+    let mut services = Services::new(config.tools.clone())
+        .map_err(|e| anyhow::anyhow!(e))?
+        .with_hubspot(hubspot);
+    if def.builtin() == Some(crate::tools::Builtin::LookupCallHistory) {
+        services = services.with_store(crate::app::open_store(&config)?);
+    }
+    let call = CallInfo {
+        call_id: "rtc_tool_test".into(),
+        caller,
+        dialed,
+    };
+    let started = std::time::Instant::now();
+    let result =
+        crate::tools::execute(def, &args, &call, p.tools_base_url.as_deref(), &services).await;
+    println!("{}", serde_json::to_string_pretty(&result.output)?);
+    let mut line = format!(
+        "outcome: {} · {:.1} ms",
+        result.outcome.as_str(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    if let Some(s) = result.status {
+        line.push_str(&format!(" · HTTP {s}"));
+    }
+    if let Some(n) = &result.note {
+        line.push_str(&format!(" · {n}"));
+    }
+    eprintln!("{line}");
+    Ok(if result.outcome == Outcome::Ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -70,6 +70,150 @@ pub struct Config {
     pub twilio: TwilioConfig,
     /// HubSpot CRM (contact and ticket on escalation).
     pub hubspot: HubSpotConfig,
+    /// Agent tools declared in profiles: timeouts, filler line, output size, secrets directory.
+    pub tools: ToolsConfig,
+    /// After-call work: the call summary and the SMS opt-out list.
+    pub after_call: AfterCallConfig,
+    /// Per-model token prices for the call cost estimate.
+    pub pricing: PricingConfig,
+}
+
+/// `[tools]`: how the controller runs the tools declared in prompt profiles (`[[tools]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ToolsConfig {
+    /// Timeout of a tool that sets no `timeout_ms`, milliseconds. The model then gets a
+    /// `{"error":{"code":"timeout",...}}` object.
+    pub default_timeout_ms: u64,
+    /// When a tool has run this long, the agent says the filler line (once per batch of running
+    /// tools, and only when no response is in progress), milliseconds. 0 disables fillers.
+    pub filler_after_ms: u64,
+    /// The filler line, unless the profile (`filler_line`) or the tool (`filler`) sets one.
+    pub filler_line: String,
+    /// Largest tool output handed to the model, bytes of JSON, unless the tool's
+    /// `response.max_bytes` says otherwise. Larger outputs are cut (arrays lose trailing items).
+    pub max_output_bytes: usize,
+    /// Optional directory of named secret files (`{{secret:NAME}}` reads `<secrets_dir>/NAME`),
+    /// looked up before `$CREDENTIALS_DIRECTORY/NAME` and `VOXMACHINA_SECRET_<NAME>`. Empty: not
+    /// used.
+    pub secrets_dir: PathBuf,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout_ms: 5_000,
+            filler_after_ms: 1_500,
+            filler_line: "One moment while I look that up.".into(),
+            max_output_bytes: 4_096,
+            secrets_dir: PathBuf::new(),
+        }
+    }
+}
+
+/// How the after-call summary is produced.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SummaryMode {
+    /// Ask the model through the sideband before the controller hangs up (an out-of-band text
+    /// response); fall back to the transcript summary when that is impossible or fails.
+    Model,
+    /// Always the deterministic summary built from the transcript and the call record.
+    Transcript,
+    /// No summary.
+    Off,
+}
+
+/// `[after_call]`: work done when a call ends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AfterCallConfig {
+    /// `model` (default), `transcript` or `off`; a profile can turn summaries off.
+    pub summary: SummaryMode,
+    /// How long to wait for the model's summary before hanging up anyway, milliseconds.
+    pub summary_timeout_ms: u64,
+    /// File of E.164 numbers (one per line, `#` comments) that never get an SMS follow-up.
+    /// Read at each send; callers who opt out during a call (or whose SMS Twilio refuses as
+    /// unsubscribed, error 21610) are appended. Empty: no file.
+    pub sms_opt_out_file: PathBuf,
+}
+
+impl Default for AfterCallConfig {
+    fn default() -> Self {
+        Self {
+            summary: SummaryMode::Model,
+            summary_timeout_ms: 4_000,
+            sms_opt_out_file: PathBuf::from("data/sms_opt_out.txt"),
+        }
+    }
+}
+
+/// `[pricing]`: token prices per model, for the cost estimate stored on each call record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PricingConfig {
+    /// Currency of the prices, e.g. `USD`.
+    pub currency: String,
+    /// One entry per Realtime model; a call whose model is not listed gets no estimate.
+    pub models: Vec<ModelPrice>,
+}
+
+/// Prices of one model in `currency` per one million tokens (`[[pricing.models]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ModelPrice {
+    /// The `[session] model` name, exact.
+    pub model: String,
+    /// Audio input tokens (also used for input tokens whose kind is unknown).
+    pub audio_input: f64,
+    /// Cached audio input tokens.
+    #[serde(default)]
+    pub cached_audio_input: Option<f64>,
+    /// Text input tokens.
+    pub text_input: f64,
+    /// Cached text input tokens.
+    #[serde(default)]
+    pub cached_text_input: Option<f64>,
+    /// Audio output tokens (also used for output tokens whose kind is unknown).
+    pub audio_output: f64,
+    /// Text output tokens.
+    pub text_output: f64,
+}
+
+impl Default for PricingConfig {
+    /// OpenAI's published list prices (USD per 1M tokens) for `gpt-realtime` and
+    /// `gpt-realtime-mini` at the time of writing; check them against the current price list.
+    fn default() -> Self {
+        Self {
+            currency: "USD".into(),
+            models: vec![
+                ModelPrice {
+                    model: "gpt-realtime".into(),
+                    audio_input: 32.0,
+                    cached_audio_input: Some(0.40),
+                    text_input: 4.0,
+                    cached_text_input: Some(0.40),
+                    audio_output: 64.0,
+                    text_output: 16.0,
+                },
+                ModelPrice {
+                    model: "gpt-realtime-mini".into(),
+                    audio_input: 10.0,
+                    cached_audio_input: Some(0.30),
+                    text_input: 0.60,
+                    cached_text_input: Some(0.06),
+                    audio_output: 20.0,
+                    text_output: 2.40,
+                },
+            ],
+        }
+    }
+}
+
+impl PricingConfig {
+    /// The price entry of `model`, if listed.
+    pub fn for_model(&self, model: &str) -> Option<&ModelPrice> {
+        self.models.iter().find(|m| m.model == model)
+    }
 }
 
 /// `[twilio]`: Twilio Programmable Voice. The Auth Token is a secret (`TWILIO_AUTH_TOKEN`).
@@ -387,6 +531,27 @@ impl Config {
                 )));
             }
         }
+        for m in &self.pricing.models {
+            let prices = [
+                m.audio_input,
+                m.text_input,
+                m.audio_output,
+                m.text_output,
+                m.cached_audio_input.unwrap_or(0.0),
+                m.cached_text_input.unwrap_or(0.0),
+            ];
+            if m.model.trim().is_empty() || prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "pricing.models {:?}: needs a model name and prices >= 0",
+                    m.model
+                )));
+            }
+        }
+        if self.tools.default_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "tools.default_timeout_ms must be at least 1".into(),
+            ));
+        }
         if self.store.backend != "sqlite" {
             return Err(ConfigError::Invalid(format!(
                 "store.backend = {:?}: supported backends are \"sqlite\"",
@@ -574,6 +739,46 @@ mod tests {
             None,
             "out of range is treated as off, not a panic"
         );
+    }
+
+    #[test]
+    fn tools_after_call_and_pricing_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.toml");
+        std::fs::write(
+            &path,
+            "[tools]\nfiller_after_ms = 800\nsecrets_dir = \"/etc/vm/secrets\"\n\
+             [after_call]\nsummary = \"transcript\"\n\
+             [pricing]\ncurrency = \"EUR\"\n[[pricing.models]]\nmodel = \"gpt-realtime-2.1\"\n\
+             audio_input = 30.0\ntext_input = 4.0\naudio_output = 60.0\ntext_output = 15.0\n",
+        )
+        .unwrap();
+        let cfg = Config::load_with_env(Some(&path), Vec::new()).unwrap();
+        assert_eq!(cfg.tools.filler_after_ms, 800);
+        assert_eq!(cfg.tools.default_timeout_ms, 5_000, "default kept");
+        assert_eq!(cfg.tools.secrets_dir, PathBuf::from("/etc/vm/secrets"));
+        assert_eq!(cfg.after_call.summary, SummaryMode::Transcript);
+        assert_eq!(cfg.pricing.currency, "EUR");
+        let p = cfg.pricing.for_model("gpt-realtime-2.1").unwrap();
+        assert_eq!((p.audio_input, p.cached_audio_input), (30.0, None));
+        assert!(
+            cfg.pricing.for_model("gpt-realtime").is_none(),
+            "the table replaces the defaults"
+        );
+        assert!(
+            Config::default()
+                .pricing
+                .for_model("gpt-realtime")
+                .is_some()
+        );
+
+        std::fs::write(
+            &path,
+            "[[pricing.models]]\nmodel = \"m\"\naudio_input = -1.0\ntext_input = 1.0\naudio_output = 1.0\ntext_output = 1.0\n",
+        )
+        .unwrap();
+        let err = Config::load_with_env(Some(&path), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("pricing.models"), "{err}");
     }
 
     #[test]

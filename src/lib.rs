@@ -24,5 +24,6 @@ pub mod sip;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+pub mod tools;
 pub mod twilio;
 pub mod webhook;

@@ -13,6 +13,11 @@
 //! | `sideband_reconnects_total` | counter | `result` | reconnect attempts after abnormal drops |
 //! | `sideband_errors_total` | counter | `code` | `error` events received on sideband |
 //! | `store_errors_total` | counter | `op` | store failures (the call goes on) |
+//! | `tool_calls_total` | counter | `tool`, `outcome` | tool calls by the model (`outcome`: see [`crate::tools::Outcome::as_str`]; `tool` is `unknown` for names the profile lacks) |
+//! | `tool_duration_seconds` | histogram | `tool` | tool run time, argument check to output |
+//! | `call_summaries_total` | counter | `source` | summaries stored: `model` or `transcript` |
+//! | `sms_followups_total` | counter | `status` | SMS follow-ups: `sent`, `skipped`, `opted_out`, `failed` |
+//! | `call_cost_micros_total` | counter | `model`, `currency` | estimated model cost of ended calls, millionths |
 //! | `build_info` | gauge | `version` | always 1 |
 
 use std::io::IsTerminal;
@@ -41,6 +46,16 @@ pub mod names {
     pub const SIDEBAND_ERRORS: &str = "voxmachina_sideband_errors_total";
     /// Counter: store failures by `op`.
     pub const STORE_ERRORS: &str = "voxmachina_store_errors_total";
+    /// Counter: tool calls by `tool` and `outcome`.
+    pub const TOOL_CALLS: &str = "voxmachina_tool_calls_total";
+    /// Histogram (seconds): tool run time by `tool`.
+    pub const TOOL_DURATION: &str = "voxmachina_tool_duration_seconds";
+    /// Counter: call summaries stored by `source`.
+    pub const CALL_SUMMARIES: &str = "voxmachina_call_summaries_total";
+    /// Counter: SMS follow-ups by `status`.
+    pub const SMS_FOLLOWUPS: &str = "voxmachina_sms_followups_total";
+    /// Counter: estimated model cost in millionths of the currency, by `model` and `currency`.
+    pub const CALL_COST_MICROS: &str = "voxmachina_call_cost_micros_total";
     /// Gauge: build information.
     pub const BUILD_INFO: &str = "voxmachina_build_info";
 }
@@ -56,6 +71,14 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(names::ACCEPT_LATENCY.to_string()),
                     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                )
+                .expect("static buckets are valid")
+                .set_buckets_for_metric(
+                    Matcher::Full(names::TOOL_DURATION.to_string()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
                 )
                 .expect("static buckets are valid")
                 .install_recorder()

@@ -1,6 +1,7 @@
 //! Calls: the stored call record ([`record`]), the registry of monitored calls ([`registry`]) and
 //! the per-call sideband monitor ([`monitor`]).
 
+pub mod after_call;
 pub mod link;
 pub mod monitor;
 pub mod record;

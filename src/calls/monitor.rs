@@ -3,10 +3,22 @@
 //! WebSocket for Twilio Media Streams calls) and acting on the call through [`CallActions`].
 //!
 //! It greets the caller (`response.create` with the profile's greeting), stores both sides'
-//! transcripts, answers the built-in tools (`transfer_to_human`, `end_call`), watches for
-//! escalation triggers and drives the [`Handoff`], enforces the maximum call duration, and
-//! records every step in the call's event log. Source for the events:
-//! `../shared/reference/openai.md` §6 and §9.7.
+//! transcripts, answers the built-in tools (`transfer_to_human`, `end_call`), runs the profile's
+//! declared tools ([`crate::tools`]), watches for escalation triggers and drives the
+//! [`Handoff`], enforces the maximum call duration, does the after-call work
+//! ([`crate::calls::after_call`]) and records every step in the call's event log. Source for the
+//! events: `../shared/reference/openai.md` §6 and §9.7.
+//!
+//! Tools:
+//! - arguments are checked against the tool's JSON Schema first; invalid ones get an
+//!   `invalid_arguments` error object (with the problems) back, and a new response;
+//! - a valid call runs on its own task (a [`JoinSet`] polled in the event loop's `select!`), so
+//!   the loop keeps reading events; its output goes back as `function_call_output` as soon as it
+//!   is ready, and `response.create` follows once no tool of the batch runs and no response is
+//!   in progress (otherwise right after the current `response.done`);
+//! - when a batch runs past `[tools] filler_after_ms`, the filler line is said
+//!   ([`client::say_exactly`]) if no response is in progress, else after the current one
+//!   (openai.md §9.9: audio cannot be injected into the SIP stream).
 //!
 //! Ending rules:
 //! - a close frame from OpenAI is a normal end of call;
@@ -18,30 +30,34 @@
 //! - on shutdown the monitor detaches without touching the call, which stays live in the store so
 //!   the next start reattaches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::calls::after_call::{self, AfterCallServices, SUMMARY_METADATA};
 use crate::calls::link::{
     CallActions, Link, LinkEvent, OpenAiActions, ReconnectError, SidebandLink,
 };
 use crate::calls::record::{
-    CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine,
+    CallEvent, CallRecord, CallState, CostEstimate, EscalationSummary, Speaker, TranscriptLine,
 };
 use crate::calls::registry::{CallRegistry, Command};
-use crate::config::{MonitorConfig, Secret};
+use crate::config::{MonitorConfig, Secret, SummaryMode};
 use crate::escalation::{Handoff, Outcome, Step, Trigger};
 use crate::openai::CallControl;
 use crate::openai::sideband::{ServerEvent, SidebandError, client};
 use crate::prompts::{Profile, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN};
 use crate::store::Store;
 use crate::telemetry::names;
+use crate::tools::{self, CallInfo, ToolDef, ToolResult};
 
 /// Everything a monitor needs, shared by all monitors.
 #[derive(Clone)]
@@ -62,6 +78,10 @@ pub struct MonitorContext {
     pub registry: CallRegistry,
     /// Cancelled on shutdown: monitors detach and leave calls live.
     pub shutdown: CancellationToken,
+    /// What the profiles' `[[tools]]` run with (HTTP client, secrets, HubSpot, store).
+    pub tools: Arc<tools::Services>,
+    /// Summary, cost estimate and SMS follow-up settings and clients.
+    pub after_call: Arc<AfterCallServices>,
 }
 
 /// How the monitor attaches.
@@ -162,6 +182,15 @@ fn start(
         refer_deadline: None,
         hangup_when_quiet: false,
         response_in_progress: None,
+        jobs: JoinSet::new(),
+        job_ids: HashMap::new(),
+        running: HashMap::new(),
+        filler_at: None,
+        filler_pending: false,
+        filler_line: None,
+        want_response: false,
+        closing: None,
+        summary_response: None,
     };
     tokio::spawn(
         async move {
@@ -192,6 +221,32 @@ enum Flow {
     End(CallState, &'static str),
 }
 
+/// A tool the model called that is running on its own task.
+#[derive(Debug)]
+struct RunningTool {
+    name: String,
+    /// When the model called it, and the validated arguments: the `tool_call` event is written
+    /// after the output is sent, so no store write sits in the tool's round trip.
+    called_at: chrono::DateTime<Utc>,
+    arguments: Value,
+}
+
+/// What a tool task hands back to the monitor.
+struct ToolDone {
+    fc_id: String,
+    name: String,
+    result: ToolResult,
+    elapsed: Duration,
+}
+
+/// The controller decided to hang up and waits for the model's summary first.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    state: CallState,
+    reason: &'static str,
+    deadline: Instant,
+}
+
 struct Monitor {
     ctx: Arc<MonitorContext>,
     record: CallRecord,
@@ -204,6 +259,25 @@ struct Monitor {
     refer_deadline: Option<Instant>,
     hangup_when_quiet: bool,
     response_in_progress: Option<String>,
+    /// Running tool tasks; dropping the set aborts them.
+    jobs: JoinSet<ToolDone>,
+    /// Function call id of each tool task.
+    job_ids: HashMap<tokio::task::Id, String>,
+    /// Running tools by function call id.
+    running: HashMap<String, RunningTool>,
+    /// When the filler line is due for the current batch of running tools.
+    filler_at: Option<Instant>,
+    /// The filler came due while a response was in progress: say it at the next
+    /// `response.done` if tools still run.
+    filler_pending: bool,
+    /// The filler line of the current batch.
+    filler_line: Option<String>,
+    /// A `response.create` is owed once tools finish and no response is in progress.
+    want_response: bool,
+    /// Waiting for the model's summary before hanging up.
+    closing: Option<Closing>,
+    /// The response id of the summary request.
+    summary_response: Option<String>,
 }
 
 impl Monitor {
@@ -239,11 +313,18 @@ impl Monitor {
         let max_deadline = Instant::now() + self.profile.max_call_duration.saturating_sub(elapsed);
 
         loop {
-            let timer = [Some(max_deadline), self.line_deadline, self.refer_deadline]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("max deadline is always set");
+            let timer = [
+                // While waiting for the summary the maximum duration has already been handled.
+                Some(max_deadline).filter(|_| self.closing.is_none()),
+                self.line_deadline,
+                self.refer_deadline,
+                self.filler_at,
+                self.closing.map(|c| c.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(max_deadline);
             let flow = tokio::select! {
                 () = self.ctx.shutdown.cancelled() => {
                     info!("shutdown: detaching from call, it stays live for the next start");
@@ -255,6 +336,9 @@ impl Monitor {
                     LinkEvent::Closed { clean } => self.on_closed(link, clean).await,
                 },
                 Some(cmd) = self.commands.recv() => self.on_command(link, cmd).await,
+                Some(joined) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => {
+                    self.on_job(link, joined).await
+                }
                 () = tokio::time::sleep_until(timer) => self.on_timer(link, max_deadline).await,
             };
             if let Flow::End(state, reason) = flow {
@@ -265,6 +349,14 @@ impl Monitor {
 
     /// The link ended. `clean` = a close frame was received.
     async fn on_closed(&mut self, link: &mut dyn Link, clean: bool) -> Flow {
+        if let Some(c) = self.closing {
+            // The call went away while we waited for the summary.
+            self.event("summary_lost", json!({ "clean": clean })).await;
+            if clean {
+                return Flow::End(c.state, c.reason);
+            }
+            return self.hangup_now(c.state, c.reason).await;
+        }
         if let Some(h) = self.handoff.as_mut().filter(|h| h.is_awaiting_outcome()) {
             // Ambiguous drop: if the call is still reachable the REFER has not taken yet.
             if !clean && link.reconnect().await.is_ok() {
@@ -272,7 +364,7 @@ impl Monitor {
                 return Flow::Continue;
             }
             let outcome = h.sideband_closed().expect("awaiting outcome");
-            return self.conclude_handoff(outcome).await;
+            return self.conclude_handoff(link, outcome).await;
         }
         if clean {
             return Flow::End(CallState::Ended, "call_ended");
@@ -336,6 +428,13 @@ impl Monitor {
                 return self.on_tool_call(link, &call_id, &name, &arguments).await;
             }
             ServerEvent::ResponseCreated { response } => {
+                if self.closing.is_some() && self.summary_response.is_none() {
+                    let raw: Value = serde_json::from_str(text).unwrap_or_default();
+                    if is_summary(&raw) {
+                        self.summary_response = Some(response.id);
+                        return Flow::Continue;
+                    }
+                }
                 if let Some(line) = self.line.as_mut() {
                     if line.response_id.is_none()
                         && line.ignore_id.as_deref() != Some(response.id.as_str())
@@ -346,12 +445,23 @@ impl Monitor {
                 self.response_in_progress = Some(response.id);
             }
             ServerEvent::ResponseDone { response } => {
+                let raw: Value = serde_json::from_str(text).unwrap_or_default();
                 if let Some(u) = &response.usage {
                     let usage = &mut self.record.usage;
                     usage.responses += 1;
                     usage.input_tokens += u.input_tokens;
                     usage.output_tokens += u.output_tokens;
                     usage.total_tokens += u.total_tokens;
+                    after_call::add_usage(
+                        &mut self.record.after_call.tokens,
+                        &raw["response"]["usage"],
+                    );
+                }
+                if self.closing.is_some()
+                    && (self.summary_response.as_deref() == Some(response.id.as_str())
+                        || is_summary(&raw))
+                {
+                    return self.on_summary(&raw).await;
                 }
                 self.response_in_progress = None;
                 let ours = self.line.as_ref().is_some_and(|l| {
@@ -360,9 +470,10 @@ impl Monitor {
                 if ours {
                     return self.line_finished(link).await;
                 }
-                if self.hangup_when_quiet && self.line.is_none() {
-                    return self.hangup(CallState::Ended, "end_call").await;
+                if self.hangup_when_quiet && self.line.is_none() && self.closing.is_none() {
+                    return self.hangup(link, CallState::Ended, "end_call").await;
                 }
+                self.after_response(link).await;
             }
             ServerEvent::OutputAudioStarted { response_id } => {
                 if let Some(line) = self
@@ -394,6 +505,10 @@ impl Monitor {
                 let code = error.code.clone().unwrap_or_else(|| "unknown".into());
                 warn!(code = %code, message = ?error.message, "sideband error event");
                 metrics::counter!(names::SIDEBAND_ERRORS, "code" => code.clone()).increment(1);
+                if self.response_in_progress.as_deref() == Some(REQUESTED) {
+                    // Most likely our response.create was refused: nothing is in progress.
+                    self.response_in_progress = None;
+                }
                 self.event(
                     "openai_error",
                     json!({ "type": error.kind, "code": code, "message": error.message }),
@@ -422,6 +537,60 @@ impl Monitor {
         name: &str,
         arguments: &str,
     ) -> Flow {
+        if self.closing.is_some() {
+            let out =
+                json!({ "error": { "code": "call_ending", "message": "The call is ending." } });
+            self.send(link, client::function_call_output(fc_id, &out))
+                .await;
+            self.event("tool_call", json!({ "name": name, "call_id": fc_id }))
+                .await;
+            return Flow::Continue;
+        }
+        match name {
+            TOOL_TRANSFER_TO_HUMAN | TOOL_END_CALL => {
+                return self.on_call_tool(link, fc_id, name, arguments).await;
+            }
+            _ => {}
+        }
+        let Some(def) = self.profile.tools.get(name).cloned() else {
+            self.event("tool_call", json!({ "name": name, "call_id": fc_id }))
+                .await;
+            return self
+                .finish_tool(
+                    link,
+                    fc_id,
+                    name,
+                    ToolResult::unknown_tool(name),
+                    Duration::ZERO,
+                )
+                .await;
+        };
+        match def.check_arguments(arguments) {
+            Ok(args) => {
+                self.spawn_tool(def, fc_id, args);
+                Flow::Continue
+            }
+            Err(problems) => {
+                self.event(
+                    "tool_call",
+                    json!({ "name": name, "call_id": fc_id, "arguments": clip(arguments, 500) }),
+                )
+                .await;
+                let result = ToolResult::invalid_arguments(name, problems);
+                self.finish_tool(link, fc_id, name, result, Duration::ZERO)
+                    .await
+            }
+        }
+    }
+
+    /// `transfer_to_human` and `end_call`: they act on the call itself.
+    async fn on_call_tool(
+        &mut self,
+        link: &mut dyn Link,
+        fc_id: &str,
+        name: &str,
+        arguments: &str,
+    ) -> Flow {
         let args: Value = serde_json::from_str(arguments).unwrap_or(Value::Null);
         let reason = args
             .get("reason")
@@ -430,6 +599,7 @@ impl Monitor {
             .to_string();
         self.event("tool_call", json!({ "name": name, "call_id": fc_id }))
             .await;
+        self.count_tool(name, "ok", Duration::ZERO);
         match name {
             TOOL_TRANSFER_TO_HUMAN if self.escalation_available() => {
                 self.send(
@@ -443,10 +613,10 @@ impl Monitor {
                 let out = json!({ "error": "transfer is not available right now; keep helping the caller" });
                 self.send(link, client::function_call_output(fc_id, &out))
                     .await;
-                self.send(link, client::response_create(None)).await;
+                self.request_response(link).await;
                 Flow::Continue
             }
-            TOOL_END_CALL => {
+            _ => {
                 self.send(
                     link,
                     client::function_call_output(fc_id, &json!({ "ok": true })),
@@ -460,17 +630,244 @@ impl Monitor {
                     self.line_deadline = Some(Instant::now() + self.handoff_line_timeout());
                     Flow::Continue
                 } else {
-                    self.hangup(CallState::Ended, "end_call").await
+                    self.hangup(link, CallState::Ended, "end_call").await
                 }
             }
-            other => {
-                let out = json!({ "error": format!("unknown tool {other}") });
-                self.send(link, client::function_call_output(fc_id, &out))
-                    .await;
-                self.send(link, client::response_create(None)).await;
-                Flow::Continue
+        }
+    }
+
+    /// Runs a declared tool on its own task; its result comes back through `jobs`.
+    fn spawn_tool(&mut self, def: Arc<ToolDef>, fc_id: &str, args: Value) {
+        if self.running.is_empty() {
+            let after = self.ctx.tools.config.filler_after_ms;
+            self.filler_at = (after > 0).then(|| Instant::now() + Duration::from_millis(after));
+            self.filler_pending = false;
+            self.filler_line = Some(
+                def.filler
+                    .clone()
+                    .or_else(|| self.profile.filler_line.clone())
+                    .unwrap_or_else(|| self.ctx.tools.config.filler_line.clone()),
+            );
+        }
+        self.running.insert(
+            fc_id.to_string(),
+            RunningTool {
+                name: def.name.clone(),
+                called_at: Utc::now(),
+                arguments: args.clone(),
+            },
+        );
+        let services = self.ctx.tools.clone();
+        let call = CallInfo {
+            call_id: self.record.call_id.clone(),
+            caller: self.record.caller.clone(),
+            dialed: self.record.dialed.clone(),
+        };
+        let base_url = self.profile.tools_base_url.clone();
+        let fc = fc_id.to_string();
+        let handle = self.jobs.spawn(
+            async move {
+                let started = std::time::Instant::now();
+                let result =
+                    tools::execute(&def, &args, &call, base_url.as_deref(), &services).await;
+                ToolDone {
+                    fc_id: fc,
+                    name: def.name.clone(),
+                    result,
+                    elapsed: started.elapsed(),
+                }
+            }
+            .in_current_span(),
+        );
+        self.job_ids.insert(handle.id(), fc_id.to_string());
+    }
+
+    async fn on_job(
+        &mut self,
+        link: &mut dyn Link,
+        joined: Result<(tokio::task::Id, ToolDone), tokio::task::JoinError>,
+    ) -> Flow {
+        match joined {
+            Ok((id, done)) => {
+                self.job_ids.remove(&id);
+                self.finish_tool(link, &done.fc_id, &done.name, done.result, done.elapsed)
+                    .await
+            }
+            Err(e) => {
+                warn!(error = %e, "tool task failed");
+                let Some(fc_id) = self.job_ids.remove(&e.id()) else {
+                    return Flow::Continue;
+                };
+                let name = self
+                    .running
+                    .get(&fc_id)
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default();
+                let result = ToolResult::error(
+                    tools::Outcome::Failed,
+                    "tool_failed",
+                    "The tool failed. Apologise and help the caller another way.",
+                    Some(e.to_string()),
+                );
+                self.finish_tool(link, &fc_id, &name, result, Duration::ZERO)
+                    .await
             }
         }
+    }
+
+    /// Hands a tool's result to the model (output first, so the round trip is short), then
+    /// records it, and asks for the next response once no tool runs.
+    async fn finish_tool(
+        &mut self,
+        link: &mut dyn Link,
+        fc_id: &str,
+        name: &str,
+        result: ToolResult,
+        elapsed: Duration,
+    ) -> Flow {
+        let running = self.running.remove(fc_id);
+        self.send(link, client::function_call_output(fc_id, &result.output))
+            .await;
+        if let Some(r) = running {
+            let call = CallEvent {
+                call_id: self.record.call_id.clone(),
+                at: r.called_at,
+                kind: "tool_call".into(),
+                detail: json!({ "name": name, "call_id": fc_id, "arguments": r.arguments }),
+            };
+            if let Err(e) = self.ctx.store.append_event(&call).await {
+                store_error("append_event", &e);
+            }
+        }
+        let outcome = result.outcome.as_str();
+        self.count_tool(name, outcome, elapsed);
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if result.outcome == tools::Outcome::Ok {
+            info!(tool = name, outcome, duration_ms = ms, status = ?result.status, "tool finished");
+        } else {
+            warn!(tool = name, outcome, duration_ms = ms, status = ?result.status, note = ?result.note, "tool failed");
+        }
+        self.event(
+            "tool_result",
+            json!({
+                "name": name,
+                "call_id": fc_id,
+                "outcome": outcome,
+                "duration_ms": (ms * 1000.0).round() / 1000.0,
+                "status": result.status,
+                "note": result.note,
+                "output": clip(&result.output.to_string(), 1000),
+            }),
+        )
+        .await;
+        if self.running.is_empty() {
+            self.filler_at = None;
+            self.filler_pending = false;
+            self.request_response(link).await;
+        }
+        Flow::Continue
+    }
+
+    /// Metrics and the per-call tool counts.
+    fn count_tool(&mut self, name: &str, outcome: &'static str, elapsed: Duration) {
+        let known = matches!(name, TOOL_TRANSFER_TO_HUMAN | TOOL_END_CALL)
+            || self.profile.tools.get(name).is_some();
+        let label = if known {
+            name.to_string()
+        } else {
+            "unknown".to_string()
+        };
+        metrics::counter!(names::TOOL_CALLS, "tool" => label.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(names::TOOL_DURATION, "tool" => label).record(elapsed.as_secs_f64());
+        *self
+            .record
+            .after_call
+            .tools
+            .entry(name.to_string())
+            .or_default()
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
+
+    /// Sends `response.create` now if nothing stands in the way, else remembers to send it
+    /// after the current response (never during a hand-off, a goodbye or the summary).
+    async fn request_response(&mut self, link: &mut dyn Link) {
+        if self.handoff.is_some() || self.closing.is_some() || self.hangup_when_quiet {
+            self.want_response = false;
+            return;
+        }
+        if self.running.is_empty() && self.response_in_progress.is_none() && self.line.is_none() {
+            self.want_response = false;
+            self.response_in_progress = Some(REQUESTED.into());
+            self.send(link, client::response_create(None)).await;
+        } else {
+            self.want_response = true;
+        }
+    }
+
+    /// After a `response.done`: a filler line that came due, then an owed `response.create`.
+    async fn after_response(&mut self, link: &mut dyn Link) {
+        if self.filler_pending && !self.running.is_empty() {
+            self.speak_filler(link).await;
+        }
+        if self.want_response {
+            self.request_response(link).await;
+        }
+    }
+
+    /// Says the filler line while tools run, if no response is in progress; otherwise keeps it
+    /// pending for the next `response.done`.
+    async fn speak_filler(&mut self, link: &mut dyn Link) {
+        if self.running.is_empty()
+            || self.handoff.is_some()
+            || self.closing.is_some()
+            || self.hangup_when_quiet
+        {
+            self.filler_pending = false;
+            return;
+        }
+        if self.response_in_progress.is_some() || self.line.is_some() {
+            self.filler_pending = true;
+            return;
+        }
+        self.filler_pending = false;
+        let line = self
+            .filler_line
+            .clone()
+            .unwrap_or_else(|| self.ctx.tools.config.filler_line.clone());
+        self.response_in_progress = Some(REQUESTED.into());
+        self.send(link, client::say_exactly(&line)).await;
+        let mut tools: Vec<&str> = self.running.values().map(|r| r.name.as_str()).collect();
+        tools.sort_unstable();
+        self.event("tool_filler", json!({ "tools": tools, "line": line }))
+            .await;
+    }
+
+    /// The summary response finished (or failed): keep it if it is the expected JSON, then hang
+    /// up.
+    async fn on_summary(&mut self, raw: &Value) -> Flow {
+        let c = self.closing.expect("summary only while closing");
+        let text = response_text(&raw["response"]);
+        match after_call::parse_model_summary(&text) {
+            Some(summary) => {
+                self.record.after_call.summary = Some(summary);
+                self.event("summary_received", json!({ "source": "model" }))
+                    .await;
+            }
+            None => {
+                warn!(
+                    chars = text.len(),
+                    "model summary unusable; the transcript summary is used"
+                );
+                self.event(
+                    "summary_invalid",
+                    json!({ "status": raw["response"]["status"], "chars": text.len() }),
+                )
+                .await;
+            }
+        }
+        self.hangup_now(c.state, c.reason).await
     }
 
     async fn on_command(&mut self, link: &mut dyn Link, cmd: Command) -> Flow {
@@ -485,21 +882,31 @@ impl Monitor {
                 }
             }
             Command::Hangup(note) => {
+                // An operator wants the call gone now: no summary round trip.
                 self.event("operator_hangup", json!({ "note": note })).await;
-                self.hangup(CallState::Ended, "operator_hangup").await
+                self.hangup_now(CallState::Ended, "operator_hangup").await
             }
         }
     }
 
     async fn on_timer(&mut self, link: &mut dyn Link, max_deadline: Instant) -> Flow {
         let now = Instant::now();
-        if now >= max_deadline {
+        if let Some(c) = self.closing {
+            if now >= c.deadline {
+                self.event("summary_timeout", json!({})).await;
+                return self.hangup_now(c.state, c.reason).await;
+            }
+        } else if now >= max_deadline {
             self.event(
                 "max_duration_reached",
                 json!({ "secs": self.profile.max_call_duration.as_secs() }),
             )
             .await;
-            return self.hangup(CallState::Ended, "max_duration").await;
+            return self.hangup(link, CallState::Ended, "max_duration").await;
+        }
+        if self.filler_at.is_some_and(|d| now >= d) {
+            self.filler_at = None;
+            self.speak_filler(link).await;
         }
         if self.line_deadline.is_some_and(|d| now >= d) {
             self.line_deadline = None;
@@ -507,8 +914,8 @@ impl Monitor {
                 self.event("line_timeout", json!({})).await;
                 return self.line_finished(link).await;
             }
-            if self.hangup_when_quiet {
-                return self.hangup(CallState::Ended, "end_call").await;
+            if self.hangup_when_quiet && self.closing.is_none() {
+                return self.hangup(link, CallState::Ended, "end_call").await;
             }
         }
         if self.refer_deadline.is_some_and(|d| now >= d) {
@@ -526,7 +933,7 @@ impl Monitor {
 
     fn escalation_available(&self) -> bool {
         let e = &self.profile.escalation;
-        e.enabled && e.target.is_some() && self.handoff.is_none()
+        e.enabled && e.target.is_some() && self.handoff.is_none() && self.closing.is_none()
     }
 
     fn handoff_line_timeout(&self) -> Duration {
@@ -549,6 +956,7 @@ impl Monitor {
             at: Utc::now(),
         });
         self.record.state = CallState::Transferring;
+        self.want_response = false;
         self.save().await;
         self.event(
             "escalation_triggered",
@@ -571,7 +979,11 @@ impl Monitor {
         loop {
             match step {
                 Step::Say(line) => {
-                    if let Some(current) = self.response_in_progress.clone() {
+                    if let Some(current) = self
+                        .response_in_progress
+                        .clone()
+                        .filter(|r| r.as_str() != REQUESTED)
+                    {
                         self.send(link, client::response_cancel()).await;
                         self.line = Some(PendingLine {
                             ignore_id: Some(current),
@@ -621,9 +1033,9 @@ impl Monitor {
                     return Flow::Continue;
                 }
                 Step::Hangup => {
-                    return self.conclude_handoff(Outcome::Failed).await;
+                    return self.conclude_handoff(link, Outcome::Failed).await;
                 }
-                Step::Done(outcome) => return self.conclude_handoff(outcome).await,
+                Step::Done(outcome) => return self.conclude_handoff(link, outcome).await,
             }
         }
     }
@@ -640,7 +1052,7 @@ impl Monitor {
         }
     }
 
-    async fn conclude_handoff(&mut self, outcome: Outcome) -> Flow {
+    async fn conclude_handoff(&mut self, link: &mut dyn Link, outcome: Outcome) -> Flow {
         let trigger = self
             .handoff
             .as_ref()
@@ -661,13 +1073,49 @@ impl Monitor {
             Outcome::Failed => {
                 warn!("transfer failed on every target; hanging up after the apology");
                 self.event("transfer_failed", json!({})).await;
-                self.hangup(CallState::TransferFailed, "transfer_failed")
+                self.hangup(link, CallState::TransferFailed, "transfer_failed")
                     .await
             }
         }
     }
 
-    async fn hangup(&mut self, state: CallState, reason: &'static str) -> Flow {
+    /// The controller ends the call. When a model summary is wanted it is requested first
+    /// (an out-of-band text response) and the hang-up follows its answer or its timeout.
+    async fn hangup(
+        &mut self,
+        link: &mut dyn Link,
+        state: CallState,
+        reason: &'static str,
+    ) -> Flow {
+        if self.closing.is_none() && self.model_summary_wanted() {
+            self.hangup_when_quiet = false;
+            self.line_deadline = None;
+            self.want_response = false;
+            self.filler_at = None;
+            self.filler_pending = false;
+            if link.send(after_call::summary_request()).await.is_ok() {
+                let timeout = Duration::from_millis(self.ctx.after_call.config.summary_timeout_ms);
+                self.closing = Some(Closing {
+                    state,
+                    reason,
+                    deadline: Instant::now() + timeout,
+                });
+                self.event("summary_requested", json!({ "reason": reason }))
+                    .await;
+                return Flow::Continue;
+            }
+        }
+        self.hangup_now(state, reason).await
+    }
+
+    fn model_summary_wanted(&self) -> bool {
+        let cfg = &self.ctx.after_call.config;
+        cfg.summary == SummaryMode::Model
+            && cfg.summary_timeout_ms > 0
+            && self.profile.after_call.summary
+    }
+
+    async fn hangup_now(&mut self, state: CallState, reason: &'static str) -> Flow {
         match self.actions.hangup().await {
             Ok(()) => self.event("hangup_sent", json!({ "reason": reason })).await,
             Err(e) => {
@@ -683,6 +1131,7 @@ impl Monitor {
     }
 
     async fn finish(mut self, state: CallState, reason: &'static str) -> CallRecord {
+        self.jobs.abort_all();
         self.record.state = state;
         self.record.ended_at = Some(Utc::now());
         self.record.end_reason = Some(reason.to_string());
@@ -694,6 +1143,7 @@ impl Monitor {
         {
             esc.outcome = "abandoned".into();
         }
+        self.after_call_work().await;
         // Event first: whoever sees the final record also sees the whole event log.
         self.event(
             "call_ended",
@@ -705,6 +1155,70 @@ impl Monitor {
             .increment(1);
         info!(state = %state, reason, "call ended");
         self.record
+    }
+
+    /// Extraction, the summary (the model's, else the transcript one), the cost estimate and the
+    /// SMS follow-up (see [`after_call`]).
+    async fn after_call_work(&mut self) {
+        let profile = self.profile.clone();
+        let services = self.ctx.after_call.clone();
+        let transcript = match self.ctx.store.transcript(&self.record.call_id).await {
+            Ok(t) => t,
+            Err(e) => {
+                store_error("transcript", &e);
+                Vec::new()
+            }
+        };
+        if !profile.after_call.extract.is_empty() {
+            self.record.after_call.extracted =
+                after_call::extract(&profile.after_call.extract, &transcript);
+            let names: Vec<&String> = self.record.after_call.extracted.keys().collect();
+            if !names.is_empty() {
+                self.event("values_extracted", json!({ "names": names }))
+                    .await;
+            }
+        }
+        if services.config.summary != SummaryMode::Off && profile.after_call.summary {
+            if self.record.after_call.summary.is_none() {
+                self.record.after_call.summary =
+                    Some(after_call::transcript_summary(&self.record, &transcript));
+            }
+            let source = self
+                .record
+                .after_call
+                .summary
+                .as_ref()
+                .map(|s| s.source.clone())
+                .unwrap_or_default();
+            metrics::counter!(names::CALL_SUMMARIES, "source" => source.clone()).increment(1);
+            self.event("summary_stored", json!({ "source": source }))
+                .await;
+        }
+        if let Some(price) = services.pricing.for_model(&profile.session.model) {
+            let micros = after_call::estimate_cost_micros(&self.record.after_call.tokens, price);
+            metrics::counter!(
+                names::CALL_COST_MICROS,
+                "model" => price.model.clone(),
+                "currency" => services.pricing.currency.clone()
+            )
+            .increment(micros);
+            self.record.after_call.cost = Some(CostEstimate {
+                model: price.model.clone(),
+                currency: services.pricing.currency.clone(),
+                amount_micros: micros,
+            });
+        }
+        if let Some(sms) = &profile.after_call.sms {
+            let follow = after_call::sms_follow_up(sms, &self.record, &transcript, &services).await;
+            metrics::counter!(names::SMS_FOLLOWUPS, "status" => follow.status.clone()).increment(1);
+            info!(status = %follow.status, reason = ?follow.reason, "sms follow-up");
+            self.event(
+                "sms_follow_up",
+                json!({ "status": follow.status, "reason": follow.reason, "sid": follow.sid }),
+            )
+            .await;
+            self.record.after_call.sms = Some(follow);
+        }
     }
 
     async fn send(&self, link: &mut dyn Link, text: String) {
@@ -751,6 +1265,44 @@ impl Monitor {
         if let Err(e) = self.ctx.store.update_call(&self.record).await {
             store_error("update_call", &e);
         }
+    }
+}
+
+/// Placeholder for "a response was requested and its `response.created` has not arrived yet".
+const REQUESTED: &str = "requested";
+
+/// True when a `response.created`/`response.done` event belongs to the summary request.
+fn is_summary(raw: &Value) -> bool {
+    raw.pointer("/response/metadata/voxmachina")
+        .and_then(Value::as_str)
+        == Some(SUMMARY_METADATA)
+}
+
+/// The text of a `response` object: every `output[].content[].text` (or `transcript`).
+fn response_text(response: &Value) -> String {
+    let mut out = String::new();
+    for item in response["output"].as_array().into_iter().flatten() {
+        for part in item["content"].as_array().into_iter().flatten() {
+            if let Some(t) = part
+                .get("text")
+                .or_else(|| part.get("transcript"))
+                .and_then(Value::as_str)
+            {
+                out.push_str(t);
+            }
+        }
+    }
+    out
+}
+
+/// At most `max` characters of `s`.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(max).collect();
+        out.push('…');
+        out
     }
 }
 

@@ -150,6 +150,99 @@ pub struct CallRecord {
     pub escalation: Option<EscalationSummary>,
     /// Summed model usage.
     pub usage: Usage,
+    /// Tool use, the summary, extracted values, the cost estimate and the SMS follow-up
+    /// (stored as one JSON column; absent in records written before it existed).
+    #[serde(default)]
+    pub after_call: AfterCall,
+}
+
+/// What the controller adds to a call around and after it: token details for the cost estimate,
+/// tool counts, the summary, values extracted from the transcript and the SMS follow-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AfterCall {
+    /// Token counts by kind, summed over `response.done` (`usage.input_token_details`,
+    /// `usage.output_token_details`); tokens whose kind the event did not give are in
+    /// [`TokenDetail::unknown_input`] / [`TokenDetail::unknown_output`].
+    #[serde(default)]
+    pub tokens: TokenDetail,
+    /// Tool calls by the model: `name` → counts by outcome (`ok`, `timeout`, ...).
+    #[serde(default)]
+    pub tools: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    /// The call summary, once the call ended (absent when summaries are off).
+    #[serde(default)]
+    pub summary: Option<CallSummary>,
+    /// Values extracted from the transcript by the profile's `[[after_call.extract]]` rules,
+    /// by rule name (e.g. `confirmation_number`).
+    #[serde(default)]
+    pub extracted: std::collections::BTreeMap<String, String>,
+    /// The estimated model cost, when the model is in the `[pricing]` table.
+    #[serde(default)]
+    pub cost: Option<CostEstimate>,
+    /// The SMS follow-up, when the profile has one.
+    #[serde(default)]
+    pub sms: Option<SmsFollowUp>,
+}
+
+/// Token counts by kind (see [`AfterCall::tokens`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenDetail {
+    /// `input_token_details.audio_tokens`, minus cached ones.
+    pub audio_input: u64,
+    /// `input_token_details.cached_tokens_details.audio_tokens`.
+    pub cached_audio_input: u64,
+    /// `input_token_details.text_tokens`, minus cached ones.
+    pub text_input: u64,
+    /// `input_token_details.cached_tokens_details.text_tokens`.
+    pub cached_text_input: u64,
+    /// Input tokens of responses without details.
+    pub unknown_input: u64,
+    /// `output_token_details.audio_tokens`.
+    pub audio_output: u64,
+    /// `output_token_details.text_tokens`.
+    pub text_output: u64,
+    /// Output tokens of responses without details.
+    pub unknown_output: u64,
+}
+
+/// The summary of a call: why the caller called, how it ended, the facts worth keeping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSummary {
+    /// Why the caller called, one sentence.
+    pub intent: String,
+    /// How the call ended, one sentence.
+    pub outcome: String,
+    /// Facts worth keeping (order numbers, dates, promises made).
+    pub key_facts: Vec<String>,
+    /// `model` (the model answered through the sideband before hangup) or `transcript` (the
+    /// deterministic summary built from the transcript and the record).
+    pub source: String,
+}
+
+/// The cost estimate of a call's model usage (transcription is not included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostEstimate {
+    /// The Realtime model priced.
+    pub model: String,
+    /// Currency of `amount`.
+    pub currency: String,
+    /// The estimate in millionths of `currency` (e.g. `123456` = 0.123456 USD): tokens of each
+    /// kind times the `[pricing]` price per million tokens, rounded to the nearest millionth.
+    /// Tokens of unknown kind are priced as audio (an upper bound).
+    pub amount_micros: u64,
+}
+
+/// What happened to the SMS follow-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmsFollowUp {
+    /// `sent`, `skipped` (see `reason`), `opted_out` or `failed`.
+    pub status: String,
+    /// Why it was skipped or failed, e.g. `no_caller_number`, `twilio_not_configured`,
+    /// `missing confirmation_number`, or the Twilio error.
+    pub reason: Option<String>,
+    /// Twilio's message SID when sent (`SM...`).
+    pub sid: Option<String>,
+    /// When the decision was made.
+    pub at: DateTime<Utc>,
 }
 
 impl CallRecord {
@@ -175,6 +268,7 @@ impl CallRecord {
             end_reason: None,
             escalation: None,
             usage: Usage::default(),
+            after_call: AfterCall::default(),
         }
     }
 }

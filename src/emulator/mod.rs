@@ -158,6 +158,23 @@ pub struct CallView {
     pub caller_lines: Vec<String>,
     /// Every turn of the script has been played.
     pub script_done: bool,
+    /// For each answered tool turn: the time from writing its
+    /// `response.function_call_arguments.done` to reading the matching `function_call_output`,
+    /// as the emulator measures it (the controller's tool round trip plus the tool's own time).
+    pub tool_round_trips: Vec<ToolRoundTrip>,
+    /// Texts of out-of-band text responses (`conversation: "none"`, text output), in order.
+    pub out_of_band_texts: Vec<String>,
+}
+
+/// One tool turn's round trip (see [`CallView::tool_round_trips`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolRoundTrip {
+    /// The function call id (`call_...`).
+    pub tool_call_id: String,
+    /// The function name.
+    pub name: String,
+    /// Microseconds from writing the arguments event to reading the output item.
+    pub micros: u64,
 }
 
 /// One REST request the emulator answered.
@@ -472,6 +489,8 @@ pub(crate) struct CallState {
     pub(crate) accepted_at: Option<Instant>,
     pub(crate) conns: Vec<(u32, mpsc::UnboundedSender<Control>)>,
     pub(crate) driver: Option<u32>,
+    /// When each tool turn's `response.function_call_arguments.done` was written, by tool call id.
+    pub(crate) tool_sent_at: HashMap<String, (Instant, String)>,
 }
 
 impl CallState {
@@ -573,6 +592,12 @@ impl Emulator {
         let app = rest::router(shared.clone());
         let cancel = shared.cancel.clone();
         tokio::spawn(async move {
+            // Events are small frames written back to back: without TCP_NODELAY, Nagle's
+            // algorithm holds the second one until the first is acknowledged (delayed ACK,
+            // ~40 ms on Linux), which real servers do not do to a Realtime socket.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 cancel.cancelled().await;
             });
@@ -679,6 +704,8 @@ impl Emulator {
                 agent_lines: Vec::new(),
                 caller_lines: Vec::new(),
                 script_done: false,
+                tool_round_trips: Vec::new(),
+                out_of_band_texts: Vec::new(),
             },
             script,
             session_id: hex_id("sess_"),
@@ -693,6 +720,7 @@ impl Emulator {
             accepted_at: None,
             conns: Vec::new(),
             driver: None,
+            tool_sent_at: HashMap::new(),
         };
         self.shared().calls().insert(call_id.clone(), state);
         self.shared().bump();

@@ -18,6 +18,7 @@
 //! turn_gap_ms = 50
 //! greeting_wait_ms = 1000
 //! tool_timeout_ms = 5000
+//! summary = '{"intent": "...", "outcome": "...", "key_facts": []}'  # out-of-band text answer
 //!
 //! [faults]
 //! accept_statuses = [503]
@@ -119,7 +120,14 @@ pub struct AgentSpec {
     /// How long a tool turn waits for the matching `function_call_output`, and then for the
     /// following `response.create`, milliseconds each. Default 5000.
     pub tool_timeout_ms: u64,
+    /// What the model answers to an out-of-band text response (`conversation: "none"` with
+    /// `output_modalities: ["text"]`, e.g. the controller's call-summary request). `None`: a
+    /// fixed non-JSON refusal, [`NO_SUMMARY_TEXT`]. Emulator-specific.
+    pub summary: Option<String>,
 }
+
+/// The out-of-band text answer when the script sets no [`AgentSpec::summary`].
+pub const NO_SUMMARY_TEXT: &str = "I am sorry, I cannot summarise this call.";
 
 /// `[faults]`: what the emulated call-control API does wrong.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -204,6 +212,7 @@ impl Default for AgentSpec {
             turn_gap_ms: 50,
             greeting_wait_ms: 1000,
             tool_timeout_ms: 5000,
+            summary: None,
         }
     }
 }
@@ -309,6 +318,12 @@ impl Script {
         self
     }
 
+    /// Sets the text answered to out-of-band text responses (see [`AgentSpec::summary`]).
+    pub fn summary(mut self, text: impl Into<String>) -> Self {
+        self.agent.summary = Some(text.into());
+        self
+    }
+
     /// Sets the statuses `/accept` returns before succeeding (see [`Faults::accept_statuses`]).
     pub fn accept_statuses(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
         self.faults.accept_statuses = statuses.into_iter().collect();
@@ -411,6 +426,7 @@ struct RawAgent {
     turn_gap_ms: Option<u64>,
     greeting_wait_ms: Option<u64>,
     tool_timeout_ms: Option<u64>,
+    summary: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -471,6 +487,7 @@ impl RawScript {
                 .agent
                 .tool_timeout_ms
                 .unwrap_or(defaults.agent.tool_timeout_ms),
+            summary: self.agent.summary,
         };
         let refer = self
             .faults

@@ -31,6 +31,13 @@
 //!   `conversation.item.create` carrying a `function_call_output` with the same `call_id`, then
 //!   up to `tool_timeout_ms` again for the `response.create` that answers it, before the next
 //!   turn.
+//! - *Out-of-band text responses*: a `response.create` with `conversation: "none"` and
+//!   `output_modalities: ["text"]` answers the script's `summary` (or
+//!   [`super::script::NO_SUMMARY_TEXT`]) as `response.output_text.*`, with `conversation_id`
+//!   `null`, and does not use up a canned reply (emulator-specific; the controller's call-summary
+//!   request). The text is kept in [`CallView::out_of_band_texts`](super::CallView).
+//! - *Tool round trips*: the time from writing a tool turn's arguments event to reading its
+//!   `function_call_output` is kept in [`CallView::tool_round_trips`](super::CallView).
 //! - `conversation.item.create` is acknowledged with `conversation.item.added` and
 //!   `conversation.item.done`; `session.update` merges into the session and is answered with
 //!   `session.updated`.
@@ -58,7 +65,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::script::{AgentSpec, FALLBACK_REPLY, Turn};
+use super::script::{AgentSpec, FALLBACK_REPLY, NO_SUMMARY_TEXT, Turn};
 use super::{
     Control, EmuCallStatus, EmulatorEvent, HangupBy, Shared, SidebandClose, Speaker, hex_id,
     unix_now,
@@ -489,6 +496,14 @@ impl Conn {
                 None => String::new(),
             };
             if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
+                if let Some((sent, name)) = call.tool_sent_at.remove(&tool_call_id) {
+                    let micros = sent.elapsed().as_micros() as u64;
+                    call.view.tool_round_trips.push(super::ToolRoundTrip {
+                        tool_call_id: tool_call_id.clone(),
+                        name,
+                        micros,
+                    });
+                }
                 call.view
                     .function_outputs
                     .push((tool_call_id.clone(), output.clone()));
@@ -718,12 +733,30 @@ impl Conn {
             .and_then(|r| r.get("instructions"))
             .and_then(Value::as_str)
             .and_then(quoted_passage);
+        let out_of_band = request
+            .and_then(|r| r.get("conversation"))
+            .and_then(Value::as_str)
+            == Some("none");
+        let text_only = request
+            .and_then(|r| r.get("output_modalities"))
+            .and_then(Value::as_array)
+            .is_some_and(|m| !m.iter().any(|v| v == "audio"));
         let (text, modalities, conversation_id, voice) = {
             let mut calls = self.shared.calls();
             let Some(call) = calls.get_mut(&self.call_id) else {
                 return Ok(());
             };
             let text = match quoted {
+                _ if out_of_band && text_only => {
+                    let text = call
+                        .script
+                        .agent
+                        .summary
+                        .clone()
+                        .unwrap_or_else(|| NO_SUMMARY_TEXT.to_string());
+                    call.view.out_of_band_texts.push(text.clone());
+                    text
+                }
                 Some(q) => q,
                 None if call.responses == 0 && call.next_turn == 0 => {
                     call.script.agent.greeting.clone()
@@ -752,7 +785,12 @@ impl Conn {
                 .pointer("/audio/output/voice")
                 .cloned()
                 .unwrap_or(Value::Null);
-            (text, modalities, call.conversation_id.clone(), voice)
+            let conversation = if out_of_band {
+                Value::Null
+            } else {
+                Value::String(call.conversation_id.clone())
+            };
+            (text, modalities, conversation, voice)
         };
         let audio = modalities
             .as_array()
@@ -858,7 +896,9 @@ impl Conn {
         )
         .await?;
         if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
-            call.last_item_id = Some(item_id);
+            if !out_of_band {
+                call.last_item_id = Some(item_id);
+            }
             if audio {
                 call.view.agent_lines.push(text.clone());
             }
@@ -938,6 +978,12 @@ impl Conn {
             }),
         )
         .await?;
+        if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
+            call.tool_sent_at.insert(
+                tool_call_id.clone(),
+                (std::time::Instant::now(), name.to_string()),
+            );
+        }
         self.send(
             ws,
             json!({

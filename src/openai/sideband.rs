@@ -57,7 +57,10 @@ pub async fn connect(
     let auth = HeaderValue::from_str(&format!("Bearer {}", api_key.expose()))
         .map_err(|_| SidebandError::Transport("API key is not a valid header value".into()))?;
     request.headers_mut().insert("authorization", auth);
-    match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), false).await {
+    // TCP_NODELAY: client events are small frames often sent back to back
+    // (function_call_output then response.create); with Nagle's algorithm the second would wait
+    // for the first one's ACK (up to the peer's delayed-ACK timeout, ~40 ms).
+    match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true).await {
         Ok((stream, _)) => Ok(stream),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => match resp.status() {
             StatusCode::NOT_FOUND => Err(SidebandError::CallNotFound),

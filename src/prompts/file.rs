@@ -24,6 +24,36 @@ pub(crate) struct RawProfile {
     pub session: Option<RawSession>,
     pub escalation: Option<Spanned<RawEscalation>>,
     pub reject: Option<RawReject>,
+    pub tools_base_url: Option<Spanned<String>>,
+    pub filler_line: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tools: Vec<Spanned<crate::tools::RawTool>>,
+    pub after_call: Option<RawAfterCall>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAfterCall {
+    pub summary: Option<bool>,
+    #[serde(default)]
+    pub extract: Vec<Spanned<RawExtract>>,
+    pub sms: Option<Spanned<RawSms>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawExtract {
+    pub name: Spanned<String>,
+    pub regex: Spanned<String>,
+    pub from: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSms {
+    pub template: Spanned<String>,
+    #[serde(default)]
+    pub require: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,18 +9,19 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::file::{
-    RawEscalation, RawHours, RawMatch, RawProfile, RawReject, RawSession, RawTurnDetection,
-    RawTurnKind,
+    RawAfterCall, RawEscalation, RawHours, RawMatch, RawProfile, RawReject, RawSession,
+    RawTurnDetection, RawTurnKind,
 };
 use super::hours::{OpenHours, OpenWindow};
 use super::profile::{
-    Blocklist, CapacityLimit, DEFAULT_APOLOGY, DEFAULT_HANDOFF_LINE,
-    DEFAULT_MAX_CALL_DURATION_SECS, EscalationSettings, HeaderRule, HeaderTest, MatchRules,
-    Profile, RejectRules, SessionSettings, TurnDetection,
+    AfterCallSettings, Blocklist, CapacityLimit, DEFAULT_APOLOGY, DEFAULT_HANDOFF_LINE,
+    DEFAULT_MAX_CALL_DURATION_SECS, EscalationSettings, ExtractFrom, ExtractRule, HeaderRule,
+    HeaderTest, MatchRules, Profile, RejectRules, SessionSettings, SmsSettings, TurnDetection,
 };
 use super::{LoadError, LoadErrors};
 use crate::escalation::phrases::{DEFAULT_PHRASES, PhraseMatcher};
 use crate::sip::{CallParties, E164, SipHeader, TransferTarget};
+use crate::tools::template::{Segment, Template};
 
 /// All profiles of a directory, validated together: unique names, exactly one default.
 #[derive(Debug, Clone)]
@@ -397,6 +398,38 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
         Some(r) => reject(&mut cx, r),
         None => RejectRules::default(),
     };
+    let tools_base_url = raw.tools_base_url.and_then(|u| {
+        let text = u.get_ref().trim().trim_end_matches('/').to_string();
+        match reqwest::Url::parse(&text) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => Some(text),
+            Ok(_) => {
+                cx.err(
+                    &u,
+                    format!("tools_base_url {text:?} must be an http(s) URL"),
+                );
+                None
+            }
+            Err(e) => {
+                cx.err(&u, format!("tools_base_url {text:?}: {e}"));
+                None
+            }
+        }
+    });
+    let filler_line = cx.text(raw.filler_line, "filler_line");
+    let mut problems = Vec::new();
+    let tools = crate::tools::build_tools(
+        raw.tools,
+        tools_base_url.as_deref(),
+        escalation.enabled && escalation.target.is_some(),
+        &mut problems,
+    );
+    for (span, message) in problems {
+        cx.err_at(span, message);
+    }
+    let after_call = match raw.after_call {
+        Some(a) => after_call(&mut cx, a),
+        None => AfterCallSettings::default(),
+    };
 
     let profile = cx.errors.is_empty().then(|| Profile {
         name: name.clone(),
@@ -412,6 +445,10 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
         session,
         escalation,
         reject,
+        tools,
+        tools_base_url,
+        filler_line,
+        after_call,
     });
     Ok(Loaded {
         file: path.to_path_buf(),
@@ -736,4 +773,110 @@ fn hours(cx: &mut Ctx<'_>, h: RawHours, span: Range<usize>) -> Option<OpenHours>
         windows,
         status,
     })
+}
+
+fn after_call(cx: &mut Ctx<'_>, a: RawAfterCall) -> AfterCallSettings {
+    let mut extract: Vec<ExtractRule> = Vec::new();
+    for rule in a.extract {
+        let rule = rule.into_inner();
+        let name = rule.name.get_ref().trim().to_string();
+        if !crate::tools::template::valid_name(&name) {
+            cx.err(
+                &rule.name,
+                format!("after_call.extract: name {name:?} must be 1-64 of A-Z a-z 0-9 _ - ."),
+            );
+            continue;
+        }
+        if extract.iter().any(|r| r.name == name) {
+            cx.err(
+                &rule.name,
+                format!("after_call.extract: {name:?} is declared twice"),
+            );
+            continue;
+        }
+        let regex = match regex::Regex::new(rule.regex.get_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                cx.err(
+                    &rule.regex,
+                    format!("after_call.extract {name:?}: bad regex: {e}"),
+                );
+                continue;
+            }
+        };
+        let from = match rule.from.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("any") => ExtractFrom::Any,
+            Some("caller") => ExtractFrom::Caller,
+            Some("agent") => ExtractFrom::Agent,
+            Some(other) => {
+                let f = rule.from.as_ref().expect("some");
+                cx.err(
+                    f,
+                    format!(
+                        "after_call.extract {name:?}: from {other:?} must be caller, agent or any"
+                    ),
+                );
+                continue;
+            }
+        };
+        extract.push(ExtractRule { name, regex, from });
+    }
+    let sms = a.sms.and_then(|sms| {
+        let span = sms.span();
+        let sms = sms.into_inner();
+        let template = match Template::parse(sms.template.get_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                cx.err(&sms.template, format!("after_call.sms.template: {e}"));
+                return None;
+            }
+        };
+        if sms.template.get_ref().trim().is_empty() {
+            cx.err(&sms.template, "after_call.sms.template must not be empty");
+            return None;
+        }
+        let mut ok = true;
+        for seg in template.segments() {
+            match seg {
+                Segment::Lit(_) | Segment::Call(_) | Segment::Summary(_) => {}
+                Segment::Extract(n) if extract.iter().any(|r| &r.name == n) => {}
+                Segment::Extract(n) => {
+                    cx.err(
+                        &sms.template,
+                        format!("after_call.sms.template: {{{{extract.{n}}}}} names no [[after_call.extract]] rule"),
+                    );
+                    ok = false;
+                }
+                other => {
+                    cx.err(
+                        &sms.template,
+                        format!(
+                            "after_call.sms.template: {{{{{}...}}}} placeholders are not allowed in an SMS",
+                            other.kind()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let mut require = Vec::new();
+        for r in &sms.require {
+            if extract.iter().any(|x| &x.name == r.get_ref()) {
+                require.push(r.get_ref().clone());
+            } else {
+                cx.err(
+                    r,
+                    format!("after_call.sms.require: {:?} names no [[after_call.extract]] rule", r.get_ref()),
+                );
+                ok = false;
+            }
+        }
+        let _ = span;
+        ok.then_some(SmsSettings { template, require })
+    });
+    AfterCallSettings {
+        summary: a.summary.unwrap_or(true),
+        extract,
+        sms,
+    }
 }

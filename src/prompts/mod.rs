@@ -70,6 +70,30 @@
 //! [reject.capacity]            # checked last
 //! max_concurrent_calls = 20    # >= 1; reject when this many calls are already live
 //! status = 486                 # default 486
+//!
+//! tools_base_url = "https://api.example.com/v1"  # optional (a top-level key: write it above
+//!                              # the first table); {{base_url}} in tool urls
+//! filler_line = "One moment while I look that up."  # optional (top-level); said when a tool
+//!                              # runs past [tools] filler_after_ms; default from config
+//! [[tools]]                    # agent tools: http requests or built-ins; the full format is
+//! name = "lookup_order"        # in the crate::tools docs
+//! description = "..."
+//! parameters = { type = "object", properties = { order_id = { type = "string" } }, required = ["order_id"] }
+//! http = { url = "{{base_url}}/orders/{{args.order_id}}", headers = { Authorization = "Bearer {{secret:orders_token}}" } }
+//! [[tools]]
+//! builtin = "lookup_call_history"  # transfer_to_human | end_call | send_dtmf | create_ticket |
+//!                              # lookup_call_history
+//!
+//! [after_call]
+//! summary = true               # default true: store a summary (intent, outcome, key facts)
+//! [[after_call.extract]]       # a value taken from the transcript after the call
+//! name = "confirmation_number" # stored as after_call.extracted.confirmation_number
+//! regex = '(?i)confirmation (?:number|code) is ([A-Z0-9]{5,10})'  # group 1, else the match;
+//!                              # the last matching line wins
+//! from = "caller"              # caller | agent | any (default)
+//! [after_call.sms]             # a text to the caller after the call (Twilio; opt-outs respected)
+//! template = "Thanks for calling! Ref {{extract.confirmation_number}}. Reply STOP to opt out."
+//! require = ["confirmation_number"]  # send only when these were extracted
 //! ```
 //!
 //! Reject statuses must be SIP final failure responses, 400..=699.
@@ -84,7 +108,11 @@
 //! regexes, bad transfer targets, a `dtmf_key` that is not one DTMF key, escalation enabled
 //! without a target, `speed`/`threshold` out of range, reject statuses outside 400..=699,
 //! empty strings where text is required and settings that belong to another turn detection
-//! type.
+//! type; for tools: bad names, duplicates, a `parameters` that is not a valid JSON Schema of
+//! type object, templates that reference undeclared parameters or unknown placeholders, urls
+//! that do not parse as http(s), literal credentials, `{{base_url}}` without `tools_base_url`,
+//! `transfer_to_human` without escalation; for `[after_call]`: bad regexes, duplicate rule
+//! names, SMS templates referencing undeclared rules.
 
 mod file;
 mod hours;
@@ -100,11 +128,11 @@ use std::path::PathBuf;
 pub use hours::{OpenHours, OpenWindow};
 pub use load::ProfileSet;
 pub use profile::{
-    Admission, Blocklist, CapacityLimit, DEFAULT_APOLOGY, DEFAULT_HANDOFF_LINE,
+    Admission, AfterCallSettings, Blocklist, CapacityLimit, DEFAULT_APOLOGY, DEFAULT_HANDOFF_LINE,
     DEFAULT_MAX_CALL_DURATION_SECS, DEFAULT_MODEL, DEFAULT_TRANSCRIPTION_MODEL, DEFAULT_VOICE,
-    Eagerness, EscalationSettings, HeaderRule, HeaderTest, MatchRules, NoiseReduction, Profile,
-    RejectReason, RejectRules, SessionSettings, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN,
-    TurnDetection, builtin_tools,
+    Eagerness, EscalationSettings, ExtractFrom, ExtractRule, HeaderRule, HeaderTest, MatchRules,
+    NoiseReduction, Profile, RejectReason, RejectRules, SessionSettings, SmsSettings,
+    TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN, TurnDetection, builtin_tools,
 };
 
 /// One problem found while loading a profile directory.

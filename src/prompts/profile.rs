@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::hours::OpenHours;
 use crate::escalation::phrases::PhraseMatcher;
 use crate::sip::{CallParties, E164, SipHeader, TransferTarget, headers_named};
+use crate::tools::ToolSet;
 
 /// Name of the built-in function tool that asks for a human (openai.md §5.1 tool shape).
 pub const TOOL_TRANSFER_TO_HUMAN: &str = "transfer_to_human";
@@ -61,6 +62,69 @@ pub struct Profile {
     pub escalation: EscalationSettings,
     /// `[reject]`: when to refuse the call.
     pub reject: RejectRules,
+    /// `[[tools]]`: the declared tools (see [`crate::tools`]).
+    pub tools: ToolSet,
+    /// `tools_base_url`: what `{{base_url}}` stands for in tool urls.
+    pub tools_base_url: Option<String>,
+    /// `filler_line`: said when a tool runs long (unless the tool sets `filler`); `None` =
+    /// `[tools] filler_line`.
+    pub filler_line: Option<String>,
+    /// `[after_call]`: summary, extraction rules, SMS follow-up.
+    pub after_call: AfterCallSettings,
+}
+
+/// `[after_call]` of a profile.
+#[derive(Debug, Clone)]
+pub struct AfterCallSettings {
+    /// `summary` (default true): store a call summary (how: `[after_call] summary` in config).
+    pub summary: bool,
+    /// `[[after_call.extract]]`: values taken from the transcript when the call ends.
+    pub extract: Vec<ExtractRule>,
+    /// `[after_call.sms]`: a text message to the caller after the call.
+    pub sms: Option<SmsSettings>,
+}
+
+impl Default for AfterCallSettings {
+    fn default() -> Self {
+        Self {
+            summary: true,
+            extract: Vec::new(),
+            sms: None,
+        }
+    }
+}
+
+/// `[[after_call.extract]]`: a named value found in the transcript by a regex.
+#[derive(Debug, Clone)]
+pub struct ExtractRule {
+    /// The name the value is stored under (`after_call.extracted.NAME`).
+    pub name: String,
+    /// The regex; the value is its first capture group, or the whole match when it has none.
+    /// The **last** matching line wins (a read-back confirmation comes after the first mention).
+    pub regex: regex::Regex,
+    /// Whose lines are searched.
+    pub from: ExtractFrom,
+}
+
+/// Whose transcript lines an [`ExtractRule`] searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtractFrom {
+    /// `caller`: the other party's lines.
+    Caller,
+    /// `agent`: the AI agent's lines.
+    Agent,
+    /// `any` (default).
+    Any,
+}
+
+/// `[after_call.sms]`: the follow-up text.
+#[derive(Debug, Clone)]
+pub struct SmsSettings {
+    /// The message; placeholders `{{call.*}}`, `{{summary.intent}}`, `{{summary.outcome}}`,
+    /// `{{extract.NAME}}`.
+    pub template: crate::tools::template::Template,
+    /// Extract rule names whose values must exist, or no SMS is sent.
+    pub require: Vec<String>,
 }
 
 /// `[match]`: all kinds that are given must match (AND); within a kind any entry matches (OR).
@@ -502,7 +566,8 @@ impl Profile {
     /// §5.6), `model`, `instructions`, `output_modalities` ["audio"],
     /// `audio.input.transcription` {model, language?} (always, so caller transcripts exist),
     /// `audio.input.turn_detection` (object or `null`), `audio.input.noise_reduction`?,
-    /// `audio.output` {voice, speed?}, `tools` ([`builtin_tools`]) and `tool_choice` "auto".
+    /// `audio.output` {voice, speed?}, `tools` ([`builtin_tools`], descriptions overridden by
+    /// the profile, then the profile's other `[[tools]]`) and `tool_choice` "auto".
     /// No `audio.*.format`: SIP negotiates the codec in SDP (§5.1).
     pub fn realtime_session(&self) -> Value {
         let s = &self.session;
@@ -527,7 +592,7 @@ impl Profile {
             "instructions": self.instructions,
             "output_modalities": ["audio"],
             "audio": { "input": input, "output": output },
-            "tools": builtin_tools(self.escalation.enabled),
+            "tools": self.tools.session_tools(builtin_tools(self.escalation.enabled)),
             "tool_choice": "auto",
         })
     }

@@ -74,9 +74,28 @@ const DEFAULT: &str = "default = true\n";
 fn shipped_example_profiles_load() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts");
     let set = load_ok(&dir);
-    assert_eq!(set.len(), 2);
+    assert_eq!(set.len(), 5);
     let names: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["default", "support"]);
+    assert_eq!(
+        names,
+        [
+            "connect-support",
+            "default",
+            "hinglish-support",
+            "restaurant-concierge",
+            "support"
+        ]
+    );
+    let hinglish = set.get("hinglish-support").unwrap();
+    assert_eq!(hinglish.tools.len(), 5);
+    assert!(hinglish.after_call.sms.is_some());
+    let restaurant = set.get("restaurant-concierge").unwrap();
+    assert_eq!(restaurant.after_call.extract[0].name, "confirmation_number");
+    let connect = set.get("connect-support").unwrap();
+    assert_eq!(
+        connect.escalation.target,
+        Some(TransferTarget::parse("tel:+18885550123").unwrap())
+    );
     let def = set.get("default").unwrap();
     assert!(def.is_default);
     assert!(def.greeting.is_some());
@@ -743,4 +762,319 @@ fn realtime_session_minimal_and_turn_detection_variants() {
         json!({"type": "server_vad", "threshold": 0.7, "silence_duration_ms": 800,
                "idle_timeout_ms": 6000, "create_response": true, "interrupt_response": true})
     );
+}
+
+/// A default profile with escalation and `tools` appended (a TOML snippet after the tables).
+fn tools_profile(dir: &Path, top: &str, tools: &str) {
+    profile(
+        dir,
+        "t",
+        &format!("default = true\n{top}\n[escalation]\ntarget = \"tel:+14155550100\"\n{tools}"),
+    );
+}
+
+const ORDER_TOOL: &str = r#"
+[[tools]]
+name = "lookup_order"
+description = "Look up an order."
+parameters = { type = "object", properties = { order_id = { type = "string" } }, required = ["order_id"] }
+http = { url = "{{base_url}}/orders/{{args.order_id}}", headers = { Authorization = "Bearer {{secret:orders_token}}" } }
+"#;
+
+#[test]
+fn tools_load_into_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    tools_profile(
+        dir.path(),
+        "tools_base_url = \"https://api.example.com/v1/\"\nfiller_line = \"Hold on.\"",
+        &format!(
+            "{ORDER_TOOL}\n[[tools]]\nbuiltin = \"end_call\"\ndescription = \"Hang up politely.\"\n[[tools]]\nbuiltin = \"lookup_call_history\"\n"
+        ),
+    );
+    let set = load_ok(dir.path());
+    let p = set.get("t").unwrap();
+    assert_eq!(
+        p.tools_base_url.as_deref(),
+        Some("https://api.example.com/v1")
+    );
+    assert_eq!(p.filler_line.as_deref(), Some("Hold on."));
+    let order = p.tools.get("lookup_order").unwrap();
+    assert_eq!(order.secret_names(), ["orders_token"]);
+    assert!(order.check_arguments(r#"{"order_id":"A1"}"#).is_ok());
+    let problems = order.check_arguments(r#"{"order_id":5}"#).unwrap_err();
+    assert!(problems[0].starts_with("/order_id"), "{problems:?}");
+    assert!(order.check_arguments("not json").is_err());
+    let body = p.realtime_session();
+    let names: Vec<&str> = body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "transfer_to_human",
+            "end_call",
+            "lookup_order",
+            "lookup_call_history"
+        ]
+    );
+    assert_eq!(body["tools"][1]["description"], "Hang up politely.");
+    assert_eq!(
+        body["tools"][2]["parameters"]["required"],
+        json!(["order_id"])
+    );
+    assert_eq!(
+        body["tools"][3]["parameters"]["properties"]["limit"]["maximum"],
+        10
+    );
+}
+
+#[test]
+fn tool_definition_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[[tools]]
+name = "bad name"
+description = "x"
+http = { url = "https://a.example.com/" }
+
+[[tools]]
+name = "undeclared"
+description = "x"
+parameters = { type = "object", properties = { a = { type = "string" } } }
+http = { url = "https://a.example.com/{{args.b}}" }
+
+[[tools]]
+name = "literal_token"
+description = "x"
+http = { url = "https://a.example.com/", headers = { Authorization = "Bearer sk_live_4eC39HqLyjWDarjtT1zdp7dc" } }
+
+[[tools]]
+name = "no_base"
+description = "x"
+http = { url = "{{base_url}}/x" }
+
+[[tools]]
+name = "bad_schema"
+description = "x"
+parameters = { type = "object", properties = { a = { type = "strnig" } } }
+http = { url = "https://a.example.com/" }
+
+[[tools]]
+name = "not_object"
+description = "x"
+parameters = { type = "string" }
+http = { url = "https://a.example.com/" }
+
+[[tools]]
+name = "secret_in_url"
+description = "x"
+http = { url = "https://a.example.com/{{secret:tok}}" }
+
+[[tools]]
+name = "key_in_query"
+description = "x"
+http = { url = "https://a.example.com/x?api_key=abc" }
+
+[[tools]]
+name = "ftp"
+description = "x"
+http = { url = "ftp://a.example.com/x" }
+
+[[tools]]
+name = "no_description"
+http = { url = "https://a.example.com/" }
+
+[[tools]]
+builtin = "teleport"
+
+[[tools]]
+builtin = "send_dtmf"
+parameters = { type = "object" }
+
+[[tools]]
+name = "dup"
+description = "x"
+http = { url = "https://a.example.com/" }
+[[tools]]
+name = "dup"
+description = "y"
+http = { url = "https://a.example.com/" }
+
+[[tools]]
+name = "unknown_placeholder"
+description = "x"
+http = { url = "https://a.example.com/{{env:HOME}}" }
+"#;
+    profile(dir.path(), "t", &format!("default = true\n{text}"));
+    let errs = load_err(dir.path());
+    let line = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i + 2) // + the "default = true" line, 1-based
+            .unwrap()
+    };
+    has(
+        &errs,
+        "t.toml",
+        Some(line("name = \"bad name\"")),
+        "must be 1-64",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("{{args.b}}")),
+        "{{args.b}} is not a declared parameter",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("sk_live")),
+        "must take it from a secret",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("{{base_url}}/x")),
+        "no tools_base_url",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("strnig")),
+        "not a valid JSON Schema",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("parameters = { type = \"string\" }")),
+        "type = \"object\"",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("{{secret:tok}}")),
+        "secrets go in headers only",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("api_key=abc")),
+        "credential parameter",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("ftp://")),
+        "must be http or https",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("name = \"no_description\"") - 1),
+        "needs a `description`",
+    );
+    has(&errs, "t.toml", Some(line("teleport")), "is not one of");
+    has(
+        &errs,
+        "t.toml",
+        Some(line("parameters = { type = \"object\" }")),
+        "are fixed",
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("description = \"y\"") - 2),
+        "\"dup\" is declared twice",
+    );
+    assert_eq!(
+        errs.iter().filter(|e| e.2.contains("no_base")).count(),
+        1,
+        "one error for a url without its base: {errs:#?}"
+    );
+    has(
+        &errs,
+        "t.toml",
+        Some(line("{{env:HOME}}")),
+        "unknown placeholder",
+    );
+    // no [escalation]: transfer_to_human cannot be declared
+    let dir2 = tempfile::tempdir().unwrap();
+    profile(
+        dir2.path(),
+        "u",
+        "default = true\n[[tools]]\nbuiltin = \"transfer_to_human\"\n",
+    );
+    has(
+        &load_err(dir2.path()),
+        "u.toml",
+        Some(3),
+        "needs an enabled [escalation]",
+    );
+}
+
+#[test]
+fn after_call_settings_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    profile(
+        dir.path(),
+        "a",
+        r#"default = true
+[after_call]
+summary = false
+[[after_call.extract]]
+name = "conf"
+regex = '(?i)code is ([A-Z0-9]+)'
+from = "caller"
+[[after_call.extract]]
+name = "bad"
+regex = '(unclosed'
+[[after_call.extract]]
+name = "who"
+regex = 'x'
+from = "robot"
+[after_call.sms]
+template = "Ref {{extract.conf}} {{extract.nope}} {{args.x}}"
+require = ["conf", "ghost"]
+"#,
+    );
+    let errs = load_err(dir.path());
+    has(&errs, "a.toml", Some(10), "bad regex");
+    has(&errs, "a.toml", Some(14), "must be caller, agent or any");
+    has(&errs, "a.toml", Some(16), "{{extract.nope}} names no");
+    has(&errs, "a.toml", Some(16), "not allowed in an SMS");
+    has(&errs, "a.toml", Some(17), "\"ghost\" names no");
+
+    let dir = tempfile::tempdir().unwrap();
+    profile(
+        dir.path(),
+        "a",
+        "default = true\n[after_call]\nsummary = false\n[[after_call.extract]]\nname = \"conf\"\nregex = 'code is ([A-Z0-9]+)'\n[after_call.sms]\ntemplate = \"Ref {{extract.conf}}\"\nrequire = [\"conf\"]\n",
+    );
+    let set = load_ok(dir.path());
+    let a = &set.get("a").unwrap().after_call;
+    assert!(!a.summary);
+    assert_eq!(a.extract[0].from, ExtractFrom::Any);
+    assert_eq!(a.sms.as_ref().unwrap().require, ["conf"]);
+}
+
+#[test]
+fn readme_profile_example_loads() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let start = readme
+        .find("# prompts/orders.toml")
+        .expect("README has the example");
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    profile(dir.path(), "orders", &readme[start..end]);
+    profile(dir.path(), "main", DEFAULT);
+    let set = load_ok(dir.path());
+    let orders = set.get("orders").unwrap();
+    assert_eq!(orders.tools.len(), 3);
+    assert_eq!(orders.after_call.extract[0].name, "ticket");
+    assert!(orders.after_call.sms.is_some());
 }

@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
 //! # Layout
-//! Schema version 1 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
+//! Schema version 2 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
 //! and refuses newer ones):
 //!
 //! ```sql
@@ -10,6 +10,7 @@
 //!       accepted_at INTEGER NULL, ended_at INTEGER NULL, end_reason TEXT NULL,
 //!       escalation TEXT NULL  -- JSON EscalationSummary
 //!       usage TEXT            -- JSON Usage
+//!       after_call TEXT NULL  -- JSON AfterCall (v2; NULL = default)
 //! )
 //! transcript_lines(id INTEGER PRIMARY KEY AUTOINCREMENT, call_id, speaker, text, at, item_id NULL)
 //!       + UNIQUE (call_id, speaker, item_id) WHERE item_id IS NOT NULL
@@ -47,11 +48,12 @@ use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
 use super::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
 use crate::calls::record::{
-    Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine, Usage,
+    AfterCall, Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine,
+    Usage,
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Most records [`Store::list_calls`] returns, whatever the query's `limit`.
 pub const LIST_LIMIT_CAP: usize = 1000;
@@ -123,10 +125,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhooks_by_expiry ON webhooks (expires_at);
     ",
+    // 1 -> 2 (tools / after-call work): tool counts, summary, extracted values, cost estimate and
+    // SMS follow-up of a call, as one JSON column. Older rows read as the default (NULL).
+    "
+    ALTER TABLE calls ADD COLUMN after_call TEXT;
+    ",
 ];
 
 const CALL_COLUMNS: &str = "call_id, api, state, profile, caller, dialed, sip_call_id, \
-     webhook_id, created_at, accepted_at, ended_at, end_reason, escalation, usage";
+     webhook_id, created_at, accepted_at, ended_at, end_reason, escalation, usage, after_call";
 
 /// SQLite implementation of [`super::Store`]: one database file in WAL mode.
 ///
@@ -447,6 +454,7 @@ struct CallRow {
     end_reason: Option<String>,
     escalation: Option<String>,
     usage: String,
+    after_call: Option<String>,
 }
 
 impl CallRow {
@@ -466,6 +474,9 @@ impl CallRow {
             end_reason: r.end_reason.clone(),
             escalation: r.escalation.as_ref().map(to_json).transpose()?,
             usage: to_json(&r.usage)?,
+            after_call: (r.after_call != AfterCall::default())
+                .then(|| to_json(&r.after_call))
+                .transpose()?,
         })
     }
 }
@@ -476,6 +487,7 @@ fn decode_call(row: &Row<'_>) -> Result<CallRecord, StoreError> {
     let state: String = row.get(2).map_err(backend)?;
     let escalation: Option<String> = row.get(12).map_err(backend)?;
     let usage: String = row.get(13).map_err(backend)?;
+    let after_call: Option<String> = row.get(14).map_err(backend)?;
     let created_at: i64 = row.get(8).map_err(backend)?;
     let accepted_at: Option<i64> = row.get(9).map_err(backend)?;
     let ended_at: Option<i64> = row.get(10).map_err(backend)?;
@@ -495,6 +507,10 @@ fn decode_call(row: &Row<'_>) -> Result<CallRecord, StoreError> {
             .map(|s| from_json::<EscalationSummary>(&s, "escalation"))
             .transpose()?,
         usage: from_json::<Usage>(&usage, "usage")?,
+        after_call: after_call
+            .map(|s| from_json::<AfterCall>(&s, "after_call"))
+            .transpose()?
+            .unwrap_or_default(),
         call_id,
     })
 }
@@ -578,7 +594,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let sql = format!(
                 "INSERT INTO calls ({CALL_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (call_id) DO NOTHING"
             );
             let inserted = conn
@@ -599,6 +615,7 @@ impl Store for SqliteStore {
                         row.end_reason,
                         row.escalation,
                         row.usage,
+                        row.after_call,
                     ])
                 })
                 .map_err(backend)?;
@@ -656,7 +673,7 @@ impl Store for SqliteStore {
                     "UPDATE calls SET api = ?2, state = ?3, profile = ?4, caller = ?5,
                         dialed = ?6, sip_call_id = ?7, webhook_id = ?8, created_at = ?9,
                         accepted_at = ?10, ended_at = ?11, end_reason = ?12, escalation = ?13,
-                        usage = ?14
+                        usage = ?14, after_call = ?15
                      WHERE call_id = ?1",
                 )
                 .and_then(|mut s| {
@@ -675,6 +692,7 @@ impl Store for SqliteStore {
                         row.end_reason,
                         row.escalation,
                         row.usage,
+                        row.after_call,
                     ])
                 })
                 .map_err(backend)?;

@@ -5,3 +5,4 @@ pub mod fake_hubspot;
 pub mod fake_twilio;
 pub mod harness;
 pub mod store_conformance;
+pub mod tool_server;

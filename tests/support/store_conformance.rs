@@ -21,7 +21,8 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use voxmachina::calls::record::{
-    Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine, Usage,
+    AfterCall, Api, CallEvent, CallRecord, CallState, CallSummary, CostEstimate, EscalationSummary,
+    SmsFollowUp, Speaker, TokenDetail, TranscriptLine, Usage,
 };
 use voxmachina::store::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
 
@@ -449,6 +450,38 @@ pub async fn update_call_round_trips_every_field(store: Arc<dyn Store>) {
             input_tokens: 4_000_000_001,
             output_tokens: 9_007_199_254_740_993, // above 2^53: must not go through an f64
             total_tokens: u64::MAX,
+        },
+        after_call: AfterCall {
+            tokens: TokenDetail {
+                audio_input: 1_000,
+                text_input: 20,
+                cached_text_input: 5,
+                audio_output: u64::MAX,
+                ..TokenDetail::default()
+            },
+            tools: [(
+                "lookup_order".to_string(),
+                [("ok".to_string(), 2u64), ("timeout".to_string(), 1u64)].into(),
+            )]
+            .into(),
+            summary: Some(CallSummary {
+                intent: "order status ☎ \"SK-1\"".to_string(),
+                outcome: "answered\nthen transferred".to_string(),
+                key_facts: vec!["order SK-1 shipped".to_string()],
+                source: "model".to_string(),
+            }),
+            extracted: [("confirmation_number".to_string(), "R7K2P9".to_string())].into(),
+            cost: Some(CostEstimate {
+                model: "gpt-realtime".to_string(),
+                currency: "USD".to_string(),
+                amount_micros: 123_456,
+            }),
+            sms: Some(SmsFollowUp {
+                status: "sent".to_string(),
+                reason: None,
+                sid: Some("SM123".to_string()),
+                at: t + secs(96),
+            }),
         },
     };
     store.update_call(&full).await.unwrap();
