@@ -1,4 +1,4 @@
-//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`.
+//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `dynamodb`, `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,39 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Play a whole phone call offline against a local OpenAI SIP emulator.
     Demo(crate::demo::DemoArgs),
+    /// Manage the DynamoDB tables named by `[store.dynamodb]`.
+    #[command(subcommand)]
+    Dynamodb(DynamodbCommand),
+    /// Inspect or redeem a handover token in the configured store.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `voxmachina dynamodb ...`.
+#[derive(Debug, Subcommand)]
+pub enum DynamodbCommand {
+    /// Create the tables (PAY_PER_REQUEST), wait until ACTIVE, enable TTL. Safe to re-run.
+    CreateTables {
+        /// Seconds to wait for the tables and indexes to become ACTIVE.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+}
+
+/// `voxmachina token ...`. Both print the payload as JSON and exit 0, or exit 1 when the token
+/// is unknown, already redeemed or expired.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Show a live token's payload without redeeming it.
+    Show {
+        /// The 10-digit token.
+        token: String,
+    },
+    /// Redeem a token (single use: it is gone afterwards) and print its payload.
+    Redeem {
+        /// The 10-digit token.
+        token: String,
+    },
 }
 
 /// Arguments of `voxmachina trigger`.
@@ -79,6 +112,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(cli.config),
         Command::Trigger(args) => trigger(args).await,
         Command::Demo(args) => crate::demo::run(cli.config, args).await,
+        Command::Dynamodb(cmd) => dynamodb(cli.config, cmd).await,
+        Command::Token(cmd) => token(cli.config, cmd).await,
+    }
+}
+
+async fn dynamodb(config_path: Option<PathBuf>, cmd: DynamodbCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path.as_deref())?;
+    match cmd {
+        DynamodbCommand::CreateTables { timeout_secs } => {
+            let store = crate::store::DynamoStore::connect(&config.store.dynamodb).await?;
+            let setups = store
+                .create_tables(Duration::from_secs(timeout_secs))
+                .await?;
+            for t in &setups {
+                println!(
+                    "{} {}{}",
+                    t.table,
+                    if t.created { "created" } else { "exists" },
+                    t.ttl_attribute
+                        .as_deref()
+                        .map(|a| format!(", TTL on {a}"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("{} table(s) ready", setups.len());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn token(config_path: Option<PathBuf>, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path.as_deref())?;
+    let store = crate::app::open_store(&config).await?;
+    let now = chrono::Utc::now();
+    let (found, token) = match &cmd {
+        TokenCommand::Show { token } => (store.peek_token(token, now).await?, token),
+        TokenCommand::Redeem { token } => (store.redeem_token(token, now).await?, token),
+    };
+    match found {
+        Some(payload) => {
+            println!("{}", serde_json::to_string_pretty(&payload)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("token {token:?}: unknown, already redeemed or expired");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 
