@@ -64,6 +64,62 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// Log format and what may be logged.
     pub logging: LoggingConfig,
+    /// Twilio (Media Streams path, dial-outs, SMS).
+    pub twilio: TwilioConfig,
+    /// HubSpot CRM (contact and ticket on escalation).
+    pub hubspot: HubSpotConfig,
+}
+
+/// `[twilio]`: Twilio Programmable Voice. The Auth Token is a secret (`TWILIO_AUTH_TOKEN`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TwilioConfig {
+    /// REST base URL, `https://api.twilio.com` by default (a local fake in tests).
+    pub api_base_url: String,
+    /// Account SID (`AC...`); empty disables the Twilio features.
+    pub account_sid: String,
+    /// Public base URL of this controller as Twilio reaches it, e.g. `https://voice.example.com`.
+    /// Used to build the `wss://…/twilio/media` stream URL and status callbacks, and as the URL
+    /// Twilio signed when validating `X-Twilio-Signature` behind a proxy.
+    pub public_url: String,
+    /// E.164 caller ID for outbound calls and SMS.
+    pub from_number: String,
+    /// REST request timeout, milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for TwilioConfig {
+    fn default() -> Self {
+        Self {
+            api_base_url: "https://api.twilio.com".into(),
+            account_sid: String::new(),
+            public_url: String::new(),
+            from_number: String::new(),
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[hubspot]`: HubSpot CRM v3. The private-app token is a secret (`HUBSPOT_TOKEN`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HubSpotConfig {
+    /// Create/find the caller's contact and a ticket on escalation.
+    pub enabled: bool,
+    /// API base URL, `https://api.hubapi.com` by default.
+    pub base_url: String,
+    /// Request timeout, milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HubSpotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            base_url: "https://api.hubapi.com".into(),
+            request_timeout_ms: 5_000,
+        }
+    }
 }
 
 /// `[server]`: the HTTP listener.
@@ -401,6 +457,10 @@ pub struct Secrets {
     pub webhook_secret: Secret,
     /// `VOXMACHINA_ADMIN_TOKEN`: bearer token for `/v1/...`; the admin API is off when unset.
     pub admin_token: Option<Secret>,
+    /// `TWILIO_AUTH_TOKEN`: signs Twilio webhooks and authenticates REST calls.
+    pub twilio_auth_token: Option<Secret>,
+    /// `HUBSPOT_TOKEN`: HubSpot private-app token.
+    pub hubspot_token: Option<Secret>,
 }
 
 impl Secrets {
@@ -437,7 +497,43 @@ impl Secrets {
                 "openai_webhook_secret",
             )?,
             admin_token: lookup("VOXMACHINA_ADMIN_TOKEN", "admin_token")?,
+            twilio_auth_token: lookup("TWILIO_AUTH_TOKEN", "twilio_auth_token")?,
+            hubspot_token: lookup("HUBSPOT_TOKEN", "hubspot_token")?,
         })
+    }
+
+    /// A named secret for tools and integrations: `$CREDENTIALS_DIRECTORY/<name>` first, then
+    /// the environment variable `VOXMACHINA_SECRET_<NAME>` (upper case, `-`/`.` as `_`).
+    /// `name` must be 1–64 characters of `[A-Za-z0-9_.-]`; anything else is `None`.
+    ///
+    /// # Errors
+    /// [`ConfigError::CredentialFile`] when the file exists but cannot be read.
+    pub fn named(name: &str) -> Result<Option<Secret>, ConfigError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && !name.starts_with('.');
+        if !valid {
+            return Ok(None);
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let path = PathBuf::from(dir).join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(v) => return Ok(Some(Secret::new(v.trim_end_matches(['\r', '\n'])))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ConfigError::CredentialFile { path, source }),
+            }
+        }
+        let var = format!(
+            "VOXMACHINA_SECRET_{}",
+            name.to_ascii_uppercase().replace(['-', '.'], "_")
+        );
+        Ok(std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Secret::new))
     }
 }
 

@@ -62,6 +62,8 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         openai_api_key: Secret::new(api_key),
         webhook_secret: Secret::new(webhook_secret.clone()),
         admin_token: None,
+        twilio_auth_token: None,
+        hubspot_token: None,
     };
     let server = crate::app::start(config, secrets).await?;
     println!(

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod emulator;
 pub mod escalation;
 pub mod http;
+pub mod hubspot;
 pub mod media;
 pub mod openai;
 pub mod prompts;

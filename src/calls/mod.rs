@@ -1,6 +1,7 @@
 //! Calls: the stored call record ([`record`]), the registry of monitored calls ([`registry`]) and
 //! the per-call sideband monitor ([`monitor`]).
 
+pub mod link;
 pub mod monitor;
 pub mod record;
 pub mod registry;

@@ -1,4 +1,6 @@
-//! The per-call monitor: one task per accepted call, attached to the call's sideband WebSocket.
+//! The per-call monitor: one task per accepted call, attached to the call's model event
+//! connection through a [`Link`] (the Realtime sideband for SIP calls, the media bridge's Realtime
+//! WebSocket for Twilio Media Streams calls) and acting on the call through [`CallActions`].
 //!
 //! It greets the caller (`response.create` with the profile's greeting), stores both sides'
 //! transcripts, answers the built-in tools (`transfer_to_human`, `end_call`), watches for
@@ -19,16 +21,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::calls::link::{
+    CallActions, Link, LinkEvent, OpenAiActions, ReconnectError, SidebandLink,
+};
 use crate::calls::record::{
     CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine,
 };
@@ -36,7 +38,7 @@ use crate::calls::registry::{CallRegistry, Command};
 use crate::config::{MonitorConfig, Secret};
 use crate::escalation::{Handoff, Outcome, Step, Trigger};
 use crate::openai::CallControl;
-use crate::openai::sideband::{self, ServerEvent, SidebandError, SidebandStream, client};
+use crate::openai::sideband::{ServerEvent, SidebandError, client};
 use crate::prompts::{Profile, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN};
 use crate::store::Store;
 use crate::telemetry::names;
@@ -71,8 +73,9 @@ pub enum Attach {
     Resume,
 }
 
-/// Spawns the monitor of `record` (already accepted) on `profile`. Returns `None` when this call
-/// is already monitored on this instance.
+/// Spawns the monitor of a SIP call `record` (already accepted) on `profile`: attaches to the
+/// Realtime sideband and acts through OpenAI call control. Returns `None` when this call is
+/// already monitored on this instance.
 pub fn spawn(
     ctx: Arc<MonitorContext>,
     record: CallRecord,
@@ -80,6 +83,71 @@ pub fn spawn(
     attach: Attach,
 ) -> Option<tokio::task::JoinHandle<CallRecord>> {
     let commands = ctx.registry.register(&record.call_id, &profile.name)?;
+    Some(spawn_registered(ctx, record, profile, attach, commands))
+}
+
+/// Like [`spawn`] for a call already registered in the registry (`commands` from
+/// [`CallRegistry::register`]), so registration can happen before the webhook is answered.
+pub fn spawn_registered(
+    ctx: Arc<MonitorContext>,
+    record: CallRecord,
+    profile: Arc<Profile>,
+    attach: Attach,
+    commands: mpsc::Receiver<Command>,
+) -> tokio::task::JoinHandle<CallRecord> {
+    let actions = Arc::new(OpenAiActions {
+        call_control: ctx.call_control.clone(),
+        call_id: record.call_id.clone(),
+    });
+    let c = ctx.clone();
+    let call_id = record.call_id.clone();
+    start(
+        ctx,
+        record,
+        profile,
+        attach,
+        actions,
+        commands,
+        async move {
+            SidebandLink::connect(&c.sideband_url, &call_id, &c.api_key, &c.config)
+                .await
+                .map(|l| Box::new(l) as Box<dyn Link>)
+                .map_err(|e| {
+                    let gone = matches!(e, SidebandError::CallNotFound);
+                    (e.to_string(), gone)
+                })
+        },
+    )
+}
+
+/// Result of opening a monitor's [`Link`]: the link, or the error text and whether the call is
+/// known to be gone.
+pub type LinkResult = Result<Box<dyn Link>, (String, bool)>;
+
+/// Spawns a monitor over any [`Link`] and [`CallActions`] (the SIP sideband, or the Twilio media
+/// bridge). `link` is awaited inside the task; the monitor registers in the registry first so
+/// the call has exactly one monitor. Returns `None` when the call is already monitored here.
+pub fn spawn_with(
+    ctx: Arc<MonitorContext>,
+    record: CallRecord,
+    profile: Arc<Profile>,
+    attach: Attach,
+    actions: Arc<dyn CallActions>,
+    link: impl std::future::Future<Output = LinkResult> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<CallRecord>> {
+    let commands = ctx.registry.register(&record.call_id, &profile.name)?;
+    Some(start(ctx, record, profile, attach, actions, commands, link))
+}
+
+fn start(
+    ctx: Arc<MonitorContext>,
+    record: CallRecord,
+    profile: Arc<Profile>,
+    attach: Attach,
+    actions: Arc<dyn CallActions>,
+    commands: mpsc::Receiver<Command>,
+    link: impl std::future::Future<Output = LinkResult> + Send + 'static,
+) -> tokio::task::JoinHandle<CallRecord> {
     let span = info_span!("call", call_id = %record.call_id, profile = %profile.name);
     metrics::gauge!(names::ACTIVE_CALLS).increment(1.0);
     let monitor = Monitor {
@@ -87,6 +155,7 @@ pub fn spawn(
         record,
         profile,
         commands,
+        actions,
         handoff: None,
         line: None,
         line_deadline: None,
@@ -94,17 +163,17 @@ pub fn spawn(
         hangup_when_quiet: false,
         response_in_progress: None,
     };
-    Some(tokio::spawn(
+    tokio::spawn(
         async move {
             let call_id = monitor.record.call_id.clone();
             let registry = monitor.ctx.registry.clone();
-            let record = monitor.run(attach).await;
+            let record = monitor.run(link, attach).await;
             registry.remove(&call_id);
             metrics::gauge!(names::ACTIVE_CALLS).decrement(1.0);
             record
         }
         .instrument(span),
-    ))
+    )
 }
 
 /// A line we asked the agent to say, tracked until its response finishes.
@@ -128,6 +197,7 @@ struct Monitor {
     record: CallRecord,
     profile: Arc<Profile>,
     commands: mpsc::Receiver<Command>,
+    actions: Arc<dyn CallActions>,
     handoff: Option<Handoff>,
     line: Option<PendingLine>,
     line_deadline: Option<Instant>,
@@ -137,21 +207,22 @@ struct Monitor {
 }
 
 impl Monitor {
-    async fn run(mut self, attach: Attach) -> CallRecord {
-        let mut ws = match self.connect_with_retry().await {
-            Ok(ws) => ws,
-            Err(e) => {
-                warn!(error = %e, "sideband attach failed");
-                self.event("sideband_attach_failed", json!({ "error": e.to_string() }))
+    async fn run(
+        mut self,
+        link: impl std::future::Future<Output = LinkResult>,
+        attach: Attach,
+    ) -> CallRecord {
+        let mut link = match link.await {
+            Ok(link) => link,
+            Err((error, gone)) => {
+                warn!(%error, "sideband attach failed");
+                self.event("sideband_attach_failed", json!({ "error": error }))
                     .await;
-                let reason = if matches!(e, SidebandError::CallNotFound) {
-                    "call_gone"
-                } else {
-                    "sideband_lost"
-                };
+                let reason = if gone { "call_gone" } else { "sideband_lost" };
                 return self.finish(CallState::Ended, reason).await;
             }
         };
+        let link = link.as_mut();
         self.event(
             "sideband_attached",
             json!({ "mode": format!("{attach:?}").to_lowercase() }),
@@ -159,7 +230,7 @@ impl Monitor {
         .await;
         if attach == Attach::Fresh {
             if let Some(greeting) = self.profile.greeting.clone() {
-                self.send(&mut ws, client::response_create(Some(&greeting)))
+                self.send(link, client::response_create(Some(&greeting)))
                     .await;
             }
         }
@@ -176,24 +247,15 @@ impl Monitor {
             let flow = tokio::select! {
                 () = self.ctx.shutdown.cancelled() => {
                     info!("shutdown: detaching from call, it stays live for the next start");
-                    let _ = ws.close(None).await;
+                    link.close().await;
                     return self.record;
                 }
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(text))) => self.on_text(&mut ws, &text).await,
-                    Some(Ok(Message::Close(frame))) => {
-                        debug!(?frame, "sideband closed with a close frame");
-                        self.on_closed(&mut ws, true).await
-                    }
-                    Some(Ok(_)) => Flow::Continue,
-                    Some(Err(e)) => {
-                        debug!(error = %e, "sideband dropped");
-                        self.on_closed(&mut ws, false).await
-                    }
-                    None => self.on_closed(&mut ws, false).await,
+                event = link.recv() => match event {
+                    LinkEvent::Text(text) => self.on_text(link, &text).await,
+                    LinkEvent::Closed { clean } => self.on_closed(link, clean).await,
                 },
-                Some(cmd) = self.commands.recv() => self.on_command(&mut ws, cmd).await,
-                () = tokio::time::sleep_until(timer) => self.on_timer(&mut ws, max_deadline).await,
+                Some(cmd) = self.commands.recv() => self.on_command(link, cmd).await,
+                () = tokio::time::sleep_until(timer) => self.on_timer(link, max_deadline).await,
             };
             if let Flow::End(state, reason) = flow {
                 return self.finish(state, reason).await;
@@ -201,42 +263,13 @@ impl Monitor {
         }
     }
 
-    async fn connect_with_retry(&self) -> Result<SidebandStream, SidebandError> {
-        let cfg = &self.ctx.config;
-        (|| {
-            sideband::connect(
-                &self.ctx.sideband_url,
-                &self.record.call_id,
-                &self.ctx.api_key,
-            )
-        })
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(cfg.reconnect_initial_delay_ms))
-                .with_max_delay(Duration::from_millis(cfg.reconnect_max_delay_ms))
-                .with_max_times(cfg.reconnect_max_attempts),
-        )
-        .when(|e: &SidebandError| !e.is_permanent())
-        .notify(|e, delay| debug!(error = %e, ?delay, "sideband connect retry"))
-        .await
-    }
-
-    /// The sideband ended. `clean` = a close frame was received.
-    async fn on_closed(&mut self, ws: &mut SidebandStream, clean: bool) -> Flow {
+    /// The link ended. `clean` = a close frame was received.
+    async fn on_closed(&mut self, link: &mut dyn Link, clean: bool) -> Flow {
         if let Some(h) = self.handoff.as_mut().filter(|h| h.is_awaiting_outcome()) {
-            if !clean {
-                // Ambiguous drop: if the call is still reachable the REFER has not taken yet.
-                if let Ok(new_ws) = sideband::connect(
-                    &self.ctx.sideband_url,
-                    &self.record.call_id,
-                    &self.ctx.api_key,
-                )
-                .await
-                {
-                    *ws = new_ws;
-                    metrics::counter!(names::SIDEBAND_RECONNECTS, "result" => "ok").increment(1);
-                    return Flow::Continue;
-                }
+            // Ambiguous drop: if the call is still reachable the REFER has not taken yet.
+            if !clean && link.reconnect().await.is_ok() {
+                metrics::counter!(names::SIDEBAND_RECONNECTS, "result" => "ok").increment(1);
+                return Flow::Continue;
             }
             let outcome = h.sideband_closed().expect("awaiting outcome");
             return self.conclude_handoff(outcome).await;
@@ -245,14 +278,13 @@ impl Monitor {
             return Flow::End(CallState::Ended, "call_ended");
         }
         self.event("sideband_dropped", json!({})).await;
-        match self.connect_with_retry().await {
-            Ok(new_ws) => {
-                *ws = new_ws;
+        match link.reconnect().await {
+            Ok(()) => {
                 metrics::counter!(names::SIDEBAND_RECONNECTS, "result" => "ok").increment(1);
                 self.event("sideband_reattached", json!({})).await;
                 Flow::Continue
             }
-            Err(SidebandError::CallNotFound) => {
+            Err(ReconnectError::CallGone) => {
                 metrics::counter!(names::SIDEBAND_RECONNECTS, "result" => "call_gone").increment(1);
                 Flow::End(CallState::Ended, "caller_hangup")
             }
@@ -264,7 +296,7 @@ impl Monitor {
         }
     }
 
-    async fn on_text(&mut self, ws: &mut SidebandStream, text: &str) -> Flow {
+    async fn on_text(&mut self, link: &mut dyn Link, text: &str) -> Flow {
         let event = match ServerEvent::parse(text) {
             Ok(e) => e,
             Err(e) => {
@@ -285,7 +317,7 @@ impl Monitor {
                     .find(&transcript)
                     .map(str::to_string);
                 if let Some(phrase) = phrase.filter(|_| self.escalation_available()) {
-                    return self.escalate(ws, Trigger::CallerPhrase(phrase)).await;
+                    return self.escalate(link, Trigger::CallerPhrase(phrase)).await;
                 }
             }
             ServerEvent::OutputTranscriptDone {
@@ -301,7 +333,7 @@ impl Monitor {
                 arguments,
                 ..
             } => {
-                return self.on_tool_call(ws, &call_id, &name, &arguments).await;
+                return self.on_tool_call(link, &call_id, &name, &arguments).await;
             }
             ServerEvent::ResponseCreated { response } => {
                 if let Some(line) = self.line.as_mut() {
@@ -326,7 +358,7 @@ impl Monitor {
                     l.response_id.as_deref() == Some(response.id.as_str()) && !l.audio_started
                 });
                 if ours {
-                    return self.line_finished(ws).await;
+                    return self.line_finished(link).await;
                 }
                 if self.hangup_when_quiet && self.line.is_none() {
                     return self.hangup(CallState::Ended, "end_call").await;
@@ -346,7 +378,7 @@ impl Monitor {
                     l.audio_started && l.response_id.as_deref() == Some(response_id.as_str())
                 });
                 if ours {
-                    return self.line_finished(ws).await;
+                    return self.line_finished(link).await;
                 }
             }
             ServerEvent::DtmfReceived { event, .. } => {
@@ -355,7 +387,7 @@ impl Monitor {
                 if let Some(key) = key.filter(|k| Some(*k) == self.profile.escalation.dtmf_key)
                     && self.escalation_available()
                 {
-                    return self.escalate(ws, Trigger::Dtmf(key)).await;
+                    return self.escalate(link, Trigger::Dtmf(key)).await;
                 }
             }
             ServerEvent::Error { error } => {
@@ -385,7 +417,7 @@ impl Monitor {
 
     async fn on_tool_call(
         &mut self,
-        ws: &mut SidebandStream,
+        link: &mut dyn Link,
         fc_id: &str,
         name: &str,
         arguments: &str,
@@ -401,22 +433,22 @@ impl Monitor {
         match name {
             TOOL_TRANSFER_TO_HUMAN if self.escalation_available() => {
                 self.send(
-                    ws,
+                    link,
                     client::function_call_output(fc_id, &json!({ "status": "transferring" })),
                 )
                 .await;
-                self.escalate(ws, Trigger::Tool(reason)).await
+                self.escalate(link, Trigger::Tool(reason)).await
             }
             TOOL_TRANSFER_TO_HUMAN => {
                 let out = json!({ "error": "transfer is not available right now; keep helping the caller" });
-                self.send(ws, client::function_call_output(fc_id, &out))
+                self.send(link, client::function_call_output(fc_id, &out))
                     .await;
-                self.send(ws, client::response_create(None)).await;
+                self.send(link, client::response_create(None)).await;
                 Flow::Continue
             }
             TOOL_END_CALL => {
                 self.send(
-                    ws,
+                    link,
                     client::function_call_output(fc_id, &json!({ "ok": true })),
                 )
                 .await;
@@ -433,19 +465,19 @@ impl Monitor {
             }
             other => {
                 let out = json!({ "error": format!("unknown tool {other}") });
-                self.send(ws, client::function_call_output(fc_id, &out))
+                self.send(link, client::function_call_output(fc_id, &out))
                     .await;
-                self.send(ws, client::response_create(None)).await;
+                self.send(link, client::response_create(None)).await;
                 Flow::Continue
             }
         }
     }
 
-    async fn on_command(&mut self, ws: &mut SidebandStream, cmd: Command) -> Flow {
+    async fn on_command(&mut self, link: &mut dyn Link, cmd: Command) -> Flow {
         match cmd {
             Command::Transfer(note) => {
                 if self.escalation_available() {
-                    self.escalate(ws, Trigger::Operator(note)).await
+                    self.escalate(link, Trigger::Operator(note)).await
                 } else {
                     self.event("escalation_unavailable", json!({ "trigger": "operator" }))
                         .await;
@@ -459,7 +491,7 @@ impl Monitor {
         }
     }
 
-    async fn on_timer(&mut self, ws: &mut SidebandStream, max_deadline: Instant) -> Flow {
+    async fn on_timer(&mut self, link: &mut dyn Link, max_deadline: Instant) -> Flow {
         let now = Instant::now();
         if now >= max_deadline {
             self.event(
@@ -473,7 +505,7 @@ impl Monitor {
             self.line_deadline = None;
             if self.line.is_some() {
                 self.event("line_timeout", json!({})).await;
-                return self.line_finished(ws).await;
+                return self.line_finished(link).await;
             }
             if self.hangup_when_quiet {
                 return self.hangup(CallState::Ended, "end_call").await;
@@ -486,7 +518,7 @@ impl Monitor {
                 let step = h.window_elapsed();
                 self.event("transfer_not_confirmed", json!({ "target": target }))
                     .await;
-                return self.run_step(ws, step).await;
+                return self.run_step(link, step).await;
             }
         }
         Flow::Continue
@@ -501,7 +533,7 @@ impl Monitor {
         Duration::from_millis(self.ctx.config.handoff_line_timeout_ms)
     }
 
-    async fn escalate(&mut self, ws: &mut SidebandStream, trigger: Trigger) -> Flow {
+    async fn escalate(&mut self, link: &mut dyn Link, trigger: Trigger) -> Flow {
         let settings = &self.profile.escalation;
         let target = settings
             .target
@@ -531,16 +563,16 @@ impl Monitor {
             &settings.apology,
         );
         self.handoff = Some(handoff);
-        self.run_step(ws, step).await
+        self.run_step(link, step).await
     }
 
     /// Executes hand-off steps until one has to wait for the sideband or a timer.
-    async fn run_step(&mut self, ws: &mut SidebandStream, mut step: Step) -> Flow {
+    async fn run_step(&mut self, link: &mut dyn Link, mut step: Step) -> Flow {
         loop {
             match step {
                 Step::Say(line) => {
                     if let Some(current) = self.response_in_progress.clone() {
-                        self.send(ws, client::response_cancel()).await;
+                        self.send(link, client::response_cancel()).await;
                         self.line = Some(PendingLine {
                             ignore_id: Some(current),
                             ..PendingLine::default()
@@ -548,7 +580,7 @@ impl Monitor {
                     } else {
                         self.line = Some(PendingLine::default());
                     }
-                    self.send(ws, client::say_exactly(&line)).await;
+                    self.send(link, client::say_exactly(&line)).await;
                     self.line_deadline = Some(Instant::now() + self.handoff_line_timeout());
                     return Flow::Continue;
                 }
@@ -596,13 +628,13 @@ impl Monitor {
         }
     }
 
-    async fn line_finished(&mut self, ws: &mut SidebandStream) -> Flow {
+    async fn line_finished(&mut self, link: &mut dyn Link) -> Flow {
         self.line = None;
         self.line_deadline = None;
         match self.handoff.as_mut() {
             Some(h) => {
                 let step = h.line_spoken();
-                self.run_step(ws, step).await
+                self.run_step(link, step).await
             }
             None => Flow::Continue,
         }
@@ -636,7 +668,7 @@ impl Monitor {
     }
 
     async fn hangup(&mut self, state: CallState, reason: &'static str) -> Flow {
-        match self.ctx.call_control.hangup(&self.record.call_id).await {
+        match self.actions.hangup().await {
             Ok(()) => self.event("hangup_sent", json!({ "reason": reason })).await,
             Err(e) => {
                 warn!(error = %e, "hangup failed");
@@ -674,8 +706,8 @@ impl Monitor {
         self.record
     }
 
-    async fn send(&self, ws: &mut SidebandStream, text: String) {
-        if let Err(e) = ws.send(Message::text(text)).await {
+    async fn send(&self, link: &mut dyn Link, text: String) {
+        if let Err(e) = link.send(text).await {
             // The read side will notice the drop and reconnect; nothing is lost but this event.
             warn!(error = %e, "sideband send failed");
         }

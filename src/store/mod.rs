@@ -23,7 +23,7 @@ pub use tokens::HandoverPayload;
 
 /// Store failures. Callers degrade (log, count in `voxmachina_store_errors_total`) rather than
 /// drop a call because of them.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend failed (I/O, SQL, network). The message carries the backend's error.
     #[error("store backend: {0}")]

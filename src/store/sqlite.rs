@@ -32,10 +32,14 @@
 //! chrono's RFC 3339 form (nanoseconds).
 //!
 //! # Concurrency
-//! rusqlite is blocking, so every operation runs on [`tokio::task::spawn_blocking`]. Writes go
-//! through one connection behind a mutex (SQLite allows one writer anyway, and serialising them
-//! here avoids `SQLITE_BUSY` between our own connections); reads use a small pool of read-only
-//! connections, which WAL lets run alongside the writer.
+//! rusqlite is blocking. Writes go to one dedicated writer thread that owns the read-write
+//! connection (SQLite allows one writer anyway, and serialising here avoids `SQLITE_BUSY` between
+//! our own connections). The writer **group-commits**: it takes every write waiting in its queue
+//! (up to [`GROUP_COMMIT_MAX`]), runs each inside its own `SAVEPOINT` (a failing write rolls back
+//! alone), commits them in one transaction, and only then answers each caller. Under concurrency
+//! this turns many small commits into one; a lone write costs the same as before. Reads use a
+//! small pool of read-only connections on [`tokio::task::spawn_blocking`], which WAL lets run
+//! alongside the writer.
 //!
 //! Transcript lines and events carry no foreign key to `calls`: like a distributed backend, the
 //! store accepts lines and events for a call it has no record of.
@@ -64,6 +68,14 @@ pub const LIST_LIMIT_CAP: usize = 1000;
 /// How long a connection waits on a lock held by another process before failing with
 /// `SQLITE_BUSY` (surfaced as [`StoreError::Backend`]).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most writes committed in one transaction by the writer thread.
+pub const GROUP_COMMIT_MAX: usize = 256;
+
+/// A queued write: runs on the writer connection, returns the reply to send once the batch's
+/// commit outcome is known (`None` = committed, `Some(e)` = the commit failed).
+type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
 
 /// Read-only connections kept next to the writer.
 const READERS: usize = 2;
@@ -148,7 +160,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: std::sync::mpsc::Sender<Job>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
 }
@@ -205,10 +217,15 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
 
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Backend(format!("start writer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                writer: Mutex::new(writer),
+                writer: tx,
                 readers,
                 next_reader: AtomicUsize::new(0),
             }),
@@ -273,16 +290,35 @@ impl SqliteStore {
         .await
     }
 
-    /// Runs `f` on the writer connection on the blocking pool.
+    /// Queues `f` for the writer thread and waits until its batch is committed.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer)))
-            .await
-            .map_err(|e| StoreError::Backend(format!("store task: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |conn| {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let result = f(conn);
+            let undo = if result.is_ok() {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            let _ = conn.execute_batch(undo);
+            Box::new(move |commit_error: Option<StoreError>| {
+                let _ = tx.send(match (result, commit_error) {
+                    (Ok(_), Some(e)) => Err(e),
+                    (r, _) => r,
+                });
+            })
+        });
+        self.inner
+            .writer
+            .send(job)
+            .map_err(|_| StoreError::Backend("store writer thread stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("store writer thread stopped".into()))?
     }
 
     /// Runs `f` on a reader connection on the blocking pool: the first idle one, else the next
@@ -306,6 +342,29 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Backend(format!("store task: {e}")))?
+    }
+}
+
+/// The writer thread: group-commits queued jobs until every [`SqliteStore`] clone is dropped.
+fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let mut replies = Vec::with_capacity(16);
+        replies.push(first(&mut conn));
+        while replies.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(job) => replies.push(job(&mut conn)),
+                Err(_) => break,
+            }
+        }
+        let outcome = began.and_then(|()| conn.execute_batch("COMMIT"));
+        let error = outcome.err().map(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            backend(e)
+        });
+        for reply in replies {
+            reply(error.clone());
+        }
     }
 }
 
@@ -855,9 +914,7 @@ impl Store for SqliteStore {
             let finals = state_list(CallState::is_final);
             let doomed =
                 format!("SELECT call_id FROM calls WHERE state IN ({finals}) AND created_at < ?1");
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = conn.savepoint().map_err(backend)?;
             let webhooks = tx
                 .execute("DELETE FROM webhooks WHERE expires_at <= ?1", [now])
                 .map_err(backend)?;

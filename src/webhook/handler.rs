@@ -104,19 +104,6 @@ async fn incoming_call(
     let now = Utc::now();
     let ttl =
         chrono::Duration::hours(i64::try_from(app.config.webhook.dedupe_ttl_hours).unwrap_or(72));
-    match app.store.claim_webhook(&webhook_id, now, now + ttl).await {
-        Ok(true) => {}
-        Ok(false) => {
-            info!(%webhook_id, "duplicate delivery");
-            return reply(StatusCode::OK, EV, "duplicate");
-        }
-        Err(e) => {
-            // Degrade: the per-call guard below still prevents a second accept.
-            warn!(error = %e, "webhook dedupe unavailable");
-            metrics::counter!(names::STORE_ERRORS, "op" => "claim_webhook").increment(1);
-        }
-    }
-
     let parties = CallParties::from_headers(&data.sip_headers);
     let profiles = app.profiles.load();
     let profile = profiles.select(&parties, &data.sip_headers).clone();
@@ -125,16 +112,23 @@ async fn incoming_call(
     record.caller = parties.caller.as_ref().map(|n| n.as_str().to_string());
     record.dialed = parties.dialed.as_ref().map(|n| n.as_str().to_string());
     record.sip_call_id = parties.sip_call_id.clone();
-    info!(
-        %webhook_id,
-        caller = %record.caller.as_deref().map(mask_number).unwrap_or_default(),
-        dialed = %record.dialed.as_deref().map(mask_number).unwrap_or_default(),
-        profile = %profile.name,
-        media_security = ?data.sip_media_security,
-        "incoming call"
-    );
 
-    match app.store.create_call(&record).await {
+    // Dedupe by webhook-id and guard by call_id in one round trip: both writes are conditional
+    // and independent, so they run together (and share one commit in the SQLite store).
+    let (claim, created) = tokio::join!(
+        app.store.claim_webhook(&webhook_id, now, now + ttl),
+        app.store.create_call(&record)
+    );
+    let first_delivery = match claim {
+        Ok(first) => first,
+        Err(e) => {
+            // Degrade: the per-call guard still prevents a second accept.
+            warn!(error = %e, "webhook dedupe unavailable");
+            metrics::counter!(names::STORE_ERRORS, "op" => "claim_webhook").increment(1);
+            true
+        }
+    };
+    match created {
         Ok(CreateOutcome::Created) => {}
         Ok(CreateOutcome::Exists(existing)) => {
             let retry = existing.state == CallState::AcceptFailed
@@ -148,30 +142,41 @@ async fn incoming_call(
                     .await
                     .unwrap_or(false);
             if !retry {
-                info!(state = %existing.state, "call already handled by another delivery");
-                return reply(StatusCode::OK, EV, "call_exists");
+                if first_delivery {
+                    info!(state = %existing.state, "call already handled by another delivery");
+                    return reply(StatusCode::OK, EV, "call_exists");
+                }
+                info!(%webhook_id, "duplicate delivery");
+                return reply(StatusCode::OK, EV, "duplicate");
             }
             record.created_at = existing.created_at;
         }
         Err(e) => {
             warn!(error = %e, "cannot create call record; deciding without it");
             metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
-            if app.registry().contains(&record.call_id) {
-                return reply(StatusCode::OK, EV, "call_exists");
+            if !first_delivery || app.registry().contains(&record.call_id) {
+                return reply(StatusCode::OK, EV, "duplicate");
             }
         }
     }
-    event(
-        &app,
+    info!(
+        %webhook_id,
+        caller = %record.caller.as_deref().map(mask_number).unwrap_or_default(),
+        dialed = %record.dialed.as_deref().map(mask_number).unwrap_or_default(),
+        profile = %profile.name,
+        media_security = ?data.sip_media_security,
+        "incoming call"
+    );
+    let received_event = CallEvent::new(
         &record.call_id,
         "webhook_received",
         json!({ "webhook_id": webhook_id, "profile": profile.name }),
-    )
-    .await;
+    );
 
     let active = app.registry().count_for_profile(&profile.name);
     if let Admission::Reject { status, reason } = profile.admission(&parties, now, active) {
         info!(reason = reason.as_str(), status, "rejecting call");
+        append(&app, received_event.clone()).await;
         let result = app.call_control.reject(&record.call_id, status).await;
         match &result {
             Ok(()) | Err(CallControlError::NotFound { .. }) => {
@@ -208,16 +213,33 @@ async fn incoming_call(
             metrics::histogram!(names::ACCEPT_LATENCY, "outcome" => "accepted").record(latency);
             record.state = CallState::Active;
             record.accepted_at = Some(Utc::now());
-            save(&app, &record).await;
-            event(
-                &app,
+            info!(attempts, latency_ms = latency * 1000.0, "call accepted");
+            let accepted = CallEvent::new(
                 &record.call_id,
                 "accepted",
                 json!({ "attempts": attempts, "latency_ms": (latency * 1000.0).round() }),
-            )
-            .await;
-            info!(attempts, latency_ms = latency * 1000.0, "call accepted");
-            monitor::spawn(app.monitors.clone(), record, profile, Attach::Fresh);
+            );
+            // Register now (capacity counts and the operator API see the call at once), answer
+            // OpenAI, and persist then attach in the background, in that order.
+            let Some(commands) = app.registry().register(&record.call_id, &profile.name) else {
+                return reply(StatusCode::OK, EV, "call_exists");
+            };
+            let app2 = app.clone();
+            tokio::spawn(
+                async move {
+                    save(&app2, &record).await;
+                    append(&app2, received_event).await;
+                    append(&app2, accepted).await;
+                    monitor::spawn_registered(
+                        app2.monitors.clone(),
+                        record,
+                        profile,
+                        Attach::Fresh,
+                        commands,
+                    );
+                }
+                .instrument(tracing::Span::current()),
+            );
             reply(StatusCode::OK, EV, "accepted")
         }
         Err(CallControlError::NotFound { code }) => {
@@ -227,6 +249,7 @@ async fn incoming_call(
             record.ended_at = Some(Utc::now());
             record.end_reason = Some("accept_404".into());
             save(&app, &record).await;
+            append(&app, received_event).await;
             event(&app, &record.call_id, "missed", json!({ "code": code })).await;
             metrics::counter!(names::CALLS_ENDED, "state" => "missed", "reason" => "accept_404")
                 .increment(1);
@@ -235,6 +258,7 @@ async fn incoming_call(
         Err(e) => {
             metrics::histogram!(names::ACCEPT_LATENCY, "outcome" => "failed").record(latency);
             warn!(error = %e, attempts, "accept failed");
+            append(&app, received_event).await;
             decision_failed(&app, record, &webhook_id, &e).await
         }
     }
@@ -275,11 +299,11 @@ async fn save(app: &AppState, record: &CallRecord) {
 }
 
 async fn event(app: &AppState, call_id: &str, kind: &str, detail: serde_json::Value) {
-    if let Err(e) = app
-        .store
-        .append_event(&CallEvent::new(call_id, kind, detail))
-        .await
-    {
+    append(app, CallEvent::new(call_id, kind, detail)).await;
+}
+
+async fn append(app: &AppState, event: CallEvent) {
+    if let Err(e) = app.store.append_event(&event).await {
         warn!(error = %e, "cannot store call event");
         metrics::counter!(names::STORE_ERRORS, "op" => "append_event").increment(1);
     }

@@ -85,6 +85,8 @@ pub fn test_secrets() -> Secrets {
         openai_api_key: Secret::new(API_KEY),
         webhook_secret: Secret::new(webhook_secret()),
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        twilio_auth_token: None,
+        hubspot_token: None,
     }
 }
 

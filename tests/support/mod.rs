@@ -2,5 +2,7 @@
 #![allow(dead_code)]
 
 pub mod dynamodb;
+pub mod fake_hubspot;
+pub mod fake_twilio;
 pub mod harness;
 pub mod store_conformance;

@@ -1,0 +1,200 @@
+//! Benchmark (2): end to end, at a fixed rate. Signed `realtime.call.incoming` webhooks are sent
+//! to the real controller (HTTP on 127.0.0.1, SQLite file) which verifies, dedupes, routes, calls
+//! `/accept` on the OpenAI emulator and answers; each accepted call then attaches a sideband
+//! monitor (the caller hangs up right after the greeting), so monitors run while webhooks arrive.
+//!
+//! Reports requests/s and latency percentiles of the webhook round trip, and, at the same rate,
+//! of a bare `/accept` round trip to the emulator: the difference is what the controller adds.
+//!
+//! Run: `cargo bench --bench e2e_webhooks` (env `RATE`, default 1000 per second; `SECS`,
+//! default 10). Load generator, emulator and controller share one process and the machine's
+//! cores, so the numbers are an upper bound on the controller's own cost.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use voxmachina::app;
+use voxmachina::config::{Config, Secret, Secrets};
+use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
+
+const API_KEY: &str = "sk-bench";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn script() -> Script {
+    Script::new()
+        .from("\"Bench Caller\" <sip:+14155550123@pstn.twilio.com>;tag=bench")
+        .to("<sip:+18005550000@sip.api.openai.com>")
+        .greeting_wait_ms(50)
+        .hangup()
+}
+
+struct Stats {
+    sorted_us: Vec<u64>,
+}
+
+impl Stats {
+    fn new(mut us: Vec<u64>) -> Self {
+        us.sort_unstable();
+        Self { sorted_us: us }
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.sorted_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.sorted_us.len() as f64 - 1.0) * p).round() as usize;
+        self.sorted_us[i] as f64 / 1000.0
+    }
+    fn line(&self, name: &str, elapsed: Duration) -> String {
+        format!(
+            "{name:<28} n={:<6} rate={:>7.0}/s  p50={:.3} ms  p90={:.3} ms  p99={:.3} ms  p99.9={:.3} ms  max={:.3} ms",
+            self.sorted_us.len(),
+            self.sorted_us.len() as f64 / elapsed.as_secs_f64(),
+            self.pct(0.50),
+            self.pct(0.90),
+            self.pct(0.99),
+            self.pct(0.999),
+            self.pct(1.0),
+        )
+    }
+}
+
+/// Runs `n` requests at `rate` per second; `op(i)` returns the HTTP status.
+async fn fixed_rate<F, Fut>(n: usize, rate: u64, op: F) -> (Stats, Duration, usize)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = u16> + Send,
+{
+    let op = Arc::new(op);
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        ticker.tick().await;
+        let (op, lat, failures) = (op.clone(), lat.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let status = op(i).await;
+            let us = t.elapsed().as_micros() as u64;
+            if status == 200 {
+                lat.lock().unwrap().push(us);
+            } else {
+                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let us = std::mem::take(&mut *lat.lock().unwrap());
+    (
+        Stats::new(us),
+        elapsed,
+        failures.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+fn main() {
+    let rate = env_or("RATE", 1000);
+    let secs = env_or("SECS", 10);
+    let n = (rate * secs) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let emulator = Emulator::start(EmulatorConfig {
+            api_key: API_KEY.into(),
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.openai.base_url = emulator.rest_base_url();
+        config.openai.sideband_url = emulator.sideband_url();
+        config.prompts.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+        config.store.sqlite_path = dir.path().join("bench.db");
+        config.monitor.reconnect_initial_delay_ms = 20;
+        let secrets = Secrets {
+            openai_api_key: Secret::new(API_KEY),
+            webhook_secret: Secret::new(SECRET),
+            admin_token: None,
+            twilio_auth_token: None,
+            hubspot_token: None,
+        };
+        let server = app::start(config, secrets).await.unwrap();
+        let url = format!("{}/openai/webhook", server.base_url());
+        let http = reqwest::Client::new();
+
+        // Warm-up: connections, SQLite pages, allocator.
+        for _ in 0..200 {
+            let p = emulator.new_call(script());
+            let ts = chrono::Utc::now().timestamp();
+            emulator
+                .deliver(&url, SECRET, &format!("wh_warm_{}", p.call_id), ts, &p.body)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Baseline: a bare /accept round trip to the emulator at the same rate.
+        let pending: Arc<Vec<_>> = Arc::new((0..n).map(|_| emulator.new_call(script())).collect());
+        let accept_base = emulator.rest_base_url();
+        let (p2, h2) = (pending.clone(), http.clone());
+        let (baseline, b_elapsed, b_fail) = fixed_rate(n, rate, move |i| {
+            let (p, h, base) = (p2.clone(), h2.clone(), accept_base.clone());
+            async move {
+                h.post(format!("{base}/realtime/calls/{}/accept", p[i].call_id))
+                    .bearer_auth(API_KEY)
+                    .json(&serde_json::json!({"type": "realtime", "model": "gpt-realtime-2.1"}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .await;
+
+        // The webhook path end to end, on fresh calls.
+        let pending: Arc<Vec<_>> = Arc::new((0..n).map(|_| emulator.new_call(script())).collect());
+        let (e, u) = (emulator.clone(), url.clone());
+        let (webhooks, w_elapsed, w_fail) = fixed_rate(n, rate, move |i| {
+            let (e, u, p) = (e.clone(), u.clone(), pending.clone());
+            async move {
+                let ts = chrono::Utc::now().timestamp();
+                e.deliver(&u, SECRET, &format!("wh_{}", p[i].call_id), ts, &p[i].body)
+                    .await
+                    .unwrap_or(0)
+            }
+        })
+        .await;
+
+        println!("target rate {rate}/s for {secs} s ({n} requests each)");
+        println!(
+            "{}  failures={b_fail}",
+            baseline.line("accept round trip (base)", b_elapsed)
+        );
+        println!(
+            "{}  failures={w_fail}",
+            webhooks.line("webhook end to end", w_elapsed)
+        );
+        println!(
+            "added by the controller: p50={:.3} ms  p99={:.3} ms",
+            webhooks.pct(0.50) - baseline.pct(0.50),
+            webhooks.pct(0.99) - baseline.pct(0.99)
+        );
+        server.shutdown(Duration::from_secs(2)).await;
+    });
+}

@@ -1,0 +1,206 @@
+//! The two seams between a call monitor and the outside world, so one monitor serves every call
+//! path:
+//!
+//! - [`Link`]: the JSON event connection to the model. For SIP calls this is the Realtime
+//!   sideband ([`SidebandLink`]); for the Twilio Media Streams path it is the bridge's Realtime
+//!   WebSocket with audio events taken out.
+//! - [`CallActions`]: how the call itself is transferred or hung up. For SIP calls, OpenAI's
+//!   `/refer` and `/hangup` ([`OpenAiActions`]); for Twilio calls, a REST call update.
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::debug;
+
+use crate::config::{MonitorConfig, Secret};
+use crate::openai::CallControl;
+use crate::openai::sideband::{self, SidebandError, SidebandStream};
+use crate::sip::TransferTarget;
+
+/// What a [`Link`] delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// One JSON text frame (a Realtime server event).
+    Text(String),
+    /// The connection ended; `clean` when the peer sent a close frame.
+    Closed {
+        /// A close frame was received (a normal end), rather than a drop.
+        clean: bool,
+    },
+}
+
+/// Why a [`Link::reconnect`] did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReconnectError {
+    /// The peer says the call is over (the sideband upgrade answered 404).
+    #[error("the call is gone")]
+    CallGone,
+    /// Attempts ran out or reconnecting is not possible on this link.
+    #[error("gave up: {0}")]
+    GaveUp(String),
+}
+
+/// A model event connection the monitor reads from and writes to.
+#[async_trait]
+pub trait Link: Send {
+    /// The next event. After [`LinkEvent::Closed`] only [`Link::reconnect`] makes sense.
+    async fn recv(&mut self) -> LinkEvent;
+    /// Sends one client event (JSON text).
+    ///
+    /// # Errors
+    /// When the connection is gone; the read side reports the close.
+    async fn send(&mut self, text: String) -> Result<(), String>;
+    /// Re-establishes the connection after an unclean close, with the link's own backoff.
+    ///
+    /// # Errors
+    /// [`ReconnectError`].
+    async fn reconnect(&mut self) -> Result<(), ReconnectError>;
+    /// Closes the connection without touching the call (detach).
+    async fn close(&mut self);
+}
+
+/// Transfers and hang-ups of the call itself.
+#[async_trait]
+pub trait CallActions: Send + Sync {
+    /// Hands the caller to `target`. `Ok` means the request was relayed, not that it worked.
+    ///
+    /// # Errors
+    /// A description of the failure (recorded in the call's events).
+    async fn refer(&self, target: &TransferTarget) -> Result<(), String>;
+    /// Ends the call.
+    ///
+    /// # Errors
+    /// A description of the failure.
+    async fn hangup(&self) -> Result<(), String>;
+}
+
+/// The Realtime sideband `{sideband_url}?call_id=...` as a [`Link`], reconnecting with bounded
+/// exponential backoff (`[monitor]` settings).
+pub struct SidebandLink {
+    url: String,
+    call_id: String,
+    api_key: Secret,
+    config: MonitorConfig,
+    ws: Option<SidebandStream>,
+}
+
+impl SidebandLink {
+    /// Connects (with retries) to the sideband of `call_id`.
+    ///
+    /// # Errors
+    /// [`SidebandError`] from the last attempt; permanent errors (404, 401) are not retried.
+    pub async fn connect(
+        url: &str,
+        call_id: &str,
+        api_key: &Secret,
+        config: &MonitorConfig,
+    ) -> Result<Self, SidebandError> {
+        let mut link = Self {
+            url: url.to_string(),
+            call_id: call_id.to_string(),
+            api_key: api_key.clone(),
+            config: config.clone(),
+            ws: None,
+        };
+        link.ws = Some(link.connect_with_retry().await?);
+        Ok(link)
+    }
+
+    async fn connect_with_retry(&self) -> Result<SidebandStream, SidebandError> {
+        let cfg = &self.config;
+        (|| sideband::connect(&self.url, &self.call_id, &self.api_key))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(cfg.reconnect_initial_delay_ms))
+                    .with_max_delay(Duration::from_millis(cfg.reconnect_max_delay_ms))
+                    .with_max_times(cfg.reconnect_max_attempts),
+            )
+            .when(|e: &SidebandError| !e.is_permanent())
+            .notify(|e, delay| debug!(error = %e, ?delay, "sideband connect retry"))
+            .await
+    }
+}
+
+#[async_trait]
+impl Link for SidebandLink {
+    async fn recv(&mut self) -> LinkEvent {
+        let Some(ws) = self.ws.as_mut() else {
+            return LinkEvent::Closed { clean: false };
+        };
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => return LinkEvent::Text(text.to_string()),
+                Some(Ok(Message::Close(frame))) => {
+                    debug!(?frame, "sideband closed with a close frame");
+                    self.ws = None;
+                    return LinkEvent::Closed { clean: true };
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    debug!(error = %e, "sideband dropped");
+                    self.ws = None;
+                    return LinkEvent::Closed { clean: false };
+                }
+                None => {
+                    self.ws = None;
+                    return LinkEvent::Closed { clean: false };
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), String> {
+        match self.ws.as_mut() {
+            Some(ws) => ws
+                .send(Message::text(text))
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("sideband is closed".into()),
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<(), ReconnectError> {
+        match self.connect_with_retry().await {
+            Ok(ws) => {
+                self.ws = Some(ws);
+                Ok(())
+            }
+            Err(SidebandError::CallNotFound) => Err(ReconnectError::CallGone),
+            Err(e) => Err(ReconnectError::GaveUp(e.to_string())),
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(mut ws) = self.ws.take() {
+            let _ = ws.close(None).await;
+        }
+    }
+}
+
+/// OpenAI's Realtime call control as [`CallActions`] for one call.
+#[derive(Clone, Debug)]
+pub struct OpenAiActions {
+    /// The REST client.
+    pub call_control: CallControl,
+    /// The call.
+    pub call_id: String,
+}
+
+#[async_trait]
+impl CallActions for OpenAiActions {
+    async fn refer(&self, target: &TransferTarget) -> Result<(), String> {
+        self.call_control
+            .refer(&self.call_id, &target.as_uri())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn hangup(&self) -> Result<(), String> {
+        self.call_control
+            .hangup(&self.call_id)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

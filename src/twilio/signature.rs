@@ -1,0 +1,276 @@
+//! `X-Twilio-Signature`: validating Twilio's webhooks and Media Streams upgrades, and signing
+//! requests the way Twilio does (for the test fakes).
+//!
+//! Source: `../shared/reference/twilio.md` §2 (algorithm §2.1, URL normalisation §2.2, test vectors
+//! §2.3, the official libraries' quirks §2.4) and §1.7 (the WebSocket upgrade).
+//!
+//! The signature is `base64(HMAC-SHA1(auth_token, data))` (standard alphabet, padded), where
+//! `data` is the full URL Twilio requested (scheme, host, path and query string, exactly as
+//! configured) followed, for a form-encoded POST, by every parameter as `name + value` with no
+//! delimiters, sorted by name in byte order. A name sent several times contributes each of its
+//! *distinct* values once, in sorted order (twilio-python `compute_signature`,
+//! `sorted(set(values))`; twilio-node `Array.from(new Set(values)).sort()`).
+//!
+//! Validation follows twilio-python and twilio-node (§2.4): Twilio's back end is inconsistent
+//! about the port, so the signature is accepted if it matches the URL **without** the port, or
+//! **with** the scheme's default port added (`:443` for `https`/`wss`, `:80` for `http`/`ws`) when
+//! the URL has none. `user:pass@` credentials are dropped before signing (§2.2). The URL is never
+//! re-serialised: path and query are used byte for byte as given, so there is no
+//! "legacy querystring" variant to try (twilio-node's third and fourth URLs exist only because it
+//! re-encodes the query). Comparison is constant time ([`subtle`]).
+//!
+//! Build the URL from a configured public base URL plus the request's path and query, not from
+//! the `Host` header: proxies and TLS terminators change scheme, host or port (§2.2).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+
+type HmacSha1 = Hmac<Sha1>;
+
+/// Name of the HTTP header carrying the signature (case-insensitive on the wire).
+pub const HEADER: &str = "X-Twilio-Signature";
+
+/// Name of the query parameter Twilio adds to JSON-bodied webhooks: the lowercase hex SHA-256 of
+/// the raw body (§2.1 step 5).
+pub const BODY_SHA256_PARAM: &str = "bodySHA256";
+
+/// The `X-Twilio-Signature` value Twilio would send for `url` (used exactly as given: no port or
+/// credential normalisation) and the form parameters `params` (in any order; repeated names
+/// allowed).
+///
+/// For a GET, a JSON-bodied POST (the URL then carries `bodySHA256`) or a WebSocket upgrade, pass
+/// no params. Returns base64 of the 20-byte HMAC-SHA1 digest (28 characters).
+pub fn sign(auth_token: &Secret, url: &str, params: &[(String, String)]) -> String {
+    let mut mac =
+        HmacSha1::new_from_slice(auth_token.expose().as_bytes()).expect("HMAC takes any key");
+    mac.update(url.as_bytes());
+    for (name, value) in canonical_params(params) {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    B64.encode(mac.finalize().into_bytes())
+}
+
+/// The parameters in signing order: names sorted in byte order; each name's distinct values
+/// sorted in byte order (duplicates dropped, §2.3 "Multi-valued params").
+fn canonical_params(params: &[(String, String)]) -> Vec<(&str, &str)> {
+    let mut pairs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
+}
+
+/// Validates a form-encoded webhook (or a GET, with no params): true if `signature` (the
+/// `X-Twilio-Signature` header value) matches `url` without its port or with the default port
+/// added, and `params` (all received POST parameters, never a fixed list, §2.2).
+///
+/// `url` must be the full public URL Twilio requested, query string included. Constant time per
+/// candidate URL.
+pub fn validate(
+    auth_token: &Secret,
+    url: &str,
+    params: &[(String, String)],
+    signature: &str,
+) -> bool {
+    let mut ok = false;
+    for candidate in url_candidates(url) {
+        // No short-circuit: every candidate is computed and compared.
+        ok |= constant_time_eq(&sign(auth_token, &candidate, params), signature);
+    }
+    ok
+}
+
+/// Validates a JSON-bodied webhook (§2.1 step 5, §2.4): `url` must carry the `bodySHA256` query
+/// parameter; it must equal the lowercase hex SHA-256 of `body` (the raw bytes as received), and
+/// `signature` must match `url` (port variants as in [`validate`]) with **no** parameters
+/// appended.
+///
+/// False when `bodySHA256` is absent from the query, as twilio-python treats such a request.
+pub fn validate_body_sha256(auth_token: &Secret, url: &str, body: &[u8], signature: &str) -> bool {
+    let Some(expected) = query_param(url, BODY_SHA256_PARAM) else {
+        return false;
+    };
+    let body_ok = constant_time_eq(&body_sha256_hex(body), &expected);
+    let sig_ok = validate(auth_token, url, &[], signature);
+    body_ok & sig_ok
+}
+
+/// Validates the signature on a Media Streams WebSocket upgrade (a GET; §1.7): computed over the
+/// `wss://` URL exactly as written in the TwiML `<Stream url>`, with no params and no body.
+/// Twilio's security page adds: if that fails, try again with a trailing `/` appended, which this
+/// does (port variants as in [`validate`] for both).
+pub fn validate_websocket(auth_token: &Secret, url: &str, signature: &str) -> bool {
+    let mut ok = validate(auth_token, url, &[], signature);
+    if !url.ends_with('/') {
+        ok |= validate(auth_token, &format!("{url}/"), &[], signature);
+    }
+    ok
+}
+
+/// Lowercase hex SHA-256 of `body`: the value Twilio puts in `bodySHA256` (64 characters).
+pub fn body_sha256_hex(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Decodes an `application/x-www-form-urlencoded` body into name/value pairs in wire order,
+/// repeated names kept, values not trimmed (§2.2 warns about frameworks that trim). Feed the
+/// result to [`validate`].
+pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// First value of query parameter `name` in `url` (percent-decoded), if any.
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The URLs a signature is checked against, without duplicates: the URL without credentials and
+/// port, then with the scheme's default port added when it had none (twilio-python
+/// `remove_port`/`add_port`). A URL that does not parse as `scheme://authority...` is tried only
+/// as given.
+pub fn url_candidates(url: &str) -> Vec<String> {
+    let Some(parts) = UrlParts::split(url) else {
+        return vec![url.to_string()];
+    };
+    let without_port = format!("{}://{}{}", parts.scheme, parts.host, parts.rest);
+    let port = parts.port.or_else(|| default_port(parts.scheme));
+    let mut out = vec![without_port];
+    if let Some(port) = port {
+        let with_port = format!("{}://{}:{}{}", parts.scheme, parts.host, port, parts.rest);
+        if !out.contains(&with_port) {
+            out.push(with_port);
+        }
+    }
+    out
+}
+
+fn default_port(scheme: &str) -> Option<&'static str> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" | "wss" => Some("443"),
+        "http" | "ws" => Some("80"),
+        _ => None,
+    }
+}
+
+/// `scheme://[userinfo@]host[:port]rest`, sliced without re-encoding anything.
+struct UrlParts<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: Option<&'a str>,
+    /// Path, query and fragment exactly as given (may be empty).
+    rest: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    fn split(url: &'a str) -> Option<Self> {
+        let (scheme, after) = url.split_once("://")?;
+        if scheme.is_empty() {
+            return None;
+        }
+        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let (authority, rest) = after.split_at(end);
+        let hostport = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let (host, port) = if hostport.starts_with('[') {
+            // IPv6 literal: `[::1]` or `[::1]:8443`.
+            let close = hostport.find(']')?;
+            let (host, tail) = hostport.split_at(close + 1);
+            (host, tail.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return None;
+        }
+        let port = match port {
+            Some("") | None => None,
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => Some(p),
+            Some(_) => return None,
+        };
+        Some(Self {
+            scheme,
+            host,
+            port,
+            rest,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_add_and_remove_ports() {
+        assert_eq!(
+            url_candidates("https://example.com/a?b=1"),
+            ["https://example.com/a?b=1", "https://example.com:443/a?b=1"]
+        );
+        assert_eq!(
+            url_candidates("http://example.com:1234/a"),
+            ["http://example.com/a", "http://example.com:1234/a"]
+        );
+        assert_eq!(
+            url_candidates("wss://u:p@example.com"),
+            ["wss://example.com", "wss://example.com:443"]
+        );
+        assert_eq!(
+            url_candidates("https://[::1]:8443/x"),
+            ["https://[::1]/x", "https://[::1]:8443/x"]
+        );
+        assert_eq!(url_candidates("not a url"), ["not a url"]);
+        assert_eq!(url_candidates("ftp://h/x"), ["ftp://h/x"]);
+    }
+
+    #[test]
+    fn query_param_is_found_and_decoded() {
+        assert_eq!(
+            query_param("https://h/p?a=1&bodySHA256=ab%63#frag", "bodySHA256").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(query_param("https://h/p", "bodySHA256"), None);
+    }
+
+    #[test]
+    fn canonical_order_dedupes_values_per_name() {
+        let p = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let params = [
+            p("b", "2"),
+            p("a", "9"),
+            p("b", "1"),
+            p("b", "2"),
+            p("B", "0"),
+        ];
+        assert_eq!(
+            canonical_params(&params),
+            [("B", "0"), ("a", "9"), ("b", "1"), ("b", "2")]
+        );
+    }
+}
