@@ -227,6 +227,7 @@ pub async fn start_with_store(
         }
     });
     info!(%addr, "listening");
+    spawn_retention_purge(&state, http_shutdown.clone());
     reattach_live_calls(&state).await;
     Ok(Running {
         addr,
@@ -234,6 +235,53 @@ pub async fn start_with_store(
         http_shutdown,
         join,
     })
+}
+
+/// How often the retention purge runs after the first run at start.
+pub const RETENTION_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Runs [`purge_once`] at start and every [`RETENTION_PURGE_INTERVAL`] until `stop` is
+/// cancelled. Does nothing when `retention.days = 0`.
+fn spawn_retention_purge(state: &Arc<AppState>, stop: CancellationToken) {
+    if state.config.retention.period().is_none() {
+        info!("retention purge off (retention.days = 0)");
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_PURGE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => { purge_once(&state).await; }
+            }
+        }
+    });
+}
+
+/// One retention pass: `Store::purge(now, now - retention.days)`, logging what was removed.
+/// Returns `None` when retention is off or the store failed (counted in
+/// `voxmachina_store_errors_total{op="purge"}`).
+pub async fn purge_once(state: &AppState) -> Option<crate::store::PurgeStats> {
+    let period = state.config.retention.period()?;
+    let now = chrono::Utc::now();
+    match state.store.purge(now, now - period).await {
+        Ok(stats) => {
+            info!(
+                calls = stats.calls,
+                webhooks = stats.webhooks,
+                retention_days = state.config.retention.days,
+                "retention purge"
+            );
+            Some(stats)
+        }
+        Err(e) => {
+            warn!(error = %e, "retention purge failed; retrying in an hour");
+            metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "purge").increment(1);
+            None
+        }
+    }
 }
 
 /// Spawns monitors for calls the store says are live (after a restart or crash). Calls that

@@ -164,27 +164,76 @@ async fn token(config_path: Option<PathBuf>, cmd: TokenCommand) -> anyhow::Resul
 
 async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
+    let notifier = crate::systemd::Notifier::from_env();
     let config = Config::load(config_path.as_deref())?;
     crate::telemetry::init_logging(&config.logging);
     let secrets = Secrets::from_env()?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let running = crate::app::start(config, secrets).await?;
+    // Signal handlers first, so a SIGTERM or SIGHUP right after READY=1 is never lost.
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let running = crate::app::start(config, secrets).await?;
+    let status = |running: &crate::app::Running| {
+        format!(
+            "listening on {}; {} prompt profile(s); {} live call(s)",
+            running.addr,
+            running.state.profiles.load().len(),
+            running.state.registry().len()
+        )
+    };
+    notifier.ready(&status(&running));
+    let mut watchdog = notifier.watchdog_period().map(|period| {
+        tracing::info!(
+            period_ms = period.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
     loop {
         tokio::select! {
-            _ = hup.recv() => match running.state.reload_profiles() {
-                Ok(n) => tracing::info!(profiles = n, "prompt profiles reloaded"),
-                Err(e) => tracing::error!(errors = %e, "reload refused; the previous profiles stay in force"),
-            },
+            _ = hup.recv() => {
+                notifier.reloading();
+                match running.state.reload_profiles() {
+                    Ok(n) => tracing::info!(profiles = n, "prompt profiles reloaded"),
+                    Err(e) => tracing::error!(errors = %e, "reload refused; the previous profiles stay in force"),
+                }
+                notifier.ready(&status(&running));
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            () = watchdog_tick(&mut watchdog) => notifier.watchdog(),
         }
     }
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
-    running.shutdown(grace).await;
+    notifier.stopping(&format!(
+        "draining: {} live call(s), up to {} s",
+        running.state.registry().len(),
+        grace.as_secs()
+    ));
+    // Keep feeding the watchdog while calls drain.
+    let shutdown = running.shutdown(grace);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = watchdog_tick(&mut watchdog) => notifier.watchdog(),
+        }
+    }
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Completes at the next watchdog tick; never when the watchdog is off.
+async fn watchdog_tick(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -64,6 +64,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// Log format and what may be logged.
     pub logging: LoggingConfig,
+    /// How long finished calls are kept.
+    pub retention: RetentionConfig,
     /// Twilio (Media Streams path, dial-outs, SMS).
     pub twilio: TwilioConfig,
     /// HubSpot CRM (contact and ticket on escalation).
@@ -326,6 +328,33 @@ impl Default for LoggingConfig {
             level: "info".into(),
             log_transcripts: false,
         }
+    }
+}
+
+/// `[retention]`: how long finished call records (with their transcripts and events) are kept.
+///
+/// A background task purges once at start and then every hour
+/// ([`crate::app::RETENTION_PURGE_INTERVAL`]): final calls created more than `days` days ago,
+/// and expired webhook-id dedupe entries. Live calls are never purged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Days to keep finished calls, counted from their creation. `0` turns purging off
+    /// (records are kept forever and dedupe entries are only dropped when reused).
+    pub days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { days: 30 }
+    }
+}
+
+impl RetentionConfig {
+    /// The retention period, or `None` when purging is off (`days = 0`).
+    pub fn period(&self) -> Option<chrono::Duration> {
+        let days = i64::try_from(self.days).ok()?;
+        (days > 0).then(|| chrono::Duration::try_days(days))?
     }
 }
 
@@ -643,6 +672,25 @@ mod tests {
                 Config::load_with_env(None, [(key.to_string(), value.to_string())]).unwrap_err();
             assert!(err.to_string().contains(needle), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn retention_defaults_to_thirty_days_and_zero_turns_it_off() {
+        let cfg = Config::load_with_env(None, []).unwrap();
+        assert_eq!(cfg.retention.days, 30);
+        assert_eq!(cfg.retention.period(), Some(chrono::Duration::days(30)));
+        let off = Config::load_with_env(
+            None,
+            [("VOXMACHINA_RETENTION__DAYS".to_string(), "0".to_string())],
+        )
+        .unwrap();
+        assert_eq!(off.retention.period(), None);
+        let huge = RetentionConfig { days: u64::MAX };
+        assert_eq!(
+            huge.period(),
+            None,
+            "out of range is treated as off, not a panic"
+        );
     }
 
     #[test]

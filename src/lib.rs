@@ -22,6 +22,7 @@ pub mod openai;
 pub mod prompts;
 pub mod sip;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod twilio;
 pub mod webhook;

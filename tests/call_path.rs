@@ -296,13 +296,23 @@ async fn accept_5xx_is_retried_within_budget() {
         .await
         .unwrap();
     assert_eq!(placed.status, 200);
-    let accepted = h
-        .events(&placed.call_id)
-        .await
-        .into_iter()
-        .find(|e| e.kind == "accepted")
-        .unwrap();
-    assert_eq!(accepted.detail["attempts"], 3);
+    // The accepted event is persisted in the background after the 200: wait for it.
+    let mut accepted = None;
+    for _ in 0..250 {
+        accepted = h
+            .events(&placed.call_id)
+            .await
+            .into_iter()
+            .find(|e| e.kind == "accepted");
+        if accepted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        accepted.expect("accepted event stored").detail["attempts"],
+        3
+    );
     assert_eq!(
         h.wait_final(&placed.call_id).await.state,
         CallState::Transferred
@@ -904,4 +914,37 @@ async fn trigger_command_delivers_a_verifiable_webhook() {
         (r.state, r.profile.as_str(), r.end_reason.as_deref()),
         (CallState::Rejected, "blocked", Some("blocked_caller"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_style_headers_route_by_diversion_and_tel_caller() {
+    // Twilio Elastic SIP trunk: To carries the OpenAI project URI, the dialed number arrives in
+    // Diversion; the caller is a tel: URI with a display name and visual separators.
+    let h = Harness::start().await;
+    let s = script(
+        r#"
+[call]
+from = '"Grace Hopper" <tel:+1-415-555-0199>;tag=77ab'
+to = "<sip:proj_abc123@sip.api.openai.com;transport=tls>"
+headers = [["Diversion", "<sip:+18005550111@pstn.twilio.com>;reason=unconditional;counter=1"], ["P-Asserted-Identity", "<sip:+19005550199@pstn.twilio.com>"]]
+"#,
+    );
+    let placed = h
+        .emulator
+        .place_call(&h.webhook_url(), &webhook_secret(), s)
+        .await
+        .unwrap();
+    let r = h.wait_final(&placed.call_id).await;
+    // Dialed +18005550111 (from Diversion) selects the blocklist profile; the asserted identity
+    // (+19005550199) is on its blocklist, so the call is rejected with 603.
+    assert_eq!(r.dialed.as_deref(), Some("+18005550111"));
+    assert_eq!(r.caller.as_deref(), Some("+19005550199"));
+    assert_eq!(
+        (r.state, r.profile.as_str()),
+        (CallState::Rejected, "blocked")
+    );
+    assert!(matches!(
+        h.emulator.call(&placed.call_id).unwrap().status,
+        EmuCallStatus::Rejected { status_code: 603 }
+    ));
 }

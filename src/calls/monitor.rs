@@ -653,7 +653,7 @@ impl Monitor {
         }
         match outcome {
             Outcome::Transferred(target) => {
-                info!(target = %target.as_uri(), "transfer confirmed: sideband closed after REFER");
+                info!(transfer_target = %target.as_uri(), "transfer confirmed: sideband closed after REFER");
                 self.event("transferred", json!({ "target": target.as_uri() }))
                     .await;
                 Flow::End(CallState::Transferred, "transferred")
@@ -694,12 +694,13 @@ impl Monitor {
         {
             esc.outcome = "abandoned".into();
         }
-        self.save().await;
+        // Event first: whoever sees the final record also sees the whole event log.
         self.event(
             "call_ended",
             json!({ "state": state.as_str(), "reason": reason }),
         )
         .await;
+        self.save().await;
         metrics::counter!(names::CALLS_ENDED, "state" => state.as_str(), "reason" => reason)
             .increment(1);
         info!(state = %state, reason, "call ended");

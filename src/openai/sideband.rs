@@ -57,7 +57,7 @@ pub async fn connect(
     let auth = HeaderValue::from_str(&format!("Bearer {}", api_key.expose()))
         .map_err(|_| SidebandError::Transport("API key is not a valid header value".into()))?;
     request.headers_mut().insert("authorization", auth);
-    match tokio_tungstenite::connect_async(request).await {
+    match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), false).await {
         Ok((stream, _)) => Ok(stream),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => match resp.status() {
             StatusCode::NOT_FOUND => Err(SidebandError::CallNotFound),
@@ -68,6 +68,18 @@ pub async fn connect(
         },
         Err(e) => Err(SidebandError::Transport(e.to_string())),
     }
+}
+
+/// WebSocket settings for sideband connections: sideband traffic is small JSON events, so the
+/// buffers start small (tungstenite's defaults allocate 128 KiB per direction per connection,
+/// which dominates memory at thousands of calls) and grow only for large messages. Writes are
+/// flushed eagerly; one message may be at most 4 MiB.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(4 << 20))
 }
 
 /// `usage` of a `response.done` (§6.1).
