@@ -19,7 +19,7 @@ use crate::config::{Config, Secret, Secrets};
 use crate::hubspot::HubSpot;
 use crate::openai::CallControl;
 use crate::prompts::{LoadErrors, ProfileSet};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{DynamoStore, SqliteStore, Store, StoreError};
 use crate::telemetry;
 use crate::tools;
 use crate::webhook::signature::{KeyError, Verifier};
@@ -132,12 +132,30 @@ impl Running {
     }
 }
 
-/// Opens the store named by the config.
+/// Opens the store named by `config.store.backend`: the SQLite file, or the DynamoDB tables of
+/// `[store.dynamodb]` (which must exist: `voxmachina dynamodb create-tables`).
 ///
 /// # Errors
-/// [`StoreError`] when the backend cannot be opened.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open(&config.store.sqlite_path)?))
+/// [`StoreError`] when the backend cannot be opened: the SQLite file is unusable, no AWS region
+/// is configured, a DynamoDB table is missing or has other keys, or the backend name is unknown.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match config.store.backend.as_str() {
+        "sqlite" => {
+            let path = config.store.sqlite_path.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                .await
+                .map_err(|e| StoreError::Backend(format!("store task: {e}")))??;
+            Ok(Arc::new(store))
+        }
+        "dynamodb" => {
+            let store = DynamoStore::connect(&config.store.dynamodb).await?;
+            store.check_tables().await?;
+            Ok(Arc::new(store))
+        }
+        other => Err(StoreError::Invalid(format!(
+            "store.backend = {other:?}: supported backends are \"sqlite\" and \"dynamodb\""
+        ))),
+    }
 }
 
 /// Builds the state, binds `config.server.listen`, serves, and reattaches calls the store says
@@ -146,7 +164,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
 /// # Errors
 /// [`StartError`] when profiles, store, secret or the listener are unusable.
 pub async fn start(config: Config, secrets: Secrets) -> Result<Running, StartError> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     start_with_store(config, secrets, store).await
 }
 

@@ -1,4 +1,5 @@
-//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `tool test`.
+//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `tool test`, `dynamodb`,
+//! `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,39 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Agent tools declared in the prompt profiles.
     Tool(ToolArgs),
+    /// Manage the DynamoDB tables named by `[store.dynamodb]`.
+    #[command(subcommand)]
+    Dynamodb(DynamodbCommand),
+    /// Inspect or redeem a handover token in the configured store.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `voxmachina dynamodb ...`.
+#[derive(Debug, Subcommand)]
+pub enum DynamodbCommand {
+    /// Create the tables (PAY_PER_REQUEST), wait until ACTIVE, enable TTL. Safe to re-run.
+    CreateTables {
+        /// Seconds to wait for the tables and indexes to become ACTIVE.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+}
+
+/// `voxmachina token ...`. Both print the payload as JSON and exit 0, or exit 1 when the token
+/// is unknown, already redeemed or expired.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Show a live token's payload without redeeming it.
+    Show {
+        /// The 10-digit token.
+        token: String,
+    },
+    /// Redeem a token (single use: it is gone afterwards) and print its payload.
+    Redeem {
+        /// The 10-digit token.
+        token: String,
+    },
 }
 
 /// Arguments of `voxmachina tool`.
@@ -122,6 +156,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     dialed,
                 },
         }) => tool_test(cli.config, &profile, &tool, &arguments, caller, dialed).await,
+        Command::Dynamodb(cmd) => dynamodb(cli.config, cmd).await,
+        Command::Token(cmd) => token(cli.config, cmd).await,
+    }
+}
+
+async fn dynamodb(config_path: Option<PathBuf>, cmd: DynamodbCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path.as_deref())?;
+    match cmd {
+        DynamodbCommand::CreateTables { timeout_secs } => {
+            let store = crate::store::DynamoStore::connect(&config.store.dynamodb).await?;
+            let setups = store
+                .create_tables(Duration::from_secs(timeout_secs))
+                .await?;
+            for t in &setups {
+                println!(
+                    "{} {}{}",
+                    t.table,
+                    if t.created { "created" } else { "exists" },
+                    t.ttl_attribute
+                        .as_deref()
+                        .map(|a| format!(", TTL on {a}"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("{} table(s) ready", setups.len());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn token(config_path: Option<PathBuf>, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path.as_deref())?;
+    let store = crate::app::open_store(&config).await?;
+    let now = chrono::Utc::now();
+    let (found, token) = match &cmd {
+        TokenCommand::Show { token } => (store.peek_token(token, now).await?, token),
+        TokenCommand::Redeem { token } => (store.redeem_token(token, now).await?, token),
+    };
+    match found {
+        Some(payload) => {
+            println!("{}", serde_json::to_string_pretty(&payload)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("token {token:?}: unknown, already redeemed or expired");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 
@@ -398,7 +479,7 @@ async fn tool_test(
         .map_err(|e| anyhow::anyhow!(e))?
         .with_hubspot(hubspot);
     if def.builtin() == Some(crate::tools::Builtin::LookupCallHistory) {
-        services = services.with_store(crate::app::open_store(&config)?);
+        services = services.with_store(crate::app::open_store(&config).await?);
     }
     let call = CallInfo {
         call_id: "rtc_tool_test".into(),

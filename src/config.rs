@@ -358,10 +358,12 @@ impl Default for PromptsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct StoreConfig {
-    /// `sqlite` (the embedded default).
+    /// `sqlite` (the embedded default) or `dynamodb` (tables shared by several instances).
     pub backend: String,
     /// SQLite database file; its directory is created if missing.
     pub sqlite_path: PathBuf,
+    /// `[store.dynamodb]`: used when `backend = "dynamodb"` and by `voxmachina dynamodb ...`.
+    pub dynamodb: DynamoDbConfig,
 }
 
 impl Default for StoreConfig {
@@ -369,6 +371,34 @@ impl Default for StoreConfig {
         Self {
             backend: "sqlite".into(),
             sqlite_path: PathBuf::from("data/voxmachina.db"),
+            dynamodb: DynamoDbConfig::default(),
+        }
+    }
+}
+
+/// `[store.dynamodb]`: where the DynamoDB tables are. Credentials come from the AWS default
+/// chain (environment, shared profile, web identity, ECS/EC2 instance roles), never from here.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct DynamoDbConfig {
+    /// Table name prefix: the tables are `{prefix}_calls`, `{prefix}_transcripts`,
+    /// `{prefix}_events`, `{prefix}_webhooks` and `{prefix}_tokens`. Letters, digits, `_`, `-`
+    /// and `.`, at most 200 characters.
+    pub table_prefix: String,
+    /// AWS region, e.g. `eu-west-1`. When unset, the AWS default chain decides (`AWS_REGION`,
+    /// the shared config profile).
+    pub region: Option<String>,
+    /// Endpoint URL override, for a local engine (`http://127.0.0.1:8000`) or a VPC endpoint.
+    /// Unset means the regional AWS endpoint.
+    pub endpoint_url: Option<String>,
+}
+
+impl Default for DynamoDbConfig {
+    fn default() -> Self {
+        Self {
+            table_prefix: "voxmachina".into(),
+            region: None,
+            endpoint_url: None,
         }
     }
 }
@@ -552,11 +582,39 @@ impl Config {
                 "tools.default_timeout_ms must be at least 1".into(),
             ));
         }
-        if self.store.backend != "sqlite" {
+        if !["sqlite", "dynamodb"].contains(&self.store.backend.as_str()) {
             return Err(ConfigError::Invalid(format!(
-                "store.backend = {:?}: supported backends are \"sqlite\"",
+                "store.backend = {:?}: supported backends are \"sqlite\" and \"dynamodb\"",
                 self.store.backend
             )));
+        }
+        let ddb = &self.store.dynamodb;
+        let prefix_ok = !ddb.table_prefix.is_empty()
+            && ddb.table_prefix.len() <= 200
+            && ddb
+                .table_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !prefix_ok {
+            return Err(ConfigError::Invalid(format!(
+                "store.dynamodb.table_prefix = {:?}: use 1 to 200 letters, digits, '_', '-' or '.'",
+                ddb.table_prefix
+            )));
+        }
+        if ddb.region.as_deref() == Some("") {
+            return Err(ConfigError::Invalid(
+                "store.dynamodb.region is empty: remove it or name a region".into(),
+            ));
+        }
+        if let Some(url) = &ddb.endpoint_url {
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                ConfigError::Invalid(format!("store.dynamodb.endpoint_url = {url:?}: {e}"))
+            })?;
+            if !["http", "https"].contains(&parsed.scheme()) {
+                return Err(ConfigError::Invalid(format!(
+                    "store.dynamodb.endpoint_url = {url:?}: scheme must be http or https"
+                )));
+            }
         }
         Ok(())
     }
@@ -720,6 +778,65 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("openai.sideband_url"), "{err}");
+    }
+
+    #[test]
+    fn store_dynamodb_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.toml");
+        std::fs::write(
+            &path,
+            "[store]\nbackend = \"dynamodb\"\n[store.dynamodb]\ntable_prefix = \"vm-prod\"\n\
+             region = \"eu-west-1\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load_with_env(
+            Some(&path),
+            [(
+                "VOXMACHINA_STORE__DYNAMODB__ENDPOINT_URL".to_string(),
+                "http://127.0.0.1:8000".to_string(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(cfg.store.backend, "dynamodb");
+        assert_eq!(
+            cfg.store.dynamodb,
+            DynamoDbConfig {
+                table_prefix: "vm-prod".into(),
+                region: Some("eu-west-1".into()),
+                endpoint_url: Some("http://127.0.0.1:8000".into()),
+            }
+        );
+        let defaults = Config::load_with_env(None, []).unwrap();
+        assert_eq!(defaults.store.backend, "sqlite");
+        assert_eq!(defaults.store.dynamodb, DynamoDbConfig::default());
+        assert_eq!(defaults.store.dynamodb.table_prefix, "voxmachina");
+    }
+
+    #[test]
+    fn store_rejects_unknown_backend_and_bad_dynamodb_keys() {
+        for (key, value, needle) in [
+            ("VOXMACHINA_STORE__BACKEND", "postgres", "store.backend"),
+            (
+                "VOXMACHINA_STORE__DYNAMODB__TABLE_PREFIX",
+                "bad prefix!",
+                "table_prefix",
+            ),
+            (
+                "VOXMACHINA_STORE__DYNAMODB__ENDPOINT_URL",
+                "ftp://127.0.0.1",
+                "endpoint_url",
+            ),
+            (
+                "VOXMACHINA_STORE__DYNAMODB__ENDPOINT_URL",
+                "not a url",
+                "endpoint_url",
+            ),
+        ] {
+            let err =
+                Config::load_with_env(None, [(key.to_string(), value.to_string())]).unwrap_err();
+            assert!(err.to_string().contains(needle), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -114,7 +114,13 @@ async fn open_creates_parent_dirs_sets_wal_and_schema_version() {
     tables.sort();
     assert_eq!(
         tables,
-        ["call_events", "calls", "transcript_lines", "webhooks"]
+        [
+            "call_events",
+            "calls",
+            "handover_tokens",
+            "transcript_lines",
+            "webhooks"
+        ]
     );
     drop(conn);
 

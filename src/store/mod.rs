@@ -1,19 +1,25 @@
-//! Persistence: call records, transcript lines, call events and webhook dedupe.
+//! Persistence: call records, transcript lines, call events, webhook dedupe and handover tokens.
 //!
 //! [`Store`] is the one interface the rest of the controller uses. [`sqlite::SqliteStore`] is the
-//! embedded implementation (one file, WAL). The trait is shaped for a distributed implementation
-//! too: every write that guards against duplicates is a conditional insert or compare-and-set
-//! ([`Store::claim_webhook`], [`Store::create_call`], [`Store::transition_call`]), which maps to
-//! DynamoDB conditional writes, and reads never rely on a background TTL sweep.
+//! embedded implementation (one file, WAL); [`dynamodb::DynamoStore`] is the distributed one
+//! (several controller instances sharing DynamoDB tables). The trait is shaped for both: every
+//! write that guards against duplicates is a conditional insert or compare-and-set
+//! ([`Store::claim_webhook`], [`Store::create_call`], [`Store::transition_call`],
+//! [`Store::mint_token`], [`Store::redeem_token`]), which maps to DynamoDB conditional writes,
+//! and reads never rely on a background TTL sweep.
 
+pub mod dynamodb;
 pub mod sqlite;
+pub mod tokens;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::calls::record::{CallEvent, CallRecord, CallState, TranscriptLine};
 
+pub use dynamodb::DynamoStore;
 pub use sqlite::SqliteStore;
+pub use tokens::HandoverPayload;
 
 /// Store failures. Callers degrade (log, count in `voxmachina_store_errors_total`) rather than
 /// drop a call because of them.
@@ -28,6 +34,9 @@ pub enum StoreError {
     /// An update named a call that does not exist.
     #[error("no call {0}")]
     NoSuchCall(String),
+    /// The caller passed an unusable argument (e.g. a token TTL that is not positive).
+    #[error("invalid store request: {0}")]
+    Invalid(String),
 }
 
 /// Result of [`Store::create_call`].
@@ -137,4 +146,49 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         calls_before: DateTime<Utc>,
     ) -> Result<PurgeStats, StoreError>;
+
+    // -----------------------------------------------------------------------------------------
+    // Handover tokens (`tokens` module docs; `../shared/reference/connect-dynamodb-hubspot.md` §1, §3)
+
+    /// Stores `payload` under a fresh one-time token valid until `now + ttl` and returns the
+    /// token: [`tokens::TOKEN_DIGITS`] decimal digits from a CSPRNG, unique among live tokens
+    /// (conditional insert, retried with a new value on collision; an expired entry may be
+    /// overwritten).
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] when `ttl` is not positive; [`StoreError::Backend`] when the
+    /// backend fails or [`tokens::MINT_ATTEMPTS`] candidates all collided.
+    async fn mint_token(
+        &self,
+        payload: &HandoverPayload,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError>;
+
+    /// Redeems `token` once: atomically removes it and returns its payload when it exists and
+    /// `expires_at > now`. `None` for an unknown, already redeemed or expired token, and for
+    /// anything that is not [`tokens::TOKEN_DIGITS`] digits. Of concurrent redemptions of one
+    /// token, exactly one gets `Some`.
+    async fn redeem_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<HandoverPayload>, StoreError>;
+
+    /// The payload of `token` if it is live at `now`, without redeeming it (for
+    /// `voxmachina token show`).
+    async fn peek_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<HandoverPayload>, StoreError>;
+
+    /// The most recently minted token for `caller_number` (E.164, compared exactly) that is live
+    /// at `now`, with its payload; not redeemed. Tokens minted without a caller number are never
+    /// returned. Used to correlate a caller who reaches the contact centre without the digits.
+    async fn latest_handover_for_caller(
+        &self,
+        caller_number: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, HandoverPayload)>, StoreError>;
 }

@@ -1,8 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
 //! # Layout
-//! Schema version 2 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
-//! and refuses newer ones):
+//! Schema version 3 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
+//! and refuses newer ones; version 2 added `calls.after_call`, version 3 `handover_tokens`):
 //!
 //! ```sql
 //! calls(call_id TEXT PRIMARY KEY, api TEXT, state TEXT, profile TEXT, caller TEXT NULL,
@@ -16,7 +16,15 @@
 //!       + UNIQUE (call_id, speaker, item_id) WHERE item_id IS NOT NULL
 //! call_events(id INTEGER PRIMARY KEY AUTOINCREMENT, call_id, at, kind, detail TEXT -- JSON)
 //! webhooks(webhook_id TEXT PRIMARY KEY, received_at INTEGER, expires_at INTEGER)
+//! handover_tokens(token TEXT PRIMARY KEY, caller_number TEXT NULL, minted_at INTEGER,
+//!       expires_at INTEGER, payload TEXT -- JSON HandoverPayload)
+//!       + INDEX (caller_number, minted_at) WHERE caller_number IS NOT NULL
 //! ```
+//!
+//! Handover tokens: minting is an upsert that only replaces an *expired* row (so a live token
+//! is never overwritten), redemption is one `DELETE ... WHERE expires_at > now RETURNING`
+//! statement on the single writer connection (atomic, single use). Expired tokens are removed
+//! by [`Store::purge`] (not counted in [`PurgeStats`]).
 //!
 //! # Timestamps
 //! Every timestamp column holds integer Unix **milliseconds** (UTC). Sub-millisecond precision
@@ -46,6 +54,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
+use super::tokens::{self, HandoverPayload};
 use super::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
 use crate::calls::record::{
     AfterCall, Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine,
@@ -53,7 +62,7 @@ use crate::calls::record::{
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Most records [`Store::list_calls`] returns, whatever the query's `limit`.
 pub const LIST_LIMIT_CAP: usize = 1000;
@@ -129,6 +138,19 @@ const MIGRATIONS: &[&str] = &[
     // SMS follow-up of a call, as one JSON column. Older rows read as the default (NULL).
     "
     ALTER TABLE calls ADD COLUMN after_call TEXT;
+    ",
+    // 2 -> 3: handover tokens.
+    "
+    CREATE TABLE handover_tokens (
+        token         TEXT PRIMARY KEY NOT NULL,
+        caller_number TEXT,
+        minted_at     INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        payload       TEXT NOT NULL
+    );
+    CREATE INDEX handover_tokens_by_caller
+        ON handover_tokens (caller_number, minted_at) WHERE caller_number IS NOT NULL;
+    CREATE INDEX handover_tokens_by_expiry ON handover_tokens (expires_at);
     ",
 ];
 
@@ -220,6 +242,59 @@ impl SqliteStore {
     /// The database file this store was opened on.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// [`Store::mint_token`] with the candidate tokens given: tries each of the first
+    /// [`tokens::MINT_ATTEMPTS`] candidates in turn and returns the first one that was free (or
+    /// held only an expired token). [`Store::mint_token`] passes
+    /// [`tokens::random_candidates`]; tests pass chosen values to exercise collisions.
+    ///
+    /// # Errors
+    /// As [`Store::mint_token`]; also [`StoreError::Invalid`] for a candidate that is not a
+    /// token ([`tokens::is_token`]).
+    pub async fn mint_token_from(
+        &self,
+        payload: &HandoverPayload,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+        candidates: impl IntoIterator<Item = String>,
+    ) -> Result<String, StoreError> {
+        let expires_at = ms(tokens::expiry(now, ttl)?);
+        let candidates: Vec<String> = candidates.into_iter().take(tokens::MINT_ATTEMPTS).collect();
+        if let Some(bad) = candidates.iter().find(|t| !tokens::is_token(t)) {
+            return Err(StoreError::Invalid(format!("not a token: {bad:?}")));
+        }
+        let caller = payload.caller_number.clone();
+        let json = to_json(payload)?;
+        let now = ms(now);
+        self.write(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "INSERT INTO handover_tokens
+                        (token, caller_number, minted_at, expires_at, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (token) DO UPDATE
+                        SET caller_number = excluded.caller_number,
+                            minted_at = excluded.minted_at,
+                            expires_at = excluded.expires_at,
+                            payload = excluded.payload
+                        WHERE handover_tokens.expires_at <= excluded.minted_at",
+                )
+                .map_err(backend)?;
+            let tried = candidates.len();
+            for token in candidates {
+                let changed = stmt
+                    .execute(params![token, caller, now, expires_at, json])
+                    .map_err(backend)?;
+                if changed == 1 {
+                    return Ok(token);
+                }
+            }
+            Err(StoreError::Backend(format!(
+                "no free handover token after {tried} attempts"
+            )))
+        })
+        .await
     }
 
     /// Queues `f` for the writer thread and waits until its batch is committed.
@@ -861,6 +936,8 @@ impl Store for SqliteStore {
             let webhooks = tx
                 .execute("DELETE FROM webhooks WHERE expires_at <= ?1", [now])
                 .map_err(backend)?;
+            tx.execute("DELETE FROM handover_tokens WHERE expires_at <= ?1", [now])
+                .map_err(backend)?;
             tx.execute(
                 &format!("DELETE FROM transcript_lines WHERE call_id IN ({doomed})"),
                 [before],
@@ -882,6 +959,99 @@ impl Store for SqliteStore {
                 webhooks: webhooks as u64,
                 calls: calls as u64,
             })
+        })
+        .await
+    }
+
+    async fn mint_token(
+        &self,
+        payload: &HandoverPayload,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        self.mint_token_from(payload, ttl, now, tokens::random_candidates())
+            .await
+    }
+
+    async fn redeem_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<HandoverPayload>, StoreError> {
+        if !tokens::is_token(token) {
+            return Ok(None);
+        }
+        let token = token.to_string();
+        let now = ms(now);
+        self.write(move |conn| {
+            // One statement: the check and the delete cannot be separated, and the writer
+            // mutex serialises redemptions anyway.
+            let payload: Option<String> = conn
+                .prepare_cached(
+                    "DELETE FROM handover_tokens WHERE token = ?1 AND expires_at > ?2
+                     RETURNING payload",
+                )
+                .and_then(|mut s| {
+                    let mut rows = s.query(params![token, now])?;
+                    rows.next()?.map(|r| r.get(0)).transpose()
+                })
+                .map_err(backend)?;
+            payload
+                .map(|p| from_json(&p, "handover payload"))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn peek_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<HandoverPayload>, StoreError> {
+        if !tokens::is_token(token) {
+            return Ok(None);
+        }
+        let token = token.to_string();
+        let now = ms(now);
+        self.read(move |conn| {
+            let payload: Option<String> = conn
+                .prepare_cached(
+                    "SELECT payload FROM handover_tokens WHERE token = ?1 AND expires_at > ?2",
+                )
+                .and_then(|mut s| {
+                    let mut rows = s.query(params![token, now])?;
+                    rows.next()?.map(|r| r.get(0)).transpose()
+                })
+                .map_err(backend)?;
+            payload
+                .map(|p| from_json(&p, "handover payload"))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn latest_handover_for_caller(
+        &self,
+        caller_number: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, HandoverPayload)>, StoreError> {
+        let caller = caller_number.to_string();
+        let now = ms(now);
+        self.read(move |conn| {
+            let found: Option<(String, String)> = conn
+                .prepare_cached(
+                    "SELECT token, payload FROM handover_tokens
+                     WHERE caller_number = ?1 AND expires_at > ?2
+                     ORDER BY minted_at DESC, rowid DESC LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    let mut rows = s.query(params![caller, now])?;
+                    rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
+                })
+                .map_err(backend)?;
+            found
+                .map(|(token, p)| Ok((token, from_json(&p, "handover payload")?)))
+                .transpose()
         })
         .await
     }

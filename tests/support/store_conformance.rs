@@ -24,15 +24,26 @@ use voxmachina::calls::record::{
     AfterCall, Api, CallEvent, CallRecord, CallState, CallSummary, CostEstimate, EscalationSummary,
     SmsFollowUp, Speaker, TokenDetail, TranscriptLine, Usage,
 };
-use voxmachina::store::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
+use voxmachina::store::tokens::is_token;
+use voxmachina::store::{CallQuery, CreateOutcome, HandoverPayload, PurgeStats, Store, StoreError};
 
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$fresh`
 /// (an `async fn() -> (Arc<dyn Store>, G)`), and `all_cases_share_one_store`, which runs every
 /// case concurrently on a single store.
+///
+/// `store_conformance_tests!(optional $fresh)` takes an `async fn() -> Option<(Arc<dyn Store>,
+/// G)>` instead, for backends that need an external engine: a test whose constructor returns
+/// `None` returns at once (the constructor reports why).
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@cases $fresh;
+        $crate::store_conformance_tests!(@list required $fresh);
+    };
+    (optional $fresh:path) => {
+        $crate::store_conformance_tests!(@list optional $fresh);
+    };
+    (@list $mode:ident $fresh:path) => {
+        $crate::store_conformance_tests!(@cases $mode $fresh;
             webhook_claim_first_then_duplicate,
             webhook_claim_after_expiry,
             webhook_release_allows_reclaim,
@@ -55,20 +66,38 @@ macro_rules! store_conformance_tests {
             events_order_and_detail_round_trip,
             purge_removes_expired_webhooks_and_old_final_calls,
             ping_answers,
+            token_mint_peek_redeem_once,
+            token_mint_concurrent_unique,
+            token_redeem_concurrent_exactly_one,
+            token_expiry_is_checked_on_every_read,
+            token_invalid_inputs,
+            token_latest_for_caller,
         );
     };
-    (@cases $fresh:path; $($case:ident),+ $(,)?) => {
+    (@fresh required $fresh:path) => {
+        Some($fresh().await)
+    };
+    (@fresh optional $fresh:path) => {
+        $fresh().await
+    };
+    (@cases $mode:ident $fresh:path; $($case:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                let (store, _guard) = $fresh().await;
+                let Some((store, _guard)) = $crate::store_conformance_tests!(@fresh $mode $fresh)
+                else {
+                    return;
+                };
                 $crate::support::store_conformance::$case(store).await;
             }
         )+
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn all_cases_share_one_store() {
-            let (store, _guard) = $fresh().await;
+            let Some((store, _guard)) = $crate::store_conformance_tests!(@fresh $mode $fresh)
+            else {
+                return;
+            };
             let mut tasks = tokio::task::JoinSet::new();
             $(
                 tasks.spawn($crate::support::store_conformance::$case(store.clone()));
@@ -1061,4 +1090,307 @@ pub async fn purge_removes_expired_webhooks_and_old_final_calls(store: Arc<dyn S
 /// `ping` answers on a healthy store.
 pub async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handover tokens
+
+/// A payload with every field set; `caller` as given.
+pub fn handover(call_id: &str, caller: Option<&str>, created_at: DateTime<Utc>) -> HandoverPayload {
+    HandoverPayload {
+        call_id: call_id.to_string(),
+        caller_number: caller.map(str::to_string),
+        hubspot_contact_id: Some("5101".to_string()),
+        hubspot_ticket_id: Some("90017".to_string()),
+        summary: "Caller wants the March invoice resent; \"urgent\" ☎\nsecond line".to_string(),
+        intent: Some("billing_question".to_string()),
+        priority: Some("high".to_string()),
+        escalation_reason: "caller_phrase: talk to a person".to_string(),
+        route_to_queue: Some("billing".to_string()),
+        // Nanoseconds: the payload comes back exactly as given.
+        created_at: created_at + Duration::nanoseconds(123_456_789),
+    }
+}
+
+fn minutes(m: i64) -> Duration {
+    Duration::minutes(m)
+}
+
+/// A token is 10 digits; peeking does not consume it; the first redemption returns the payload
+/// as stored and the second returns `None`. Options left `None` stay `None`.
+pub async fn token_mint_peek_redeem_once(store: Arc<dyn Store>) {
+    let t = window();
+    let full = handover(&uniq("rtc-tok"), Some("+14155550123"), t);
+    let token = store.mint_token(&full, minutes(10), t).await.unwrap();
+    assert!(is_token(&token), "{token:?}");
+    assert_eq!(
+        store.peek_token(&token, t).await.unwrap(),
+        Some(full.clone())
+    );
+    assert_eq!(
+        store.peek_token(&token, t + secs(1)).await.unwrap(),
+        Some(full.clone()),
+        "peek does not consume"
+    );
+    assert_eq!(
+        store.redeem_token(&token, t + secs(2)).await.unwrap(),
+        Some(full)
+    );
+    assert_eq!(store.redeem_token(&token, t + secs(3)).await.unwrap(), None);
+    assert_eq!(store.peek_token(&token, t + secs(3)).await.unwrap(), None);
+
+    let bare = HandoverPayload {
+        call_id: uniq("rtc-tok-bare"),
+        caller_number: None,
+        hubspot_contact_id: None,
+        hubspot_ticket_id: None,
+        summary: String::new(),
+        intent: None,
+        priority: None,
+        escalation_reason: "dtmf".to_string(),
+        route_to_queue: None,
+        created_at: t,
+    };
+    let token = store.mint_token(&bare, minutes(10), t).await.unwrap();
+    assert_eq!(store.redeem_token(&token, t).await.unwrap(), Some(bare));
+}
+
+/// 200 concurrent mints give 200 distinct tokens, each holding its own payload.
+pub async fn token_mint_concurrent_unique(store: Arc<dyn Store>) {
+    let t = window();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = store.clone();
+        let payload = handover(&uniq(&format!("rtc-mint-{i}")), None, t);
+        tasks.spawn(async move {
+            let token = store.mint_token(&payload, minutes(10), t).await.unwrap();
+            (token, payload)
+        });
+    }
+    let mut minted = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        minted.push(done.unwrap());
+    }
+    let distinct: HashSet<&str> = minted.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(distinct.len(), 200, "200 distinct tokens");
+    for (token, payload) in &minted {
+        assert!(is_token(token), "{token:?}");
+        assert_eq!(
+            store.peek_token(token, t + secs(1)).await.unwrap().as_ref(),
+            Some(payload),
+            "token {token} holds its own payload"
+        );
+    }
+}
+
+/// 20 concurrent redemptions of one token: exactly one gets the payload.
+pub async fn token_redeem_concurrent_exactly_one(store: Arc<dyn Store>) {
+    let t = window();
+    let payload = handover(&uniq("rtc-redeem-race"), Some("+14155550199"), t);
+    let token = store.mint_token(&payload, minutes(10), t).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (store, token) = (store.clone(), token.clone());
+        tasks.spawn(async move {
+            store
+                .redeem_token(&token, t + Duration::milliseconds(i))
+                .await
+                .unwrap()
+        });
+    }
+    let mut got = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Some(p) = done.unwrap() {
+            got.push(p);
+        }
+    }
+    assert_eq!(got, vec![payload], "exactly one redemption succeeds");
+    assert_eq!(store.peek_token(&token, t).await.unwrap(), None);
+}
+
+/// A token is live while `now < minted + ttl`. At and after expiry it is refused, although the
+/// entry is still stored (no backend deletes it on time): the expiry check alone makes it
+/// invalid, as a redemption with an earlier clock proves.
+pub async fn token_expiry_is_checked_on_every_read(store: Arc<dyn Store>) {
+    let t = window();
+    let payload = handover(&uniq("rtc-expiry"), None, t);
+    let token = store.mint_token(&payload, minutes(10), t).await.unwrap();
+    let expires = t + minutes(10);
+    let just_before = expires - Duration::milliseconds(1);
+    assert_eq!(
+        store
+            .peek_token(&token, just_before)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&payload),
+        "live 1 ms before expiry"
+    );
+    assert_eq!(store.peek_token(&token, expires).await.unwrap(), None);
+    assert_eq!(
+        store.redeem_token(&token, expires).await.unwrap(),
+        None,
+        "expired exactly at expires_at"
+    );
+    assert_eq!(
+        store
+            .redeem_token(&token, expires + minutes(60))
+            .await
+            .unwrap(),
+        None
+    );
+    // The refused redemptions did not delete it: with a clock before the expiry it is there.
+    assert_eq!(
+        store
+            .peek_token(&token, t + secs(1))
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&payload),
+        "expired entry still stored"
+    );
+    assert_eq!(
+        store.redeem_token(&token, just_before).await.unwrap(),
+        Some(payload)
+    );
+    assert_eq!(store.redeem_token(&token, t).await.unwrap(), None);
+
+    // A one-second token.
+    let short = handover(&uniq("rtc-expiry-short"), None, t);
+    let token = store.mint_token(&short, secs(1), t).await.unwrap();
+    assert_eq!(store.redeem_token(&token, t + secs(1)).await.unwrap(), None);
+    assert_eq!(
+        store
+            .redeem_token(&token, t + Duration::milliseconds(999))
+            .await
+            .unwrap(),
+        Some(short)
+    );
+}
+
+/// Malformed and unknown tokens are `None` (never an error); a TTL that is not positive is
+/// refused with `Invalid`.
+pub async fn token_invalid_inputs(store: Arc<dyn Store>) {
+    let t = window();
+    for bad in [
+        "",
+        "Timeout",
+        "12345",
+        "123456789",
+        "12345678901",
+        "12345abcde",
+        " 123456789",
+    ] {
+        assert_eq!(store.redeem_token(bad, t).await.unwrap(), None, "{bad:?}");
+        assert_eq!(store.peek_token(bad, t).await.unwrap(), None, "{bad:?}");
+    }
+    // A well-formed token nobody minted (minting it first and redeeming it makes sure).
+    let payload = handover(&uniq("rtc-unknown"), None, t);
+    let token = store.mint_token(&payload, minutes(10), t).await.unwrap();
+    assert!(store.redeem_token(&token, t).await.unwrap().is_some());
+    assert_eq!(store.redeem_token(&token, t).await.unwrap(), None);
+    assert_eq!(store.peek_token(&token, t).await.unwrap(), None);
+
+    for ttl in [Duration::zero(), secs(-5)] {
+        match store.mint_token(&payload, ttl, t).await {
+            Err(StoreError::Invalid(msg)) => assert!(msg.contains("ttl"), "{msg}"),
+            other => panic!("ttl {ttl}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.latest_handover_for_caller("", t).await.unwrap(),
+        None,
+        "empty caller number"
+    );
+}
+
+/// `latest_handover_for_caller` returns the most recently minted live token of that number,
+/// skipping expired and redeemed ones and tokens of other or no callers, without consuming it.
+pub async fn token_latest_for_caller(store: Arc<dyn Store>) {
+    let t = window();
+    let caller = uniq("+1415555");
+    let other = uniq("+1415666");
+    assert_eq!(
+        store.latest_handover_for_caller(&caller, t).await.unwrap(),
+        None
+    );
+
+    let pa = handover(&uniq("rtc-latest-a"), Some(&caller), t);
+    let a = store.mint_token(&pa, minutes(10), t).await.unwrap();
+    let pb = handover(&uniq("rtc-latest-b"), Some(&caller), t + secs(10));
+    let b = store
+        .mint_token(&pb, minutes(10), t + secs(10))
+        .await
+        .unwrap();
+    let pc = handover(&uniq("rtc-latest-c"), Some(&other), t + secs(20));
+    let c = store
+        .mint_token(&pc, minutes(10), t + secs(20))
+        .await
+        .unwrap();
+    let pd = handover(&uniq("rtc-latest-d"), None, t + secs(30));
+    store
+        .mint_token(&pd, minutes(10), t + secs(30))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store
+            .latest_handover_for_caller(&caller, t + secs(40))
+            .await
+            .unwrap(),
+        Some((b.clone(), pb.clone())),
+        "newest of the caller's tokens"
+    );
+    assert_eq!(
+        store
+            .latest_handover_for_caller(&other, t + secs(40))
+            .await
+            .unwrap(),
+        Some((c, pc))
+    );
+    // Not consumed by the lookup.
+    assert_eq!(
+        store.peek_token(&b, t + secs(41)).await.unwrap().as_ref(),
+        Some(&pb)
+    );
+
+    // A newer token that expires soon wins only while it is live.
+    let pe = handover(&uniq("rtc-latest-e"), Some(&caller), t + secs(50));
+    let e = store.mint_token(&pe, secs(1), t + secs(50)).await.unwrap();
+    assert_eq!(
+        store
+            .latest_handover_for_caller(&caller, t + secs(50) + Duration::milliseconds(500))
+            .await
+            .unwrap(),
+        Some((e, pe))
+    );
+    assert_eq!(
+        store
+            .latest_handover_for_caller(&caller, t + secs(52))
+            .await
+            .unwrap(),
+        Some((b.clone(), pb.clone())),
+        "expired newer token skipped"
+    );
+
+    // Redeemed tokens drop out; then the older one is the latest until it expires too.
+    assert_eq!(
+        store.redeem_token(&b, t + secs(60)).await.unwrap(),
+        Some(pb)
+    );
+    assert_eq!(
+        store
+            .latest_handover_for_caller(&caller, t + secs(61))
+            .await
+            .unwrap(),
+        Some((a.clone(), pa))
+    );
+    assert_eq!(
+        store
+            .latest_handover_for_caller(&caller, t + minutes(10))
+            .await
+            .unwrap(),
+        None,
+        "a expired at t + 10 min"
+    );
 }
