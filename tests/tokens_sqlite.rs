@@ -88,11 +88,11 @@ async fn mint_retries_on_collision() {
     );
 }
 
-/// A version-1 file (before tokens) is migrated to version 2 on open, keeping its data.
+/// A version-2 file (before tokens) is migrated to version 3 on open, keeping its data.
 #[tokio::test]
-async fn opening_a_version_1_file_adds_the_token_table() {
+async fn opening_a_version_2_file_adds_the_token_table() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v1.db");
+    let path = dir.path().join("v2.db");
     {
         let store = SqliteStore::open(&path).unwrap();
         store
@@ -100,9 +100,9 @@ async fn opening_a_version_1_file_adds_the_token_table() {
             .await
             .unwrap();
     }
-    // Make it a version-1 file: the v2 table gone, user_version 1.
+    // Make it a version-2 file: the v3 table gone, user_version 2.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE handover_tokens; PRAGMA user_version = 1;")
+    conn.execute_batch("DROP TABLE handover_tokens; PRAGMA user_version = 2;")
         .unwrap();
     drop(conn);
 
@@ -118,7 +118,7 @@ async fn opening_a_version_1_file_adds_the_token_table() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 3);
 }
 
 /// Purge drops expired tokens (they are not counted in `PurgeStats`) and keeps live ones.
