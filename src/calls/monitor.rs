@@ -998,11 +998,7 @@ impl Monitor {
                 }
                 Step::Refer(target) => {
                     let uri = target.as_uri();
-                    let result = self
-                        .ctx
-                        .call_control
-                        .refer(&self.record.call_id, &uri)
-                        .await;
+                    let result = self.actions.refer(&target).await;
                     let h = self.handoff.as_mut().expect("refer only during a hand-off");
                     step = match result {
                         Ok(()) => {
