@@ -70,10 +70,11 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::tokens::{self, HandoverPayload};
-use super::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
+use super::{
+    CallQuery, CreateOutcome, PurgeStats, Store, StoreError, api_name, parse_api, parse_speaker,
+};
 use crate::calls::record::{
-    AfterCall, Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine,
-    Usage,
+    AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, TranscriptLine, Usage,
 };
 use crate::config::DynamoDbConfig;
 
@@ -1379,29 +1380,6 @@ fn put_opt(item: &mut Item, name: &str, v: Option<AttributeValue>) {
     }
 }
 
-fn api_name(api: Api) -> &'static str {
-    match api {
-        Api::Realtime => "realtime",
-        Api::Live => "live",
-    }
-}
-
-fn parse_api(v: &str) -> Result<Api, StoreError> {
-    match v {
-        "realtime" => Ok(Api::Realtime),
-        "live" => Ok(Api::Live),
-        other => Err(StoreError::Corrupt(format!("unknown api {other:?}"))),
-    }
-}
-
-fn parse_speaker(v: &str) -> Result<Speaker, StoreError> {
-    match v {
-        "caller" => Ok(Speaker::Caller),
-        "agent" => Ok(Speaker::Agent),
-        other => Err(StoreError::Corrupt(format!("unknown speaker {other:?}"))),
-    }
-}
-
 fn encode_call(r: &CallRecord) -> Result<Item, StoreError> {
     let created = ms(r.created_at);
     let mut item = Item::new();
@@ -1636,7 +1614,7 @@ mod tests {
     fn undecodable_items_are_corrupt() {
         let mut item = encode_call(&CallRecord::new(
             "rtc_x",
-            Api::Realtime,
+            crate::calls::record::Api::Realtime,
             "wh",
             DateTime::from_timestamp_millis(0).unwrap(),
         ))

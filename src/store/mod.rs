@@ -192,3 +192,32 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<(String, HandoverPayload)>, StoreError>;
 }
+
+/// Stored name of an [`Api`](crate::calls::record::Api), shared by every backend.
+pub(crate) fn api_name(api: crate::calls::record::Api) -> &'static str {
+    use crate::calls::record::Api;
+    match api {
+        Api::Realtime => "realtime",
+        Api::Live => "live",
+    }
+}
+
+/// Parses a stored [`Api`](crate::calls::record::Api) name.
+pub(crate) fn parse_api(v: &str) -> Result<crate::calls::record::Api, StoreError> {
+    use crate::calls::record::Api;
+    match v {
+        "realtime" => Ok(Api::Realtime),
+        "live" => Ok(Api::Live),
+        other => Err(StoreError::Corrupt(format!("unknown api {other:?}"))),
+    }
+}
+
+/// Parses a stored [`Speaker`](crate::calls::record::Speaker) name.
+pub(crate) fn parse_speaker(v: &str) -> Result<crate::calls::record::Speaker, StoreError> {
+    use crate::calls::record::Speaker;
+    match v {
+        "caller" => Ok(Speaker::Caller),
+        "agent" => Ok(Speaker::Agent),
+        other => Err(StoreError::Corrupt(format!("unknown speaker {other:?}"))),
+    }
+}

@@ -55,10 +55,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
 use super::tokens::{self, HandoverPayload};
-use super::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
+use super::{
+    CallQuery, CreateOutcome, PurgeStats, Store, StoreError, api_name, parse_api, parse_speaker,
+};
 use crate::calls::record::{
-    AfterCall, Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine,
-    Usage,
+    AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, TranscriptLine, Usage,
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -437,31 +438,8 @@ fn from_ms(v: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("{what}: timestamp {v} ms out of range")))
 }
 
-fn api_name(api: Api) -> &'static str {
-    match api {
-        Api::Realtime => "realtime",
-        Api::Live => "live",
-    }
-}
-
-fn parse_api(s: &str) -> Result<Api, StoreError> {
-    match s {
-        "realtime" => Ok(Api::Realtime),
-        "live" => Ok(Api::Live),
-        other => Err(StoreError::Corrupt(format!("unknown api {other:?}"))),
-    }
-}
-
 fn parse_state(s: &str) -> Result<CallState, StoreError> {
     CallState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown call state {s:?}")))
-}
-
-fn parse_speaker(s: &str) -> Result<Speaker, StoreError> {
-    match s {
-        "caller" => Ok(Speaker::Caller),
-        "agent" => Ok(Speaker::Agent),
-        other => Err(StoreError::Corrupt(format!("unknown speaker {other:?}"))),
-    }
 }
 
 /// Every [`CallState`]. The exhaustive match in [`all_states_is_exhaustive`] fails to compile
