@@ -47,12 +47,13 @@ use crate::calls::link::{
     CallActions, Link, LinkEvent, OpenAiActions, ReconnectError, SidebandLink,
 };
 use crate::calls::record::{
-    CallEvent, CallRecord, CallState, CostEstimate, EscalationSummary, Speaker, TranscriptLine,
+    Api, CallEvent, CallRecord, CallState, CostEstimate, EscalationSummary, Speaker, TranscriptLine,
 };
 use crate::calls::registry::{CallRegistry, Command};
 use crate::config::{MonitorConfig, Secret, SummaryMode};
 use crate::escalation::{Handoff, Outcome, Step, Trigger};
 use crate::openai::CallControl;
+use crate::openai::live::{LiveActions, LiveControl, LiveLink};
 use crate::openai::sideband::{ServerEvent, SidebandError, client};
 use crate::prompts::{Profile, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN};
 use crate::store::Store;
@@ -82,6 +83,8 @@ pub struct MonitorContext {
     pub tools: Arc<tools::Services>,
     /// Summary, cost estimate and SMS follow-up settings and clients.
     pub after_call: Arc<AfterCallServices>,
+    /// GPT-Live call control and attach sideband (calls whose record says `api = live`).
+    pub live: LiveControl,
 }
 
 /// How the monitor attaches.
@@ -91,11 +94,14 @@ pub enum Attach {
     Fresh,
     /// After a controller restart: reattach silently.
     Resume,
+    /// An outbound GPT-Live call just created: greet once `transport.answered` arrives.
+    Outbound,
 }
 
 /// Spawns the monitor of a SIP call `record` (already accepted) on `profile`: attaches to the
-/// Realtime sideband and acts through OpenAI call control. Returns `None` when this call is
-/// already monitored on this instance.
+/// Realtime sideband and acts through OpenAI call control, or for `api = live` records to the
+/// GPT-Live attach sideband and Live call control. Returns `None` when this call is already
+/// monitored on this instance.
 pub fn spawn(
     ctx: Arc<MonitorContext>,
     record: CallRecord,
@@ -115,12 +121,35 @@ pub fn spawn_registered(
     attach: Attach,
     commands: mpsc::Receiver<Command>,
 ) -> tokio::task::JoinHandle<CallRecord> {
+    let c = ctx.clone();
+    let call_id = record.call_id.clone();
+    if record.api == Api::Live {
+        let actions = Arc::new(LiveActions {
+            control: ctx.live.clone(),
+            session_id: call_id.clone(),
+        });
+        return start(
+            ctx,
+            record,
+            profile,
+            attach,
+            actions,
+            commands,
+            async move {
+                LiveLink::connect(&c.live, &call_id, &c.config)
+                    .await
+                    .map(|l| Box::new(l) as Box<dyn Link>)
+                    .map_err(|e| {
+                        let gone = matches!(e, SidebandError::CallNotFound);
+                        (e.to_string(), gone)
+                    })
+            },
+        );
+    }
     let actions = Arc::new(OpenAiActions {
         call_control: ctx.call_control.clone(),
         call_id: record.call_id.clone(),
     });
-    let c = ctx.clone();
-    let call_id = record.call_id.clone();
     start(
         ctx,
         record,
@@ -191,6 +220,7 @@ fn start(
         want_response: false,
         closing: None,
         summary_response: None,
+        greet_on_answer: attach == Attach::Outbound,
     };
     tokio::spawn(
         async move {
@@ -278,6 +308,8 @@ struct Monitor {
     closing: Option<Closing>,
     /// The response id of the summary request.
     summary_response: Option<String>,
+    /// An outbound call: say the greeting when the callee answers.
+    greet_on_answer: bool,
 }
 
 impl Monitor {
@@ -342,9 +374,58 @@ impl Monitor {
                 () = tokio::time::sleep_until(timer) => self.on_timer(link, max_deadline).await,
             };
             if let Flow::End(state, reason) = flow {
+                if let Some(text) = link.await_end().await {
+                    // GPT-Live's session.closed after our hang-up: its final usage.
+                    if let Ok(ServerEvent::SessionClosed { reason, usage }) =
+                        ServerEvent::parse(&text)
+                    {
+                        self.session_closed_seen(&reason, &usage).await;
+                    }
+                }
                 return self.finish(state, reason).await;
             }
         }
+    }
+
+    /// Records GPT-Live's `session.closed`: its usage (summed into the record) and reason.
+    async fn session_closed_seen(&mut self, reason: &str, usage: &Value) {
+        let u = &mut self.record.usage;
+        let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+        u.input_tokens += n("input_tokens");
+        u.output_tokens += n("output_tokens");
+        u.total_tokens += n("total_tokens");
+        self.event(
+            "session_closed",
+            json!({ "reason": reason, "usage": usage }),
+        )
+        .await;
+    }
+
+    /// GPT-Live `session.closed`: the authoritative end of the call (openai.md §7.3).
+    async fn on_session_closed(
+        &mut self,
+        link: &mut dyn Link,
+        reason: &str,
+        usage: &Value,
+    ) -> Flow {
+        info!(reason, "session closed");
+        self.session_closed_seen(reason, usage).await;
+        if let Some(c) = self.closing {
+            return Flow::End(c.state, c.reason);
+        }
+        if let Some(h) = self.handoff.as_mut().filter(|h| h.is_awaiting_outcome()) {
+            let outcome = h.sideband_closed().expect("awaiting outcome");
+            return self.conclude_handoff(link, outcome).await;
+        }
+        let reason = match reason {
+            "remote_hangup" => "caller_hangup",
+            "close_requested" => "call_ended",
+            "expired" => "session_expired",
+            "content" => "content_filter",
+            "connection_lost" => "connection_lost",
+            _ => "session_closed",
+        };
+        Flow::End(CallState::Ended, reason)
     }
 
     /// The link ended. `clean` = a close frame was received.
@@ -524,6 +605,29 @@ impl Monitor {
             }
             ServerEvent::SessionCreated { session } => {
                 debug!(model = ?session.get("model"), "session.created");
+            }
+            ServerEvent::SessionClosed { reason, usage } => {
+                return self.on_session_closed(link, &reason, &usage).await;
+            }
+            ServerEvent::TransportRinging => self.event("ringing", json!({})).await,
+            ServerEvent::TransportAnswered => {
+                info!("outbound call answered");
+                self.event("answered", json!({})).await;
+                if std::mem::take(&mut self.greet_on_answer) {
+                    if let Some(greeting) = self.profile.greeting.clone() {
+                        self.send(link, client::response_create(Some(&greeting)))
+                            .await;
+                    }
+                }
+            }
+            ServerEvent::TransportFailed { error } => {
+                warn!(code = ?error.code, "outbound call failed");
+                self.event(
+                    "transport_failed",
+                    json!({ "type": error.kind, "code": error.code, "message": error.message }),
+                )
+                .await;
+                return Flow::End(CallState::Ended, "transport_failed");
             }
             ServerEvent::Other => {}
         }
