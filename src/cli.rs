@@ -1,5 +1,5 @@
-//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `tool test`, `dynamodb`,
-//! `token`.
+//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `call`, `tool test`,
+//! `dynamodb`, `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,8 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Play a whole phone call offline against a local OpenAI SIP emulator.
     Demo(crate::demo::DemoArgs),
+    /// Place an outbound call through a running controller's admin API (`POST /v1/calls`).
+    Call(CallArgs),
     /// Agent tools declared in the prompt profiles.
     Tool(ToolArgs),
     /// Manage the DynamoDB tables named by `[store.dynamodb]`.
@@ -101,6 +103,23 @@ pub enum ToolCommand {
     },
 }
 
+/// Arguments of `voxmachina call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Which API places the call. Only `live` (GPT-Live) can place SIP calls.
+    #[arg(long, value_parser = ["live"])]
+    pub api: String,
+    /// Destination, E.164 (`+14155550123`).
+    #[arg(long)]
+    pub to: String,
+    /// Prompt profile (must be on `api = "live"`).
+    #[arg(long)]
+    pub profile: String,
+    /// Controller base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub controller: String,
+}
+
 /// Arguments of `voxmachina trigger`.
 #[derive(Debug, Args)]
 pub struct TriggerArgs {
@@ -146,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(cli.config),
         Command::Trigger(args) => trigger(args).await,
         Command::Demo(args) => crate::demo::run(cli.config, args).await,
+        Command::Call(args) => call(args).await,
         Command::Tool(ToolArgs {
             command:
                 ToolCommand::Test {
@@ -314,6 +334,31 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `voxmachina call`: one `POST {controller}/v1/calls` with `VOXMACHINA_ADMIN_TOKEN`. Never
+/// retried (an outbound create is not idempotent). Prints the answer; exit 0 on 201.
+async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let token = std::env::var("VOXMACHINA_ADMIN_TOKEN")
+        .context("VOXMACHINA_ADMIN_TOKEN must be set to use the admin API")?;
+    let url = format!("{}/v1/calls", args.controller.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "api": args.api, "to": args.to, "profile": args.profile }))
+        .send()
+        .await
+        .with_context(|| {
+            format!("POST {url} (not retried: check the call list before retrying)")
+        })?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    println!("HTTP {}: {body}", status.as_u16());
+    Ok(if status == reqwest::StatusCode::CREATED {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
