@@ -1,7 +1,8 @@
-//! `voxmachina demo`: a whole phone call, offline. Starts the local OpenAI SIP emulator and the
-//! real controller on 127.0.0.1 (temporary SQLite file, throwaway secrets), places a scripted
-//! call through a signed `realtime.call.incoming` webhook, prints the live transcript and the
-//! final call record, and succeeds only if the call ended `transferred`.
+//! `voxmachina demo`: a whole phone call, offline. Starts the local OpenAI SIP emulators
+//! (Realtime and GPT-Live) and the real controller on 127.0.0.1 (temporary SQLite file,
+//! throwaway secrets), places a scripted call through a signed `realtime.call.incoming` webhook
+//! (or `live.transport.incoming` with `--api live`), prints the live transcript (Realtime) and
+//! the final call record, and succeeds only if the call ended `transferred`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,9 +19,14 @@ use crate::emulator::{Emulator, EmulatorConfig, Script};
 /// Arguments of `voxmachina demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Caller script (TOML) for the emulator.
-    #[arg(long, default_value = "scripts/question_then_human.toml")]
-    pub script: PathBuf,
+    /// Caller script (TOML) for the emulator. Default `scripts/question_then_human.toml`, or
+    /// `scripts/live_question_then_human.toml` with `--api live`.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// Which API answers: `realtime` (`realtime.call.incoming`) or `live` (GPT-Live,
+    /// `live.transport.incoming`, against the local GPT-Live emulator).
+    #[arg(long, default_value = "realtime", value_parser = ["realtime", "live"])]
+    pub api: String,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
@@ -38,8 +44,16 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     config.logging.format = crate::config::LogFormat::Pretty;
     crate::telemetry::init_logging(&config.logging);
 
-    let script =
-        Script::load(&args.script).with_context(|| format!("loading {}", args.script.display()))?;
+    let live = args.api == "live";
+    let script_path = args.script.clone().unwrap_or_else(|| {
+        PathBuf::from(if live {
+            "scripts/live_question_then_human.toml"
+        } else {
+            "scripts/question_then_human.toml"
+        })
+    });
+    let script = Script::load(&script_path)
+        .with_context(|| format!("loading {}", script_path.display()))?;
     let api_key = format!("sk-demo-{}", hex(24));
     let mut key = [0u8; 32];
     rand::fill(&mut key);
@@ -56,6 +70,9 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     config.server.listen = "127.0.0.1:0".parse()?;
     config.openai.base_url = emulator.rest_base_url();
     config.openai.sideband_url = emulator.sideband_url();
+    let live_emulator = crate::emulator::live::LiveEmulator::start(&api_key, false).await?;
+    config.openai.live_base_url = live_emulator.rest_base_url();
+    config.openai.live_sideband_url = live_emulator.sideband_url();
     config.store.sqlite_path = dir.path().join("demo.db");
     config.monitor.refer_outcome_window_ms = config.monitor.refer_outcome_window_ms.min(2_000);
     let secrets = Secrets {
@@ -79,18 +96,35 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         }
     });
     let webhook_url = format!("{}/openai/webhook", server.base_url());
-    let placed = emulator
-        .place_call(&webhook_url, &webhook_secret, script)
-        .await?;
-    println!(
-        "webhook realtime.call.incoming {} → HTTP {}",
-        placed.call_id, placed.status
-    );
+    let call_id = if live {
+        let pending = live_emulator.new_call(
+            script,
+            crate::webhook::event::LIVE_TRANSPORT_INCOMING,
+            None,
+        );
+        let status = live_emulator
+            .deliver(&webhook_url, &webhook_secret, None, &pending.body)
+            .await?;
+        println!(
+            "webhook live.transport.incoming {} → HTTP {status}",
+            pending.session_id
+        );
+        pending.session_id
+    } else {
+        let placed = emulator
+            .place_call(&webhook_url, &webhook_secret, script)
+            .await?;
+        println!(
+            "webhook realtime.call.incoming {} → HTTP {}",
+            placed.call_id, placed.status
+        );
+        placed.call_id
+    };
 
     let store = server.state.store.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
     let record = loop {
-        if let Some(r) = store.get_call(&placed.call_id).await? {
+        if let Some(r) = store.get_call(&call_id).await? {
             if r.state.is_final() {
                 break r;
             }
