@@ -323,8 +323,9 @@ pub struct LiveTrunkConfig {
     pub provider_url: String,
     /// Digest auth user name.
     pub username: String,
-    /// Name of the secret holding the digest password (`$CREDENTIALS_DIRECTORY/<name>`, then
-    /// `VOXMACHINA_SECRET_<NAME>`), read per call; never in this file.
+    /// Name of the secret holding the digest password (`[tools] secrets_dir/<name>`, then
+    /// `$CREDENTIALS_DIRECTORY/<name>`, then `VOXMACHINA_SECRET_<NAME>`), read per call; never
+    /// in this file.
     pub password_secret: String,
     /// The caller number presented, E.164.
     pub caller_number: String,

@@ -2,7 +2,8 @@
 //!
 //! Flow (openai.md §7.2): `POST /live/sessions` with the profile's Live session and a SIP
 //! transport to an E.164 destination through `[openai.live_trunk]` (digest auth, password from
-//! a named secret) — sent **once**, because creates are not deduplicated; then the monitor
+//! a named secret looked up like tool secrets: `[tools] secrets_dir/NAME`, then
+//! `$CREDENTIALS_DIRECTORY/NAME`, then `VOXMACHINA_SECRET_<NAME>`) — sent **once**, because creates are not deduplicated; then the monitor
 //! attaches at once ([`Attach::Outbound`]) and follows `transport.ringing`, `transport.answered`
 //! (greeting) or `transport.failed` (call ends, `end_reason` `transport_failed`, the error code
 //! in the `transport_failed` event). Realtime cannot place calls (§1).
@@ -16,7 +17,6 @@ use tracing::{info, warn};
 use crate::app::AppState;
 use crate::calls::monitor::{self, Attach};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState};
-use crate::config::Secrets;
 use crate::openai::live::OutboundError;
 use crate::sip::E164;
 
@@ -66,8 +66,7 @@ pub async fn place_live_call(
     let trunk = app.config.openai.live_trunk.as_ref().ok_or_else(|| {
         PlaceError::NotConfigured("outbound calls are off: configure [openai.live_trunk]".into())
     })?;
-    let password = Secrets::named(&trunk.password_secret)
-        .map_err(|e| PlaceError::NotConfigured(e.to_string()))?
+    let password = crate::tools::secret_lookup(&app.config.tools.secrets_dir)(&trunk.password_secret)
         .ok_or_else(|| {
             PlaceError::NotConfigured(format!(
                 "the trunk password secret {:?} is not set",

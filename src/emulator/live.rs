@@ -444,6 +444,13 @@ impl LiveEmulator {
         *self.shared.creates.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ends a live session from the OpenAI side: `session.closed` with `reason` (e.g. `expired`,
+    /// `content`, `connection_lost`, `remote_hangup`), then a close frame.
+    pub fn end_session(&self, id: &str, reason: &str) {
+        self.shared
+            .close_session(id, reason, LiveStatus::RemoteHungUp);
+    }
+
     /// Ids of every session, in no order.
     pub fn session_ids(&self) -> Vec<String> {
         self.shared.sessions().keys().cloned().collect()
