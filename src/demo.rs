@@ -52,8 +52,8 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
             "scripts/question_then_human.toml"
         })
     });
-    let script = Script::load(&script_path)
-        .with_context(|| format!("loading {}", script_path.display()))?;
+    let script =
+        Script::load(&script_path).with_context(|| format!("loading {}", script_path.display()))?;
     let api_key = format!("sk-demo-{}", hex(24));
     let mut key = [0u8; 32];
     rand::fill(&mut key);
@@ -97,11 +97,8 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     });
     let webhook_url = format!("{}/openai/webhook", server.base_url());
     let call_id = if live {
-        let pending = live_emulator.new_call(
-            script,
-            crate::webhook::event::LIVE_TRANSPORT_INCOMING,
-            None,
-        );
+        let pending =
+            live_emulator.new_call(script, crate::webhook::event::LIVE_TRANSPORT_INCOMING, None);
         let status = live_emulator
             .deliver(&webhook_url, &webhook_secret, None, &pending.body)
             .await?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::harness::{API_KEY, ADMIN_TOKEN, test_config, test_secrets, webhook_secret};
+use support::harness::{ADMIN_TOKEN, API_KEY, test_config, test_secrets, webhook_secret};
 use voxmachina::app::{self, Running};
 use voxmachina::calls::record::{Api, CallRecord, CallState, Speaker};
 use voxmachina::config::{Config, LiveTrunkConfig};
@@ -80,8 +80,11 @@ enabled = false
     ];
     for (stem, toml) in files {
         std::fs::write(dir.join(format!("{stem}.toml")), toml).unwrap();
-        std::fs::write(dir.join(format!("{stem}.md")), format!("You answer the {stem} line.\n"))
-            .unwrap();
+        std::fs::write(
+            dir.join(format!("{stem}.md")),
+            format!("You answer the {stem} line.\n"),
+        )
+        .unwrap();
     }
 }
 
@@ -104,7 +107,9 @@ impl LiveHarness {
         })
         .await
         .unwrap();
-        let live = LiveEmulator::start(API_KEY, outbound_enabled).await.unwrap();
+        let live = LiveEmulator::start(API_KEY, outbound_enabled)
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let prompts = dir.path().join("prompts");
         write_prompts(&prompts);
@@ -246,7 +251,10 @@ async fn live_transport_incoming_is_accepted_stitched_and_transferred() {
     assert_eq!(record.api, Api::Live);
     assert_eq!(record.profile, "live");
     assert_eq!(record.sip_call_id.as_deref(), Some(sip_call_id.as_str()));
-    assert_eq!(record.escalation.unwrap().target, "sip:desk@pbx.example.com");
+    assert_eq!(
+        record.escalation.unwrap().target,
+        "sip:desk@pbx.example.com"
+    );
 
     let view = h.live.session(&id).unwrap();
     assert_eq!(view.accept_count, 1);
@@ -256,12 +264,27 @@ async fn live_transport_incoming_is_accepted_stitched_and_transferred() {
     assert_eq!(session["model"], "gpt-live-1");
     assert_eq!(session["audio"]["output"]["voice"], "cedar");
     assert!(session["audio"].get("input").is_none(), "{body}");
-    assert!(session["instructions"].as_str().unwrap().contains("live line"));
+    assert!(
+        session["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("live line")
+    );
     // Built-in tools go to the Responses delegation backend; the controller runs them.
-    let tools = session["delegation"]["responses"]["tools"].as_array().unwrap();
+    let tools = session["delegation"]["responses"]["tools"]
+        .as_array()
+        .unwrap();
     assert!(tools.iter().any(|t| t["name"] == "transfer_to_human"));
-    assert_eq!(view.refer_targets, vec!["sip:desk@pbx.example.com".to_string()]);
-    assert_eq!(view.status, LiveStatus::Transferred { target: "sip:desk@pbx.example.com".into() });
+    assert_eq!(
+        view.refer_targets,
+        vec!["sip:desk@pbx.example.com".to_string()]
+    );
+    assert_eq!(
+        view.status,
+        LiveStatus::Transferred {
+            target: "sip:desk@pbx.example.com".into()
+        }
+    );
     // Nothing went to the Realtime API.
     assert!(h.realtime.requests().is_empty());
 
@@ -274,9 +297,15 @@ async fn live_transport_incoming_is_accepted_stitched_and_transferred() {
         ]
     );
     let agent = h.lines(&id, Speaker::Agent).await;
-    assert_eq!(agent[0], "Hello, thanks for calling. How can I help you today?");
+    assert_eq!(
+        agent[0],
+        "Hello, thanks for calling. How can I help you today?"
+    );
     assert_eq!(agent[1], "We are open nine to five, Monday to Friday.");
-    assert!(agent.contains(&"Connecting you now.".to_string()), "{agent:?}");
+    assert!(
+        agent.contains(&"Connecting you now.".to_string()),
+        "{agent:?}"
+    );
     // The greeting and the hand-off line went out as session.instructions.append.
     let appends: Vec<&Value> = view
         .client_events
@@ -284,11 +313,19 @@ async fn live_transport_incoming_is_accepted_stitched_and_transferred() {
         .filter(|e| e["type"] == "session.instructions.append")
         .collect();
     assert!(appends.len() >= 2, "{:#?}", view.client_events);
-    assert!(appends.iter().all(|e| e["delegation_id"].is_null() && e["event_id"].is_string()));
+    assert!(
+        appends
+            .iter()
+            .all(|e| e["delegation_id"].is_null() && e["event_id"].is_string())
+    );
     // The controller never sends what the attach socket forbids.
-    assert!(view.client_events.iter().all(|e| e["type"] != "session.start"
-        && e["type"] != "session.input_audio.append"
-        && e["type"] != "response.cancel"));
+    assert!(
+        view.client_events
+            .iter()
+            .all(|e| e["type"] != "session.start"
+                && e["type"] != "session.input_audio.append"
+                && e["type"] != "response.cancel")
+    );
     let kinds = h.event_kinds(&id).await;
     assert!(kinds.contains(&"session_closed".to_string()), "{kinds:?}");
 }
@@ -354,7 +391,13 @@ hangup = true
     // Realtime first, then Live: the order does not matter.
     let s1 = h
         .realtime
-        .deliver(&h.webhook_url(), &webhook_secret(), "wh_rt_1", now, &rt_bytes)
+        .deliver(
+            &h.webhook_url(),
+            &webhook_secret(),
+            "wh_rt_1",
+            now,
+            &rt_bytes,
+        )
         .await
         .unwrap();
     let s2 = h
@@ -367,18 +410,35 @@ hangup = true
     assert_eq!(ignored.state, CallState::Ignored);
     assert_eq!(ignored.api, Api::Realtime);
     assert_eq!(ignored.end_reason.as_deref(), Some("owned_by_live"));
-    assert_eq!(ignored.sip_call_id.as_deref(), Some(pending.sip_call_id.as_str()));
+    assert_eq!(
+        ignored.sip_call_id.as_deref(),
+        Some(pending.sip_call_id.as_str())
+    );
     let owner = h.wait_final(&pending.session_id).await;
     assert_eq!(owner.api, Api::Live);
     assert_eq!(owner.sip_call_id, ignored.sip_call_id);
     assert_eq!(h.live.session(&pending.session_id).unwrap().accept_count, 1);
     // Never rejected, never accepted on the Realtime surface.
-    assert!(h.realtime.requests().is_empty(), "{:?}", h.realtime.requests());
-    assert!(h.event_kinds(rtc_id).await.contains(&"left_alone".to_string()));
+    assert!(
+        h.realtime.requests().is_empty(),
+        "{:?}",
+        h.realtime.requests()
+    );
+    assert!(
+        h.event_kinds(rtc_id)
+            .await
+            .contains(&"left_alone".to_string())
+    );
     // A redelivery of the ignored webhook stays a no-op.
     let again = h
         .realtime
-        .deliver(&h.webhook_url(), &webhook_secret(), "wh_rt_1", now, &rt_bytes)
+        .deliver(
+            &h.webhook_url(),
+            &webhook_secret(),
+            "wh_rt_1",
+            now,
+            &rt_bytes,
+        )
         .await
         .unwrap();
     assert_eq!(again, 200);
@@ -410,12 +470,23 @@ hangup = true
     );
     let s_live = h
         .live
-        .deliver(&h.webhook_url(), &webhook_secret(), None, &live_pending.body)
+        .deliver(
+            &h.webhook_url(),
+            &webhook_secret(),
+            None,
+            &live_pending.body,
+        )
         .await
         .unwrap();
     let s_rt = h
         .realtime
-        .deliver(&h.webhook_url(), &webhook_secret(), "wh_rt_2", now, &rt.body)
+        .deliver(
+            &h.webhook_url(),
+            &webhook_secret(),
+            "wh_rt_2",
+            now,
+            &rt.body,
+        )
         .await
         .unwrap();
     assert_eq!((s_live, s_rt), (200, 200));
@@ -468,12 +539,18 @@ async fn reject_sends_the_profile_status_and_decision_already_made_is_left_alone
         .deliver(&h.webhook_url(), &webhook_secret(), None, &pending.body)
         .await
         .unwrap();
-    assert_eq!(status, 200, "decision_already_made is acknowledged, not retried");
+    assert_eq!(
+        status, 200,
+        "decision_already_made is acknowledged, not retried"
+    );
     let record = h.wait_final(&pending.session_id).await;
     assert_eq!(record.state, CallState::Ignored);
     assert_eq!(record.end_reason.as_deref(), Some("decision_already_made"));
     let view = h.live.session(&pending.session_id).unwrap();
-    assert_eq!(view.accept_count, 1, "one accept, answered 409, not retried");
+    assert_eq!(
+        view.accept_count, 1,
+        "one accept, answered 409, not retried"
+    );
     assert_eq!(view.status, LiveStatus::Rejected { status_code: 603 });
 }
 
@@ -525,7 +602,10 @@ arguments = { reason = "caller is done" }
     h.wait_record(&id, |r| r.state == CallState::Active).await;
     let resp = h
         .http
-        .request(Method::POST, format!("{}/v1/calls/{id}/hangup", h.server.base_url()))
+        .request(
+            Method::POST,
+            format!("{}/v1/calls/{id}/hangup", h.server.base_url()),
+        )
         .bearer_auth(ADMIN_TOKEN)
         .json(&json!({ "note": "test" }))
         .send()
@@ -588,20 +668,35 @@ hangup = true
     );
     let (id, _, _) = h.place_live(s, LIVE_TRANSPORT_INCOMING).await;
     let record = h.wait_final(&id).await;
-    assert_eq!(record.end_reason.as_deref(), Some("caller_hangup"), "{record:#?}");
+    assert_eq!(
+        record.end_reason.as_deref(),
+        Some("caller_hangup"),
+        "{record:#?}"
+    );
     let view = h.live.session(&id).unwrap();
     assert_eq!(view.attach_connections, 2);
     assert!(view.replayed_events > 0, "the reattach replayed events");
     // Each replayed event was acted on once: one DTMF event, each line once.
     let kinds = h.event_kinds(&id).await;
-    assert_eq!(kinds.iter().filter(|k| *k == "dtmf").count(), 1, "{kinds:?}");
-    assert!(kinds.contains(&"sideband_reattached".to_string()), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "dtmf").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"sideband_reattached".to_string()),
+        "{kinds:?}"
+    );
     assert_eq!(
         h.lines(&id, Speaker::Caller).await,
         ["My account number is 42.", "That is all."]
     );
     let agent = h.lines(&id, Speaker::Agent).await;
-    assert_eq!(agent.iter().filter(|l| *l == "Sure, noted.").count(), 1, "{agent:?}");
+    assert_eq!(
+        agent.iter().filter(|l| *l == "Sure, noted.").count(),
+        1,
+        "{agent:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,7 +718,12 @@ async fn outbound_call_rings_answers_greets_and_ends() {
     assert_eq!(record.caller.as_deref(), Some("+18005550100"));
     assert_eq!(record.end_reason.as_deref(), Some("caller_hangup"));
     let kinds = h.event_kinds(&id).await;
-    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("{k}: {kinds:?}"));
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| x == k)
+            .unwrap_or_else(|| panic!("{k}: {kinds:?}"))
+    };
     assert!(pos("outbound_created") < pos("ringing"));
     assert!(pos("ringing") < pos("answered"));
 
@@ -631,14 +731,23 @@ async fn outbound_call_rings_answers_greets_and_ends() {
     let create = view.create_body.unwrap();
     assert_eq!(create["transport"]["type"], "sip");
     assert_eq!(create["transport"]["destination"], "+14155550123");
-    assert_eq!(create["transport"]["trunk"]["provider_url"], "sips:sip.example.com:5061");
+    assert_eq!(
+        create["transport"]["trunk"]["provider_url"],
+        "sips:sip.example.com:5061"
+    );
     assert_eq!(create["transport"]["trunk"]["auth"]["type"], "digest");
-    assert_eq!(create["transport"]["trunk"]["auth"]["password"], TRUNK_PASSWORD);
+    assert_eq!(
+        create["transport"]["trunk"]["auth"]["password"],
+        TRUNK_PASSWORD
+    );
     assert_eq!(create["session"]["model"], "gpt-live-1");
     assert!(create["session"].get("type").is_none());
     // The greeting waited for transport.answered.
     assert_eq!(
-        h.lines(&id, Speaker::Agent).await.first().map(String::as_str),
+        h.lines(&id, Speaker::Agent)
+            .await
+            .first()
+            .map(String::as_str),
         Some("Hello, thanks for calling. How can I help you today?")
     );
     assert_eq!(h.lines(&id, Speaker::Caller).await, ["Hello?"]);
@@ -650,7 +759,8 @@ async fn outbound_failures_are_reported_and_never_retried() {
     let h = LiveHarness::start(true).await;
 
     // The callee is busy: transport.failed ends the call.
-    h.live.plan_outbound(Script::default(), OutboundPlan::Fail("busy".into()));
+    h.live
+        .plan_outbound(Script::default(), OutboundPlan::Fail("busy".into()));
     let (status, body) = h
         .place_outbound(json!({ "api": "live", "to": "+14155550123", "profile": "live_out" }))
         .await;
@@ -665,34 +775,58 @@ async fn outbound_failures_are_reported_and_never_retried() {
         .find(|e| e.kind == "transport_failed")
         .unwrap();
     assert_eq!(failed.detail["code"], "busy");
-    assert_eq!(h.live.session(&id).unwrap().closed_reason.as_deref(), Some("close_requested"));
+    assert_eq!(
+        h.live.session(&id).unwrap().closed_reason.as_deref(),
+        Some("close_requested")
+    );
 
     // 502 and 504: outcome unknown, one request each, nothing retried or recorded.
     for s in [502, 504] {
         let before = h.live.create_requests();
-        h.live.plan_outbound(Script::default(), OutboundPlan::Status(s));
+        h.live
+            .plan_outbound(Script::default(), OutboundPlan::Status(s));
         let (status, body) = h
             .place_outbound(json!({ "api": "live", "to": "+14155550123", "profile": "live_out" }))
             .await;
         assert_eq!(status, 502, "{body}");
         assert_eq!(body["outcome"], "unknown");
         assert_eq!(body["retried"], false);
-        assert_eq!(h.live.create_requests(), before + 1, "{s} must not be retried");
+        assert_eq!(
+            h.live.create_requests(),
+            before + 1,
+            "{s} must not be retried"
+        );
     }
 
     // Checked before sending: a destination that is not E.164, a profile not on Live, Realtime.
     let before = h.live.create_requests();
     for (body, want) in [
-        (json!({ "api": "live", "to": "sip:bob@example.com", "profile": "live_out" }), 400),
-        (json!({ "api": "live", "to": "+14155550123", "profile": "default" }), 400),
-        (json!({ "api": "live", "to": "+14155550123", "profile": "nope" }), 400),
-        (json!({ "api": "realtime", "to": "+14155550123", "profile": "live_out" }), 400),
+        (
+            json!({ "api": "live", "to": "sip:bob@example.com", "profile": "live_out" }),
+            400,
+        ),
+        (
+            json!({ "api": "live", "to": "+14155550123", "profile": "default" }),
+            400,
+        ),
+        (
+            json!({ "api": "live", "to": "+14155550123", "profile": "nope" }),
+            400,
+        ),
+        (
+            json!({ "api": "realtime", "to": "+14155550123", "profile": "live_out" }),
+            400,
+        ),
     ] {
         let (status, answer) = h.place_outbound(body.clone()).await;
         assert_eq!(status, want, "{body} -> {answer}");
     }
     assert_eq!(h.live.create_requests(), before);
-    assert_eq!(h.live.session_ids().len(), 1, "only the busy call was created");
+    assert_eq!(
+        h.live.session_ids().len(),
+        1,
+        "only the busy call was created"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,11 +854,7 @@ fn profile_api_is_validated() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(p.join("a.md"), "x\n").unwrap();
-    std::fs::write(
-        p.join("a.toml"),
-        "default = true\napi = \"gpt-live\"\n",
-    )
-    .unwrap();
+    std::fs::write(p.join("a.toml"), "default = true\napi = \"gpt-live\"\n").unwrap();
     let err = ProfileSet::load(p).unwrap_err().to_string();
     assert!(err.contains("must be \"realtime\" or \"live\""), "{err}");
     std::fs::write(
@@ -733,8 +863,14 @@ fn profile_api_is_validated() {
     )
     .unwrap();
     let err = ProfileSet::load(p).unwrap_err().to_string();
-    assert!(err.contains("session.language is a Realtime setting"), "{err}");
-    assert!(err.contains("session.turn_detection is a Realtime setting"), "{err}");
+    assert!(
+        err.contains("session.language is a Realtime setting"),
+        "{err}"
+    );
+    assert!(
+        err.contains("session.turn_detection is a Realtime setting"),
+        "{err}"
+    );
     std::fs::write(
         p.join("a.toml"),
         "default = true\napi = \"live\"\n[session]\nmodel = \"gpt-live-1-mini\"\n",

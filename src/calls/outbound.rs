@@ -66,13 +66,14 @@ pub async fn place_live_call(
     let trunk = app.config.openai.live_trunk.as_ref().ok_or_else(|| {
         PlaceError::NotConfigured("outbound calls are off: configure [openai.live_trunk]".into())
     })?;
-    let password = crate::tools::secret_lookup(&app.config.tools.secrets_dir)(&trunk.password_secret)
-        .ok_or_else(|| {
-            PlaceError::NotConfigured(format!(
-                "the trunk password secret {:?} is not set",
-                trunk.password_secret
-            ))
-        })?;
+    let password =
+        crate::tools::secret_lookup(&app.config.tools.secrets_dir)(&trunk.password_secret)
+            .ok_or_else(|| {
+                PlaceError::NotConfigured(format!(
+                    "the trunk password secret {:?} is not set",
+                    trunk.password_secret
+                ))
+            })?;
     let session = profile.live_session();
     let session_id = match app
         .monitors

@@ -441,7 +441,11 @@ impl LiveEmulator {
 
     /// Number of authorized `POST /v1/live/sessions` requests, whatever their outcome.
     pub fn create_requests(&self) -> u32 {
-        *self.shared.creates.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .shared
+            .creates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ends a live session from the OpenAI side: `session.closed` with `reason` (e.g. `expired`,
@@ -531,25 +535,28 @@ fn insert_session(shared: &Shared, id: &str, script: Script, plan: OutboundPlan,
 fn err(status: u16, kind: &str, code: Option<&str>, message: &str) -> Response {
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        axum::Json(json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })),
+        axum::Json(
+            json!({ "error": { "message": message, "type": kind, "param": null, "code": code } }),
+        ),
     )
         .into_response()
 }
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// The 401 answer for a missing or wrong bearer key; `None` when authorized.
+fn refused(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let presented = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        None => Err(err(
+        None => Some(err(
             401,
             "invalid_request_error",
             None,
             "You didn't provide an API key.",
         )),
-        Some(k) if k == shared.api_key => Ok(()),
-        Some(_) => Err(err(
+        Some(k) if k == shared.api_key => None,
+        Some(_) => Some(err(
             401,
             "invalid_request_error",
             Some("invalid_api_key"),
@@ -577,7 +584,7 @@ async fn action(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers) {
         return r;
     }
     let body: Value = if body.is_empty() {
@@ -696,7 +703,11 @@ fn reject(shared: &Shared, id: &str, body: Value) -> Response {
 }
 
 async fn refer(shared: &Arc<Shared>, id: &str, body: Value) -> Response {
-    let target = body["target_uri"].as_str().unwrap_or_default().trim().to_string();
+    let target = body["target_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     if target.is_empty() || !(target.starts_with("sip:") || target.starts_with("tel:")) {
         return err(
             400,
@@ -742,7 +753,7 @@ async fn refer(shared: &Arc<Shared>, id: &str, body: Value) -> Response {
 
 /// `POST /v1/live/sessions`: outbound calls (openai.md §7.2).
 async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers) {
         return r;
     }
     *shared.creates.lock().unwrap_or_else(|p| p.into_inner()) += 1;
@@ -814,7 +825,7 @@ async fn attach(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers) {
         return r;
     }
     let live = shared
@@ -1083,7 +1094,10 @@ async fn drive(shared: Arc<Shared>, id: String, reqs: mpsc::UnboundedReceiver<Re
         .map(|s| (s.view.outbound, s.plan.clone()))
         .unwrap_or((false, OutboundPlan::Answer));
     if outbound {
-        shared.send(&id, json!({ "type": "transport.ringing", "session_id": id }));
+        shared.send(
+            &id,
+            json!({ "type": "transport.ringing", "session_id": id }),
+        );
         if let OutboundPlan::Fail(code) = plan {
             shared.send(
                 &id,
@@ -1094,7 +1108,10 @@ async fn drive(shared: Arc<Shared>, id: String, reqs: mpsc::UnboundedReceiver<Re
             shared.close_session(&id, "close_requested", LiveStatus::Failed { code });
             return;
         }
-        shared.send(&id, json!({ "type": "transport.answered", "session_id": id }));
+        shared.send(
+            &id,
+            json!({ "type": "transport.answered", "session_id": id }),
+        );
     }
     // The greeting request, if it comes.
     let greeting_wait = script.agent.greeting_wait_ms;

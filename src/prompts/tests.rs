@@ -94,7 +94,11 @@ fn shipped_example_profiles_load() {
     assert_eq!(body["type"], "live");
     assert!(body["audio"].get("input").is_none());
     assert_eq!(body["delegation"]["type"], "responses");
-    assert!(set.iter().filter(|p| p.name != "live-frontdesk").all(|p| p.api == crate::calls::record::Api::Realtime));
+    assert!(
+        set.iter()
+            .filter(|p| p.name != "live-frontdesk")
+            .all(|p| p.api == crate::calls::record::Api::Realtime)
+    );
     let hinglish = set.get("hinglish-support").unwrap();
     assert_eq!(hinglish.tools.len(), 5);
     assert!(hinglish.after_call.sms.is_some());

@@ -111,7 +111,10 @@ mod tests {
             "data":{"session_id":"live_2","sip_headers":[]}}"#;
         let env: Envelope = serde_json::from_str(old).unwrap();
         let data: LiveTransportIncoming = serde_json::from_value(env.data).unwrap();
-        assert_eq!((data.session_id.as_str(), data.transport), ("live_2", None));
+        assert_eq!(
+            (data.session_id.as_str(), data.transport.as_deref()),
+            ("live_2", None)
+        );
         let rebuilt = live_incoming(LIVE_CALL_INCOMING, "evt_2", 1, &data);
         assert!(rebuilt["data"].get("type").is_none());
     }
