@@ -89,9 +89,10 @@ enabled = false
 }
 
 struct LiveHarness {
+    config: Config,
     realtime: Emulator,
     live: LiveEmulator,
-    server: Running,
+    server: Option<Running>,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
 }
@@ -127,22 +128,38 @@ impl LiveHarness {
             caller_number: "+18005550100".into(),
         });
         adjust(&mut config);
-        let server = app::start(config, test_secrets()).await.unwrap();
+        let server = app::start(config.clone(), test_secrets()).await.unwrap();
         Self {
+            config,
             realtime,
             live,
-            server,
+            server: Some(server),
             _dir: dir,
             http: reqwest::Client::new(),
         }
     }
 
+    fn srv(&self) -> &Running {
+        self.server.as_ref().expect("server running")
+    }
+
+    /// Graceful stop without grace (live calls are detached and stay live), then a new start
+    /// on the same config and store, which reattaches them.
+    async fn restart(&mut self) {
+        self.server.take().unwrap().shutdown(Duration::ZERO).await;
+        self.server = Some(
+            app::start(self.config.clone(), test_secrets())
+                .await
+                .unwrap(),
+        );
+    }
+
     fn webhook_url(&self) -> String {
-        format!("{}/openai/webhook", self.server.base_url())
+        format!("{}/openai/webhook", self.srv().base_url())
     }
 
     async fn record(&self, id: &str) -> Option<CallRecord> {
-        self.server.state.store.get_call(id).await.unwrap()
+        self.srv().state.store.get_call(id).await.unwrap()
     }
 
     async fn wait_record(&self, id: &str, pred: impl Fn(&CallRecord) -> bool) -> CallRecord {
@@ -167,7 +184,7 @@ impl LiveHarness {
     }
 
     async fn event_kinds(&self, id: &str) -> Vec<String> {
-        self.server
+        self.srv()
             .state
             .store
             .events(id)
@@ -179,11 +196,11 @@ impl LiveHarness {
     }
 
     async fn events(&self, id: &str) -> Vec<voxmachina::calls::record::CallEvent> {
-        self.server.state.store.events(id).await.unwrap()
+        self.srv().state.store.events(id).await.unwrap()
     }
 
     async fn lines(&self, id: &str, speaker: Speaker) -> Vec<String> {
-        self.server
+        self.srv()
             .state
             .store
             .transcript(id)
@@ -210,7 +227,7 @@ impl LiveHarness {
     async fn place_outbound(&self, body: Value) -> (u16, Value) {
         let resp = self
             .http
-            .post(format!("{}/v1/calls", self.server.base_url()))
+            .post(format!("{}/v1/calls", self.srv().base_url()))
             .bearer_auth(ADMIN_TOKEN)
             .json(&body)
             .send()
@@ -604,7 +621,7 @@ arguments = { reason = "caller is done" }
         .http
         .request(
             Method::POST,
-            format!("{}/v1/calls/{id}/hangup", h.server.base_url()),
+            format!("{}/v1/calls/{id}/hangup", h.srv().base_url()),
         )
         .bearer_auth(ADMIN_TOKEN)
         .json(&json!({ "note": "test" }))
@@ -694,6 +711,50 @@ hangup = true
     let agent = h.lines(&id, Speaker::Agent).await;
     assert_eq!(
         agent.iter().filter(|l| *l == "Sure, noted.").count(),
+        1,
+        "{agent:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reattaches_a_live_call_without_duplicate_lines() {
+    let mut h = LiveHarness::start(false).await;
+    let s = script(
+        r#"
+[call]
+to = "<sip:+18005550111@sip.api.openai.com>"
+[agent]
+replies = ["Noted.", "Goodbye."]
+[[turn]]
+caller = "Before the restart."
+[[turn]]
+wait_ms = 300
+[[turn]]
+caller = "After the restart."
+[[turn]]
+hangup = true
+"#,
+    );
+    let (id, _, _) = h.place_live(s, LIVE_TRANSPORT_INCOMING).await;
+    h.live
+        .wait_for(&id, WAIT, |v| !v.caller_lines.is_empty())
+        .await
+        .unwrap();
+    h.restart().await;
+    let record = h.wait_final(&id).await;
+    assert_eq!(
+        record.end_reason.as_deref(),
+        Some("caller_hangup"),
+        "{record:#?}"
+    );
+    assert!(h.live.session(&id).unwrap().attach_connections >= 2);
+    assert_eq!(
+        h.lines(&id, Speaker::Caller).await,
+        ["Before the restart.", "After the restart."]
+    );
+    let agent = h.lines(&id, Speaker::Agent).await;
+    assert_eq!(
+        agent.iter().filter(|l| *l == "Noted.").count(),
         1,
         "{agent:?}"
     );

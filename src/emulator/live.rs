@@ -36,7 +36,8 @@
 //!   an `error` event.
 //! - **Replay** (§7.2): on a reattach, events sent in the preceding 3 s are sent again with
 //!   their original `event_id`. A `drop` turn drops the connection without a close frame; the
-//!   script resumes after the controller reattaches. A `hangup` turn sends `session.closed`
+//!   script resumes after the controller reattaches. Whenever no connection is attached (the
+//!   controller detached for a restart) the script pauses before its next turn. A `hangup` turn sends `session.closed`
 //!   `remote_hangup`.
 
 use std::collections::{HashMap, VecDeque};
@@ -878,6 +879,10 @@ async fn connection(shared: Arc<Shared>, id: String, socket: WebSocket) {
         tokio::spawn(drive(shared.clone(), id.clone(), reqs));
     }
     let _ = n;
+    let mine = {
+        let sessions = shared.sessions();
+        sessions.get(&id).and_then(|s| s.conn.clone())
+    };
     let (mut sink, mut stream) = socket.split();
     let writer = async {
         while let Some(ctl) = rx.recv().await {
@@ -941,6 +946,14 @@ async fn connection(shared: Arc<Shared>, id: String, socket: WebSocket) {
         () = reader => {}
         () = shared.cancel.cancelled() => {}
     }
+    // Detached: the script pauses until the next attach (events sent meanwhile go nowhere).
+    shared.with(&id, |s| {
+        if let (Some(cur), Some(mine)) = (&s.conn, &mine) {
+            if cur.same_channel(mine) {
+                s.conn = None;
+            }
+        }
+    });
 }
 
 /// The line the controller asked for: the first `"..."` in `content`.
@@ -1120,9 +1133,16 @@ async fn drive(shared: Arc<Shared>, id: String, reqs: mpsc::UnboundedReceiver<Re
         () = tokio::time::sleep(Duration::from_millis(greeting_wait)) => {}
         r = d.reqs.recv() => if let Some(r) = r { d.on_req(r, &script) },
     }
-    let mut attached = 1;
     for turn in &script.turns {
         if !d.idle(script.agent.turn_gap_ms, &script, &done).await {
+            return;
+        }
+        let (connected, count) = shared
+            .sessions()
+            .get(&id)
+            .map(|s| (s.conn.is_some(), s.view.attach_connections))
+            .unwrap_or((false, 0));
+        if !connected && !d.wait_attached(count + 1, &done).await {
             return;
         }
         match turn {
@@ -1170,13 +1190,15 @@ async fn drive(shared: Arc<Shared>, id: String, reqs: mpsc::UnboundedReceiver<Re
                 }
             }
             Turn::Drop => {
-                shared.with(&id, |s| {
-                    if let Some(tx) = s.conn.take() {
-                        let _ = tx.send(Ctl::Drop);
-                    }
-                });
-                attached += 1;
-                if !d.wait_attached(attached, &done).await {
+                let count = shared
+                    .with(&id, |s| {
+                        if let Some(tx) = s.conn.take() {
+                            let _ = tx.send(Ctl::Drop);
+                        }
+                        s.view.attach_connections
+                    })
+                    .unwrap_or(0);
+                if !d.wait_attached(count + 1, &done).await {
                     return;
                 }
             }
