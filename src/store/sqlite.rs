@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
 //! # Layout
-//! Schema version 1 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
+//! Schema version 2 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
 //! and refuses newer ones):
 //!
 //! ```sql
@@ -10,6 +10,7 @@
 //!       accepted_at INTEGER NULL, ended_at INTEGER NULL, end_reason TEXT NULL,
 //!       escalation TEXT NULL  -- JSON EscalationSummary
 //!       usage TEXT            -- JSON Usage
+//!       media TEXT NULL       -- JSON MediaInfo (Twilio Media Streams calls; added in version 2)
 //! )
 //! transcript_lines(id INTEGER PRIMARY KEY AUTOINCREMENT, call_id, speaker, text, at, item_id NULL)
 //!       + UNIQUE (call_id, speaker, item_id) WHERE item_id IS NOT NULL
@@ -47,11 +48,12 @@ use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
 use super::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
 use crate::calls::record::{
-    Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine, Usage,
+    Api, CallEvent, CallRecord, CallState, EscalationSummary, MediaInfo, Speaker, TranscriptLine,
+    Usage,
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Most records [`Store::list_calls`] returns, whatever the query's `limit`.
 pub const LIST_LIMIT_CAP: usize = 1000;
@@ -123,10 +125,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhooks_by_expiry ON webhooks (expires_at);
     ",
+    // 1 -> 2: the Twilio Media Streams details of bridged calls (JSON MediaInfo, nullable).
+    "ALTER TABLE calls ADD COLUMN media TEXT;",
 ];
 
 const CALL_COLUMNS: &str = "call_id, api, state, profile, caller, dialed, sip_call_id, \
-     webhook_id, created_at, accepted_at, ended_at, end_reason, escalation, usage";
+     webhook_id, created_at, accepted_at, ended_at, end_reason, escalation, usage, media";
 
 /// SQLite implementation of [`super::Store`]: one database file in WAL mode.
 ///
@@ -359,6 +363,7 @@ fn api_name(api: Api) -> &'static str {
     match api {
         Api::Realtime => "realtime",
         Api::Live => "live",
+        Api::TwilioMedia => "twilio_media",
     }
 }
 
@@ -366,6 +371,7 @@ fn parse_api(s: &str) -> Result<Api, StoreError> {
     match s {
         "realtime" => Ok(Api::Realtime),
         "live" => Ok(Api::Live),
+        "twilio_media" => Ok(Api::TwilioMedia),
         other => Err(StoreError::Corrupt(format!("unknown api {other:?}"))),
     }
 }
@@ -447,6 +453,7 @@ struct CallRow {
     end_reason: Option<String>,
     escalation: Option<String>,
     usage: String,
+    media: Option<String>,
 }
 
 impl CallRow {
@@ -466,6 +473,7 @@ impl CallRow {
             end_reason: r.end_reason.clone(),
             escalation: r.escalation.as_ref().map(to_json).transpose()?,
             usage: to_json(&r.usage)?,
+            media: r.media.as_ref().map(to_json).transpose()?,
         })
     }
 }
@@ -476,6 +484,7 @@ fn decode_call(row: &Row<'_>) -> Result<CallRecord, StoreError> {
     let state: String = row.get(2).map_err(backend)?;
     let escalation: Option<String> = row.get(12).map_err(backend)?;
     let usage: String = row.get(13).map_err(backend)?;
+    let media: Option<String> = row.get(14).map_err(backend)?;
     let created_at: i64 = row.get(8).map_err(backend)?;
     let accepted_at: Option<i64> = row.get(9).map_err(backend)?;
     let ended_at: Option<i64> = row.get(10).map_err(backend)?;
@@ -495,6 +504,9 @@ fn decode_call(row: &Row<'_>) -> Result<CallRecord, StoreError> {
             .map(|s| from_json::<EscalationSummary>(&s, "escalation"))
             .transpose()?,
         usage: from_json::<Usage>(&usage, "usage")?,
+        media: media
+            .map(|s| from_json::<MediaInfo>(&s, "media"))
+            .transpose()?,
         call_id,
     })
 }
@@ -578,7 +590,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let sql = format!(
                 "INSERT INTO calls ({CALL_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (call_id) DO NOTHING"
             );
             let inserted = conn
@@ -599,6 +611,7 @@ impl Store for SqliteStore {
                         row.end_reason,
                         row.escalation,
                         row.usage,
+                        row.media,
                     ])
                 })
                 .map_err(backend)?;
@@ -656,7 +669,7 @@ impl Store for SqliteStore {
                     "UPDATE calls SET api = ?2, state = ?3, profile = ?4, caller = ?5,
                         dialed = ?6, sip_call_id = ?7, webhook_id = ?8, created_at = ?9,
                         accepted_at = ?10, ended_at = ?11, end_reason = ?12, escalation = ?13,
-                        usage = ?14
+                        usage = ?14, media = ?15
                      WHERE call_id = ?1",
                 )
                 .and_then(|mut s| {
@@ -675,6 +688,7 @@ impl Store for SqliteStore {
                         row.end_reason,
                         row.escalation,
                         row.usage,
+                        row.media,
                     ])
                 })
                 .map_err(backend)?;

@@ -21,7 +21,8 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use voxmachina::calls::record::{
-    Api, CallEvent, CallRecord, CallState, EscalationSummary, Speaker, TranscriptLine, Usage,
+    Api, BridgeStats, CallEvent, CallRecord, CallState, EscalationSummary, MediaInfo, Speaker,
+    TranscriptLine, Usage,
 };
 use voxmachina::store::{CallQuery, CreateOutcome, PurgeStats, Store, StoreError};
 
@@ -450,6 +451,19 @@ pub async fn update_call_round_trips_every_field(store: Arc<dyn Store>) {
             output_tokens: 9_007_199_254_740_993, // above 2^53: must not go through an f64
             total_tokens: u64::MAX,
         },
+        media: Some(MediaInfo {
+            direction: "outbound".to_string(),
+            audio: "pcm16".to_string(),
+            stream_sid: Some("MZ00000000000000000000000000000001".to_string()),
+            twilio_status: Some("in-progress".to_string()),
+            stats: Some(BridgeStats {
+                frames_in: 150,
+                bytes_out: u64::MAX,
+                inbound_p99_us: 412,
+                ..BridgeStats::default()
+            }),
+            extracted: [("confirmation_number".to_string(), "R7K2P9 \"☎\"".to_string())].into(),
+        }),
     };
     store.update_call(&full).await.unwrap();
     assert_eq!(store.get_call(&id).await.unwrap(), Some(full.clone()));
