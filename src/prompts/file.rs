@@ -24,6 +24,8 @@ pub(crate) struct RawProfile {
     pub session: Option<RawSession>,
     pub escalation: Option<Spanned<RawEscalation>>,
     pub reject: Option<RawReject>,
+    #[serde(default)]
+    pub extract: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +60,7 @@ pub(crate) struct RawSession {
     pub language: Option<Spanned<String>>,
     pub noise_reduction: Option<NoiseReduction>,
     pub turn_detection: Option<Spanned<RawTurnDetection>>,
+    pub audio: Option<super::profile::MediaAudio>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

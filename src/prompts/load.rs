@@ -397,6 +397,7 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
         Some(r) => reject(&mut cx, r),
         None => RejectRules::default(),
     };
+    let extract = extract_rules(&mut cx, raw.extract);
 
     let profile = cx.errors.is_empty().then(|| Profile {
         name: name.clone(),
@@ -412,6 +413,7 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
         session,
         escalation,
         reject,
+        extract,
     });
     Ok(Loaded {
         file: path.to_path_buf(),
@@ -520,6 +522,7 @@ fn session(cx: &mut Ctx<'_>, s: RawSession) -> SessionSettings {
         language: cx.text(s.language, "session.language"),
         noise_reduction: s.noise_reduction,
         turn_detection,
+        audio: s.audio.unwrap_or_default(),
     }
 }
 
@@ -736,4 +739,32 @@ fn hours(cx: &mut Ctx<'_>, h: RawHours, span: Range<usize>) -> Option<OpenHours>
         windows,
         status,
     })
+}
+
+/// `[extract]`: `name = "regex"`; names as profile names (1-64 of `A-Z a-z 0-9 - _ .`), regexes
+/// in `regex` crate syntax.
+fn extract_rules(
+    cx: &mut Ctx<'_>,
+    raw: std::collections::BTreeMap<String, Spanned<String>>,
+) -> Vec<(String, regex::Regex)> {
+    let mut rules = Vec::with_capacity(raw.len());
+    for (name, pattern) in raw {
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid_name {
+            cx.err(
+                &pattern,
+                format!("extract: name {name:?} must be 1-64 of A-Z a-z 0-9 - _ ."),
+            );
+            continue;
+        }
+        match regex::Regex::new(pattern.get_ref()) {
+            Ok(re) => rules.push((name, re)),
+            Err(e) => cx.err(&pattern, format!("extract.{name}: bad regex: {e}")),
+        }
+    }
+    rules
 }

@@ -39,6 +39,8 @@
 //! transcription_model = "gpt-4o-mini-transcribe"  # default; transcription is ALWAYS on
 //! language = "en"              # optional transcription language hint
 //! noise_reduction = "far_field"  # optional: near_field | far_field
+//! audio = "pcmu"               # Twilio Media Streams path only: pcmu (default; μ-law passed
+//!                              # through) | pcm16 (PCM16 24 kHz, transcoded by the bridge)
 //! [session.turn_detection]     # default: semantic_vad, eagerness auto
 //! type = "semantic_vad"        # semantic_vad | server_vad | none (manual turns, sent as null)
 //! eagerness = "auto"           # semantic_vad only: low | medium | high | auto
@@ -70,6 +72,11 @@
 //! [reject.capacity]            # checked last
 //! max_concurrent_calls = 20    # >= 1; reject when this many calls are already live
 //! status = 486                 # default 486
+//!
+//! [extract]                    # Twilio Media Streams path: values taken from the transcript
+//! confirmation_number = 'confirmation number is ([A-Z0-9]+)'
+//!                              # name = regex; first capture group (or the whole match) of
+//!                              # the last matching line, stored in the record's media.extracted
 //! ```
 //!
 //! Reject statuses must be SIP final failure responses, 400..=699.
@@ -102,7 +109,8 @@ pub use load::ProfileSet;
 pub use profile::{
     Admission, Blocklist, CapacityLimit, DEFAULT_APOLOGY, DEFAULT_HANDOFF_LINE,
     DEFAULT_MAX_CALL_DURATION_SECS, DEFAULT_MODEL, DEFAULT_TRANSCRIPTION_MODEL, DEFAULT_VOICE,
-    Eagerness, EscalationSettings, HeaderRule, HeaderTest, MatchRules, NoiseReduction, Profile,
+    Eagerness, EscalationSettings, HeaderRule, HeaderTest, MatchRules, MediaAudio, NoiseReduction,
+    Profile,
     RejectReason, RejectRules, SessionSettings, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN,
     TurnDetection, builtin_tools,
 };
