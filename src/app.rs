@@ -171,9 +171,11 @@ pub async fn start_with_store(
         Duration::from_millis(config.openai.request_timeout_ms),
     )
     .map_err(|e| StartError::Http(e.to_string()))?;
-    let twilio =
-        crate::bridge::TwilioContext::from_config(&config.twilio, secrets.twilio_auth_token.as_ref())
-            .map_err(|e| StartError::Http(format!("twilio: {e}")))?;
+    let twilio = crate::bridge::TwilioContext::from_config(
+        &config.twilio,
+        secrets.twilio_auth_token.as_ref(),
+    )
+    .map_err(|e| StartError::Http(format!("twilio: {e}")))?;
     let monitors = Arc::new(MonitorContext {
         store: store.clone(),
         call_control: call_control.clone(),

@@ -52,7 +52,11 @@ impl Inbound {
     /// # Errors
     /// [`MediaError::Base64`] or [`MediaError::Oversize`] (over
     /// [`MAX_INBOUND_ULAW_BYTES`] = 1 s); `out` is then empty and the filter state unchanged.
-    pub fn append_event(&mut self, payload_b64: &str, out: &mut String) -> Result<usize, MediaError> {
+    pub fn append_event(
+        &mut self,
+        payload_b64: &str,
+        out: &mut String,
+    ) -> Result<usize, MediaError> {
         out.clear();
         let (audio, samples) = match self {
             Self::Pcmu { scratch } => {

@@ -57,7 +57,10 @@ mod tests {
         let t = vec![
             line(Speaker::Agent, "Your confirmation number is ABC123."),
             line(Speaker::Caller, "Sorry? Write to me at ada@example.com"),
-            line(Speaker::Agent, "Correction: the confirmation number is R7K2P9."),
+            line(
+                Speaker::Agent,
+                "Correction: the confirmation number is R7K2P9.",
+            ),
         ];
         let got = extract(&rules, &t);
         assert_eq!(got["confirmation_number"], "R7K2P9");

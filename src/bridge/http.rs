@@ -120,10 +120,7 @@ fn signature_ok(
     url: &str,
     params: &[(String, String)],
 ) -> bool {
-    let Some(sig) = headers
-        .get(signature::HEADER)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(sig) = headers.get(signature::HEADER).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     signature::validate(&tw.auth_token, url, params, sig)
@@ -142,8 +139,8 @@ pub fn connect_twiml(
     from: &str,
     to: &str,
 ) -> Result<String, TwimlError> {
-    let mut stream = Stream::new(stream_url(base))?
-        .status_callback(format!("{base}{STATUS_PATH}"), None);
+    let mut stream =
+        Stream::new(stream_url(base))?.status_callback(format!("{base}{STATUS_PATH}"), None);
     for (name, value) in [
         (params::PROFILE, profile),
         (params::DIRECTION, direction),
@@ -447,7 +444,10 @@ pub struct OutboundBody {
 }
 
 /// `POST /v1/calls/outbound` (nested under the admin router, so token-guarded).
-pub async fn outbound(State(app): State<Arc<AppState>>, Json(body): Json<OutboundBody>) -> Response {
+pub async fn outbound(
+    State(app): State<Arc<AppState>>,
+    Json(body): Json<OutboundBody>,
+) -> Response {
     let req = OutboundRequest {
         to: body.to,
         profile: body.profile,
@@ -514,7 +514,9 @@ mod tests {
 
     #[test]
     fn reject_documents() {
-        assert!(reject_twiml(RejectReason::BlockedCaller).ends_with("<Response><Hangup/></Response>"));
+        assert!(
+            reject_twiml(RejectReason::BlockedCaller).ends_with("<Response><Hangup/></Response>")
+        );
         assert!(reject_twiml(RejectReason::ClosedHours).contains("<Say>Sorry, we are closed"));
         assert!(reject_twiml(RejectReason::OverCapacity).contains("<Hangup/></Response>"));
     }

@@ -91,7 +91,11 @@ fn is_response_cancel(text: &str) -> bool {
     text.contains("response.cancel")
         && serde_json::from_str::<serde_json::Value>(text)
             .ok()
-            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(|t| t == "response.cancel"))
+            .and_then(|v| {
+                v.get("type")
+                    .and_then(|t| t.as_str())
+                    .map(|t| t == "response.cancel")
+            })
             .unwrap_or(false)
 }
 

@@ -72,7 +72,10 @@ impl OutboundError {
 ///
 /// # Errors
 /// [`OutboundError`]; nothing is stored then.
-pub async fn place_call(app: &AppState, req: &OutboundRequest) -> Result<CallRecord, OutboundError> {
+pub async fn place_call(
+    app: &AppState,
+    req: &OutboundRequest,
+) -> Result<CallRecord, OutboundError> {
     let tw = app.twilio.as_ref().ok_or(OutboundError::NotConfigured)?;
     if tw.public_url.is_empty() {
         return Err(OutboundError::Missing("public_url"));
@@ -80,7 +83,8 @@ pub async fn place_call(app: &AppState, req: &OutboundRequest) -> Result<CallRec
     if tw.from_number.is_empty() {
         return Err(OutboundError::Missing("from_number"));
     }
-    let to = E164::parse(req.to.trim()).map_err(|_| OutboundError::InvalidNumber(req.to.clone()))?;
+    let to =
+        E164::parse(req.to.trim()).map_err(|_| OutboundError::InvalidNumber(req.to.clone()))?;
     let profile = {
         let profiles = app.profiles.load();
         match &req.profile {

@@ -265,7 +265,10 @@ mod tests {
             100,
             "capped at the unechoed mark"
         );
-        assert!(matches!(p.on_mark_echo(&m1, t0 + ms(105)), Echo::Played { at_ms: 100, .. }));
+        assert!(matches!(
+            p.on_mark_echo(&m1, t0 + ms(105)),
+            Echo::Played { at_ms: 100, .. }
+        ));
         assert_eq!(p.played(t0 + ms(155)).unwrap().1, 150);
         assert_eq!(
             p.on_response_audio_done("r1"),
@@ -296,7 +299,10 @@ mod tests {
         assert_eq!(cut.truncates, vec![("i1".into(), 260), ("i2".into(), 0)]);
         assert_eq!(cut.stopped, vec!["r1".to_string(), "r2".to_string()]);
         assert!(!p.is_playing());
-        assert!(p.interrupt(t0 + ms(300)).is_none(), "nothing queued any more");
+        assert!(
+            p.interrupt(t0 + ms(300)).is_none(),
+            "nothing queued any more"
+        );
         assert_eq!(p.on_mark_echo("m2", t0 + ms(301)), Echo::Stale);
         assert_eq!(p.on_response_audio_done("r1"), ResponseEnd::NotPlaying);
     }

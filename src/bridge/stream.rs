@@ -425,7 +425,9 @@ struct StartInfo {
 async fn wait_for_start(stream: &mut SplitStream<WebSocket>) -> Option<StartInfo> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
-        let msg = tokio::time::timeout_at(deadline, stream.next()).await.ok()??;
+        let msg = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .ok()??;
         match msg.ok()? {
             ws::Message::Text(t) => match TwilioMessage::parse(t.as_str()) {
                 Ok(TwilioMessage::Start(s)) => {
@@ -532,8 +534,7 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Option<Prepared> {
         Ok(m) => m,
         Err(e) => {
             warn!(error = %e, "cannot open the Realtime session; ending the call");
-            metrics::counter!(metric_names::STREAMS, "outcome" => "model_unavailable")
-                .increment(1);
+            metrics::counter!(metric_names::STREAMS, "outcome" => "model_unavailable").increment(1);
             record.state = CallState::Ended;
             record.ended_at = Some(Utc::now());
             record.end_reason = Some("model_unavailable".into());
@@ -621,9 +622,8 @@ async fn bridge(
         write_loop(model_sink, Queue::Bounded(model_rx), stats.clone())
             .instrument(tracing::Span::current()),
     );
-    let model_reader = tokio::spawn(
-        read_model(bridge.clone(), model_stream).instrument(tracing::Span::current()),
-    );
+    let model_reader =
+        tokio::spawn(read_model(bridge.clone(), model_stream).instrument(tracing::Span::current()));
     let on_cancel = {
         let b = bridge.clone();
         Arc::new(move || b.interrupt("response_cancel")) as Arc<dyn Fn() + Send + Sync>

@@ -171,7 +171,11 @@ pub fn agent_signal(t: f64) -> f64 {
 /// `duration_ms` of [`agent_signal`] with 10 ms linear fades, in `format` (`audio/pcmu`: μ-law
 /// 8 kHz bytes; otherwise PCM16LE 24 kHz bytes).
 pub fn agent_audio(format: &str, duration_ms: u64) -> Vec<u8> {
-    let rate: u64 = if format == "audio/pcmu" { 8_000 } else { 24_000 };
+    let rate: u64 = if format == "audio/pcmu" {
+        8_000
+    } else {
+        24_000
+    };
     let n = rate * duration_ms / 1000;
     let fade = rate / 100;
     let samples = (0..n).map(|i| {
@@ -982,7 +986,13 @@ impl Conn {
             } else {
                 "audio/pcmu".to_string()
             };
-            (text, modalities, call.conversation_id.clone(), voice, out_format)
+            (
+                text,
+                modalities,
+                call.conversation_id.clone(),
+                voice,
+                out_format,
+            )
         };
         let audio = modalities
             .as_array()
@@ -1351,7 +1361,10 @@ impl Conn {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let content_index = value.get("content_index").and_then(Value::as_u64).unwrap_or(0);
+        let content_index = value
+            .get("content_index")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let audio_end_ms = value.get("audio_end_ms").and_then(Value::as_u64);
         let accepted = {
             let mut calls = self.shared.calls();

@@ -110,8 +110,7 @@ pub use profile::{
     Admission, Blocklist, CapacityLimit, DEFAULT_APOLOGY, DEFAULT_HANDOFF_LINE,
     DEFAULT_MAX_CALL_DURATION_SECS, DEFAULT_MODEL, DEFAULT_TRANSCRIPTION_MODEL, DEFAULT_VOICE,
     Eagerness, EscalationSettings, HeaderRule, HeaderTest, MatchRules, MediaAudio, NoiseReduction,
-    Profile,
-    RejectReason, RejectRules, SessionSettings, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN,
+    Profile, RejectReason, RejectRules, SessionSettings, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN,
     TurnDetection, builtin_tools,
 };
 

@@ -462,7 +462,11 @@ pub async fn update_call_round_trips_every_field(store: Arc<dyn Store>) {
                 inbound_p99_us: 412,
                 ..BridgeStats::default()
             }),
-            extracted: [("confirmation_number".to_string(), "R7K2P9 \"☎\"".to_string())].into(),
+            extracted: [(
+                "confirmation_number".to_string(),
+                "R7K2P9 \"☎\"".to_string(),
+            )]
+            .into(),
         }),
     };
     store.update_call(&full).await.unwrap();
