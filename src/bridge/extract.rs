@@ -1,9 +1,10 @@
 //! The profile's `[extract]` rules applied to a finished call's transcript.
 //!
 //! Each rule is `name = "regex"`. Every transcript line (caller and agent) is searched; the value
-//! is the rule's first capture group, or the whole match when the regex has no group, taken
-//! from the **last** matching line (a read-back confirmation comes after the first mention).
-//! Rules that match nothing are absent from the result.
+//! is the rule's first capture group, or the whole match when the regex has no group, of the
+//! **last** match in the transcript (the last matching line, and the last match within it: a
+//! correction or read-back comes after the first mention). Rules that match nothing are absent
+//! from the result.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +18,7 @@ pub fn extract(
     let mut out = BTreeMap::new();
     for (name, re) in rules {
         let found = transcript.iter().rev().find_map(|line| {
-            let caps = re.captures(&line.text)?;
+            let caps = re.captures_iter(&line.text).last()?;
             caps.get(1)
                 .or_else(|| caps.get(0))
                 .map(|m| m.as_str().to_string())

@@ -76,7 +76,8 @@
 //! [extract]                    # Twilio Media Streams path: values taken from the transcript
 //! confirmation_number = 'confirmation number is ([A-Z0-9]+)'
 //!                              # name = regex; first capture group (or the whole match) of
-//!                              # the last matching line, stored in the record's media.extracted
+//!                              # the last match in the transcript, stored in the record's
+//!                              # media.extracted
 //! ```
 //!
 //! Reject statuses must be SIP final failure responses, 400..=699.

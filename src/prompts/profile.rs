@@ -63,7 +63,7 @@ pub struct Profile {
     pub reject: RejectRules,
     /// `[extract]`: `name = "regex"` rules applied to the transcript when a Twilio Media Streams
     /// call ends (`crate::bridge`); the value is the first capture group (or the whole match)
-    /// of the last matching line. Sorted by name.
+    /// of the last match in the transcript. Sorted by name.
     pub extract: Vec<(String, regex::Regex)>,
 }
 
