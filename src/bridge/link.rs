@@ -7,43 +7,49 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::stream::Outgoing;
 use crate::calls::link::{CallActions, Link, LinkEvent, ReconnectError};
 use crate::sip::TransferTarget;
 use crate::twilio::rest::{CallUpdate, TwilioRest};
 use crate::twilio::twiml::{Dial, Number, Response, SipTarget};
 
-/// A [`Link`] over channels fed by the bridge.
+/// Where a [`MediaLink`] writes: the model socket of the call's bridge.
+#[async_trait]
+pub trait ModelWriter: Send + Sync {
+    /// Writes one client event (JSON text) to the model socket.
+    ///
+    /// # Errors
+    /// When the socket is gone.
+    async fn send(&self, text: String) -> Result<(), String>;
+    /// Cuts off the agent audio still buffered at Twilio, as a barge-in does (`clear` +
+    /// `conversation.item.truncate`); nothing when none is buffered.
+    async fn cut_playback(&self);
+}
+
+/// A [`Link`] fed by the bridge.
 ///
 /// - `recv`: model events except audio deltas, plus the bridge's synthesised events (DTMF,
 ///   `output_audio_buffer.started`/`stopped`), then `Closed { clean: true }` when the Twilio
 ///   stream ended (caller hang-up or a REST redirect such as a transfer) or the model closed
 ///   with a close frame, `Closed { clean: false }` when the model socket dropped.
-/// - `send`: queued to the model socket's writer; a `response.cancel` also cuts off the agent
-///   audio buffered at Twilio (as a barge-in does), so a hand-off line plays at once.
+/// - `send`: written to the model socket by the calling (monitor) task; a `response.cancel`
+///   first cuts off the agent audio buffered at Twilio (as a barge-in does), so a hand-off line
+///   plays at once.
 /// - `reconnect`: not possible (a new Realtime session would not have the conversation), so it
 ///   fails and the monitor ends the call (`sideband_lost`); the bridge then closes the Twilio
 ///   stream, which ends the call.
 /// - `close`: nothing; the bridge closes both sockets when the monitor returns.
 pub struct MediaLink {
     events: mpsc::UnboundedReceiver<LinkEvent>,
-    to_model: mpsc::Sender<Outgoing>,
-    on_cancel: Arc<dyn Fn() + Send + Sync>,
+    model: Arc<dyn ModelWriter>,
     closed: bool,
 }
 
 impl MediaLink {
-    /// A link reading `events`, writing to `to_model`, calling `on_cancel` before forwarding a
-    /// `response.cancel`.
-    pub fn new(
-        events: mpsc::UnboundedReceiver<LinkEvent>,
-        to_model: mpsc::Sender<Outgoing>,
-        on_cancel: Arc<dyn Fn() + Send + Sync>,
-    ) -> Self {
+    /// A link reading `events` and writing through `model`.
+    pub fn new(events: mpsc::UnboundedReceiver<LinkEvent>, model: Arc<dyn ModelWriter>) -> Self {
         Self {
             events,
-            to_model,
-            on_cancel,
+            model,
             closed: false,
         }
     }
@@ -70,12 +76,9 @@ impl Link for MediaLink {
 
     async fn send(&mut self, text: String) -> Result<(), String> {
         if is_response_cancel(&text) {
-            (self.on_cancel)();
+            self.model.cut_playback().await;
         }
-        self.to_model
-            .send(Outgoing::text(text))
-            .await
-            .map_err(|_| "the model connection is closed".to_string())
+        self.model.send(text).await
     }
 
     async fn reconnect(&mut self) -> Result<(), ReconnectError> {

@@ -4,18 +4,20 @@
 //! Tasks per call:
 //!
 //! - **Twilio reader** (the stream's own task): `media` → [`Inbound`] → `input_audio_buffer.append`
-//!   queued to the model writer; `mark` → [`Playback`]; `dtmf` → the monitor; `stop` or a closed
-//!   socket ends the bridge. It also awaits the monitor, whichever ends first.
+//!   written straight to the model socket; `mark` → [`Playback`]; `dtmf` → the monitor; `stop` or
+//!   a closed socket ends the bridge. It also awaits the monitor, whichever ends first.
 //! - **Model reader**: `response.output_audio.delta` → [`Outbound`] → 160-byte Twilio frames and
-//!   a mark queued to the Twilio writer; `input_audio_buffer.speech_started` → barge-in; every
-//!   other event → the monitor's [`MediaLink`].
-//! - **Twilio writer** and **model writer**: own the socket sinks, write queued frames in batches
-//!   (one flush per batch) and record the bridge time of stamped messages ([`FrameStats`]).
-//! - **Monitor**: [`crate::calls::monitor::spawn_with`] over [`MediaLink`] and
-//!   [`TwilioActions`].
+//!   a mark written straight to the Twilio socket; `input_audio_buffer.speech_started` →
+//!   barge-in; every other event → the monitor's [`MediaLink`].
+//! - **Monitor**: [`crate::calls::monitor::spawn_with`] over [`MediaLink`] (its client events
+//!   are written to the model socket by the monitor task) and [`TwilioActions`].
 //!
-//! Frames to Twilio are queued while holding the outbound lock, so a `clear` can never overtake
-//! (or be overtaken by) frames computed before it.
+//! Each socket's write half sits behind an async mutex, so the task that produced a message
+//! writes it at once (no hand-off to a writer task, whose scheduling delay under load would add
+//! to every frame). Frames and `clear` are computed and written while holding the Twilio
+//! writer's lock, so a `clear` can never overtake, or be overtaken by, frames computed before it.
+//! The bridge time of a message ([`FrameStats`]) runs from its read to the flush of its last
+//! resulting message.
 //!
 //! Start-up: wait up to [`START_TIMEOUT`] for `start` (after `connected`); take the profile from
 //! the `profile` parameter (else select it from `from`/`to` as the SIP path does); the call
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{self, WebSocket};
 use chrono::Utc;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -52,7 +54,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::audio::{Inbound, MediaFrameWriter, Outbound, frames_ms};
 use super::events::{self, ModelPeek, TwilioPeek, kinds};
-use super::link::{MediaLink, TwilioActions};
+use super::link::{MediaLink, ModelWriter, TwilioActions};
 use super::metric_names;
 use super::params;
 use super::playback::{Echo, Playback, ResponseEnd};
@@ -73,51 +75,12 @@ use crate::twilio::media::{ServerMessage, TwilioMessage};
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the monitor to finish after the Twilio stream ended.
 pub const MONITOR_GRACE: Duration = Duration::from_secs(30);
-/// Capacity of the queue to the model writer (appends wait when it is full: backpressure on the
-/// Twilio socket rather than unbounded memory).
-pub const MODEL_QUEUE: usize = 512;
 
 /// The model socket.
 pub type ModelStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A message for one of the writer tasks.
-#[derive(Debug)]
-pub struct Outgoing {
-    kind: OutKind,
-    stamp: Option<(Instant, Direction)>,
-}
-
-#[derive(Debug)]
-enum OutKind {
-    Text(String),
-    Close,
-}
-
-impl Outgoing {
-    /// A text frame.
-    pub fn text(text: String) -> Self {
-        Self {
-            kind: OutKind::Text(text),
-            stamp: None,
-        }
-    }
-
-    /// A text frame whose bridge time (from `received`) is recorded once it is written.
-    pub fn stamped(text: String, received: Instant, dir: Direction) -> Self {
-        Self {
-            kind: OutKind::Text(text),
-            stamp: Some((received, dir)),
-        }
-    }
-
-    /// A close frame (1000); the writer stops after it.
-    pub fn close() -> Self {
-        Self {
-            kind: OutKind::Close,
-            stamp: None,
-        }
-    }
-}
+type TwilioSink = SplitSink<WebSocket, ws::Message>;
+type ModelSink = SplitSink<ModelStream, tung::Message>;
 
 /// Opens the Realtime WebSocket `{base_url}?model={model}` with `Authorization: Bearer` (the
 /// same base URL as the sideband, openai.md §6: without `call_id`, with `model`).
@@ -168,12 +131,18 @@ struct Bridge {
     stream_sid: String,
     stats: Arc<FrameStats>,
     frames: MediaFrameWriter,
-    to_twilio: mpsc::UnboundedSender<Outgoing>,
-    to_model: mpsc::Sender<Outgoing>,
+    twilio: tokio::sync::Mutex<TwilioSink>,
+    model: tokio::sync::Mutex<ModelSink>,
     link: mpsc::UnboundedSender<LinkEvent>,
     link_closed: AtomicBool,
     out: Mutex<OutState>,
     app: Arc<AppState>,
+}
+
+/// Frames (and marks) computed under the outbound lock, to be written to Twilio.
+struct Batch {
+    texts: Vec<String>,
+    frames: usize,
 }
 
 impl Bridge {
@@ -192,41 +161,34 @@ impl Bridge {
         }
     }
 
-    fn twilio(&self, out: Outgoing) {
-        let _ = self.to_twilio.send(out);
-    }
-
-    fn send_mark(&self, name: &str) {
-        self.twilio(Outgoing::text(
-            ServerMessage::mark(self.stream_sid.clone(), name).to_json(),
-        ));
+    fn mark(&self, batch: &mut Batch, name: &str) {
+        batch
+            .texts
+            .push(ServerMessage::mark(self.stream_sid.clone(), name).to_json());
         FrameStats::bump(&self.stats.marks_sent);
     }
 
-    /// Queues every complete frame of `st.audio`; returns how many. The last one carries
-    /// `stamp`.
-    fn drain_frames(&self, st: &mut OutState, stamp: Option<Instant>) -> usize {
+    /// Appends every complete frame of `st.audio` to `batch`; how many.
+    fn drain_frames(&self, st: &mut OutState, batch: &mut Batch) -> usize {
         let mut n = 0;
-        let mut pending: Option<String> = None;
         while let Some(f) = st.audio.next_frame() {
-            if let Some(prev) = pending.replace(self.frames.frame(f)) {
-                self.twilio(Outgoing::text(prev));
-            }
+            batch.texts.push(self.frames.frame(f));
             n += 1;
         }
-        if let Some(last) = pending {
-            self.twilio(match stamp {
-                Some(at) => Outgoing::stamped(last, at, Direction::Outbound),
-                None => Outgoing::text(last),
-            });
-        }
-        self.stats.frames_out(n);
+        batch.frames += n;
         n
     }
 
-    /// After `n` frames of `(response_id, item_id)` were queued: the mark, and
-    /// `output_audio_buffer.started` for the response's first audio.
-    fn frames_sent(&self, st: &mut OutState, response_id: &str, item_id: &str, n: usize) {
+    /// After `n` frames of `(response_id, item_id)`: the mark, and `output_audio_buffer.started`
+    /// for the response's first audio.
+    fn frames_sent(
+        &self,
+        st: &mut OutState,
+        batch: &mut Batch,
+        response_id: &str,
+        item_id: &str,
+        n: usize,
+    ) {
         if n == 0 {
             return;
         }
@@ -236,98 +198,135 @@ impl Bridge {
         if first {
             self.to_monitor(events::audio_started(response_id));
         }
-        self.send_mark(&mark);
+        self.mark(batch, &mark);
     }
 
-    /// Flushes the partial frame of the current item and closes its response's playback with a
-    /// final mark.
-    fn finish_current(&self, st: &mut OutState) {
+    /// Flushes the partial frame of the current item and its frames' mark.
+    fn finish_current(&self, st: &mut OutState, batch: &mut Batch) {
         let Some((response_id, item_id)) = st.current.take() else {
             return;
         };
         if let Err(MediaError::OddPcmLength { .. }) = st.audio.finish() {
             self.stats.odd_pcm();
         }
-        let n = self.drain_frames(st, None);
-        self.frames_sent(st, &response_id, &item_id, n);
+        let n = self.drain_frames(st, batch);
+        self.frames_sent(st, batch, &response_id, &item_id, n);
     }
 
-    fn finish_response(&self, response_id: &str) {
-        let mut st = self.lock();
-        if st
-            .current
-            .as_ref()
-            .is_some_and(|(r, _)| r.as_str() == response_id)
+    /// Writes a batch to Twilio (the caller holds the writer lock) and counts it.
+    async fn write(&self, sink: &mut TwilioSink, batch: Batch, received: Option<Instant>) {
+        if batch.texts.is_empty() {
+            return;
+        }
+        if write_all(sink, batch.texts).await {
+            self.stats.frames_out(batch.frames);
+            if let Some(at) = received.filter(|_| batch.frames > 0) {
+                self.stats.latency(Direction::Outbound, at.elapsed());
+            }
+        }
+    }
+
+    async fn finish_response(&self, response_id: &str) {
+        let mut sink = self.twilio.lock().await;
+        let mut batch = Batch {
+            texts: Vec::new(),
+            frames: 0,
+        };
         {
-            self.finish_current(&mut st);
+            let mut st = self.lock();
+            if st
+                .current
+                .as_ref()
+                .is_some_and(|(r, _)| r.as_str() == response_id)
+            {
+                self.finish_current(&mut st, &mut batch);
+            }
+            match st.playback.on_response_audio_done(response_id) {
+                ResponseEnd::Mark(name) => self.mark(&mut batch, &name),
+                ResponseEnd::AlreadyPlayed => {
+                    self.to_monitor(events::audio_stopped(response_id));
+                }
+                ResponseEnd::NotPlaying => {}
+            }
         }
-        match st.playback.on_response_audio_done(response_id) {
-            ResponseEnd::Mark(name) => self.send_mark(&name),
-            ResponseEnd::AlreadyPlayed => self.to_monitor(events::audio_stopped(response_id)),
-            ResponseEnd::NotPlaying => {}
-        }
+        self.write(&mut sink, batch, None).await;
     }
 
-    fn on_delta(&self, peek: &ModelPeek<'_>, received: Instant) {
+    async fn on_delta(&self, peek: &ModelPeek<'_>, received: Instant) {
         FrameStats::bump(&self.stats.deltas);
         let (Some(delta), Some(item_id)) = (peek.delta.as_deref(), peek.item_id.as_deref()) else {
             self.stats.malformed();
             return;
         };
         let response_id = peek.response_id.as_deref().unwrap_or_default();
-        let mut st = self.lock();
-        if st.suppressed.contains(item_id) {
-            self.stats.dropped_delta();
-            return;
-        }
-        if st
-            .current
-            .as_ref()
-            .is_some_and(|(_, i)| i.as_str() != item_id)
+        let mut sink = self.twilio.lock().await;
+        let mut batch = Batch {
+            texts: Vec::with_capacity(8),
+            frames: 0,
+        };
         {
-            // A new item while the previous one was not finished: do not mix their samples.
-            self.finish_current(&mut st);
+            let mut st = self.lock();
+            if st.suppressed.contains(item_id) {
+                self.stats.dropped_delta();
+                return;
+            }
+            if st
+                .current
+                .as_ref()
+                .is_some_and(|(_, i)| i.as_str() != item_id)
+            {
+                // A new item while the previous one was not finished: do not mix their samples.
+                self.finish_current(&mut st, &mut batch);
+            }
+            if st.audio.push(delta).is_err() {
+                self.stats.bad_audio();
+            } else {
+                if st.current.is_none() {
+                    st.current = Some((response_id.to_string(), item_id.to_string()));
+                }
+                let n = self.drain_frames(&mut st, &mut batch);
+                self.frames_sent(&mut st, &mut batch, response_id, item_id, n);
+            }
         }
-        if st.audio.push(delta).is_err() {
-            self.stats.bad_audio();
-            return;
-        }
-        if st.current.is_none() {
-            st.current = Some((response_id.to_string(), item_id.to_string()));
-        }
-        let n = self.drain_frames(&mut st, Some(received));
-        self.frames_sent(&mut st, response_id, item_id, n);
+        self.write(&mut sink, batch, Some(received)).await;
+    }
+
+    /// Writes one client event to the model socket.
+    async fn send_model(&self, text: String) -> Result<(), String> {
+        self.model
+            .lock()
+            .await
+            .send(tung::Message::text(text))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Barge-in: clear Twilio's buffer, truncate what was not heard, drop the rest of the cut
     /// items. Nothing happens when no agent audio is queued at Twilio.
-    fn interrupt(&self, cause: &'static str) {
-        let mut st = self.lock();
-        let Some(cut) = st.playback.interrupt(Instant::now()) else {
-            return;
-        };
-        st.audio.reset();
-        if let Some((_, item)) = st.current.take() {
-            st.suppressed.insert(item);
-        }
-        for (item, _) in &cut.truncates {
-            st.suppressed.insert(item.clone());
-        }
-        self.twilio(Outgoing::text(
-            ServerMessage::clear(self.stream_sid.clone()).to_json(),
-        ));
-        for r in &cut.stopped {
-            self.to_monitor(events::audio_stopped(r));
-        }
-        drop(st);
-        for (item, ms) in &cut.truncates {
-            let msg = Outgoing::text(events::truncate(item, *ms));
-            if let Err(mpsc::error::TrySendError::Full(msg)) = self.to_model.try_send(msg) {
-                let tx = self.to_model.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(msg).await;
-                });
+    async fn interrupt(&self, cause: &'static str) {
+        let mut sink = self.twilio.lock().await;
+        let cut = {
+            let mut st = self.lock();
+            let Some(cut) = st.playback.interrupt(Instant::now()) else {
+                return;
+            };
+            st.audio.reset();
+            if let Some((_, item)) = st.current.take() {
+                st.suppressed.insert(item);
             }
+            for (item, _) in &cut.truncates {
+                st.suppressed.insert(item.clone());
+            }
+            for r in &cut.stopped {
+                self.to_monitor(events::audio_stopped(r));
+            }
+            cut
+        };
+        let clear = ServerMessage::clear(self.stream_sid.clone()).to_json();
+        let _ = sink.send(ws::Message::Text(clear.into())).await;
+        drop(sink);
+        for (item, ms) in &cut.truncates {
+            let _ = self.send_model(events::truncate(item, *ms)).await;
         }
         self.stats.barge_in(cut.truncates.len());
         let detail = json!({
@@ -341,7 +340,7 @@ impl Bridge {
     }
 
     /// One Realtime server event.
-    fn on_model_text(&self, text: &str, received: Instant) {
+    async fn on_model_text(&self, text: &str, received: Instant) {
         let peek = match ModelPeek::parse(text) {
             Ok(p) => p,
             Err(_) => {
@@ -351,20 +350,20 @@ impl Bridge {
         };
         match peek.kind.as_ref() {
             kinds::AUDIO_DELTA => {
-                self.on_delta(&peek, received);
+                self.on_delta(&peek, received).await;
                 return;
             }
             kinds::AUDIO_DONE => {
                 if let Some(r) = peek.response_id.as_deref() {
-                    self.finish_response(r);
+                    self.finish_response(r).await;
                 }
             }
             kinds::RESPONSE_DONE => {
                 if let Some(r) = peek.response.as_ref().map(|r| r.id.as_str()) {
-                    self.finish_response(r);
+                    self.finish_response(r).await;
                 }
             }
-            kinds::SPEECH_STARTED => self.interrupt("speech_started"),
+            kinds::SPEECH_STARTED => self.interrupt("speech_started").await,
             _ => {}
         }
         self.to_monitor(text.to_string());
@@ -381,6 +380,17 @@ impl Bridge {
                 self.to_monitor(events::audio_stopped(&r));
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl ModelWriter for Bridge {
+    async fn send(&self, text: String) -> Result<(), String> {
+        self.send_model(text).await
+    }
+
+    async fn cut_playback(&self) {
+        self.interrupt("response_cancel").await;
     }
 }
 
@@ -593,16 +603,15 @@ async fn bridge(
     info!(audio = mode.as_str(), profile = %profile.name, "media stream bridged");
 
     let stats = Arc::new(FrameStats::new());
-    let (to_twilio, twilio_rx) = mpsc::unbounded_channel();
-    let (to_model, model_rx) = mpsc::channel(MODEL_QUEUE);
     let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let (model_sink, model_stream) = model.split();
     let bridge = Arc::new(Bridge {
         call_id: record.call_id.clone(),
         stream_sid: start.stream_sid.clone(),
         stats: stats.clone(),
         frames: MediaFrameWriter::new(&start.stream_sid),
-        to_twilio,
-        to_model: to_model.clone(),
+        twilio: tokio::sync::Mutex::new(tw_sink),
+        model: tokio::sync::Mutex::new(model_sink),
         link: link_tx,
         link_closed: AtomicBool::new(false),
         out: Mutex::new(OutState {
@@ -613,22 +622,9 @@ async fn bridge(
         }),
         app: app.clone(),
     });
-    let (model_sink, model_stream) = model.split();
-    let twilio_writer = tokio::spawn(
-        write_loop(tw_sink, Queue::Unbounded(twilio_rx), stats.clone())
-            .instrument(tracing::Span::current()),
-    );
-    let model_writer = tokio::spawn(
-        write_loop(model_sink, Queue::Bounded(model_rx), stats.clone())
-            .instrument(tracing::Span::current()),
-    );
     let model_reader =
         tokio::spawn(read_model(bridge.clone(), model_stream).instrument(tracing::Span::current()));
-    let on_cancel = {
-        let b = bridge.clone();
-        Arc::new(move || b.interrupt("response_cancel")) as Arc<dyn Fn() + Send + Sync>
-    };
-    let link = MediaLink::new(link_rx, to_model.clone(), on_cancel);
+    let link = MediaLink::new(link_rx, bridge.clone());
     let actions = Arc::new(TwilioActions {
         rest: app
             .twilio
@@ -649,9 +645,9 @@ async fn bridge(
     let Some(mut monitor) = started else {
         warn!("the call is already monitored here; refusing this stream");
         metrics::counter!(metric_names::STREAMS, "outcome" => "duplicate").increment(1);
-        let _ = to_model.send(Outgoing::close()).await;
-        bridge.twilio(Outgoing::close());
         model_reader.abort();
+        close_model(&mut *bridge.model.lock().await).await;
+        close_twilio(&mut *bridge.twilio.lock().await).await;
         return;
     };
     metrics::counter!(metric_names::STREAMS, "outcome" => "bridged").increment(1);
@@ -698,12 +694,13 @@ async fn bridge(
         TwilioEnd::Monitor(rec) => ("monitor", rec.map(|r| *r)),
     };
     // Close both sockets: a close of the Twilio socket ends the call (nothing follows <Connect>).
-    let _ = tokio::time::timeout(Duration::from_secs(1), to_model.send(Outgoing::close())).await;
-    bridge.twilio(Outgoing::close());
-    drop(to_model);
-    let _ = tokio::time::timeout(Duration::from_secs(2), twilio_writer).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), model_writer).await;
     model_reader.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        close_model(&mut *bridge.model.lock().await).await;
+        close_twilio(&mut *bridge.twilio.lock().await).await;
+    })
+    .await;
+    drop(tw_stream);
 
     let mut rec = match final_record {
         Some(r) => r,
@@ -811,9 +808,10 @@ async fn on_twilio_text(
                 Ok(0) => {}
                 Ok(n) => {
                     bridge.stats.frame_in(n);
-                    let msg = Outgoing::stamped(std::mem::take(buf), received, Direction::Inbound);
-                    if bridge.to_model.send(msg).await.is_ok() {
+                    let text = std::mem::take(buf);
+                    if bridge.send_model(text).await.is_ok() {
                         FrameStats::bump(&bridge.stats.appends);
+                        bridge.stats.latency(Direction::Inbound, received.elapsed());
                     }
                 }
                 Err(_) => bridge.stats.bad_audio(),
@@ -840,7 +838,9 @@ async fn on_twilio_text(
 async fn read_model(bridge: Arc<Bridge>, mut stream: SplitStream<ModelStream>) {
     let clean = loop {
         match stream.next().await {
-            Some(Ok(tung::Message::Text(t))) => bridge.on_model_text(t.as_str(), Instant::now()),
+            Some(Ok(tung::Message::Text(t))) => {
+                bridge.on_model_text(t.as_str(), Instant::now()).await
+            }
             Some(Ok(tung::Message::Close(frame))) => {
                 debug!(?frame, "model closed the session");
                 break true;
@@ -857,102 +857,42 @@ async fn read_model(bridge: Arc<Bridge>, mut stream: SplitStream<ModelStream>) {
     bridge.close_link(clean);
 }
 
-/// The writer's queue: bounded (model: backpressure) or unbounded (Twilio: ordered under a lock).
-enum Queue {
-    Bounded(mpsc::Receiver<Outgoing>),
-    Unbounded(mpsc::UnboundedReceiver<Outgoing>),
+fn close_message() -> ws::Message {
+    ws::Message::Close(Some(ws::CloseFrame {
+        code: 1000,
+        reason: ws::Utf8Bytes::from_static(""),
+    }))
 }
 
-impl Queue {
-    async fn recv(&mut self) -> Option<Outgoing> {
-        match self {
-            Self::Bounded(rx) => rx.recv().await,
-            Self::Unbounded(rx) => rx.recv().await,
-        }
-    }
-
-    fn try_recv(&mut self) -> Option<Outgoing> {
-        match self {
-            Self::Bounded(rx) => rx.try_recv().ok(),
-            Self::Unbounded(rx) => rx.try_recv().ok(),
-        }
-    }
-}
-
-/// The two WebSocket message types the writers produce.
-trait WsMessage: Sized {
-    fn text(text: String) -> Self;
-    fn close() -> Self;
-}
-
-impl WsMessage for ws::Message {
-    fn text(text: String) -> Self {
-        ws::Message::Text(text.into())
-    }
-    fn close() -> Self {
-        ws::Message::Close(Some(ws::CloseFrame {
-            code: 1000,
-            reason: ws::Utf8Bytes::from_static(""),
-        }))
-    }
-}
-
-impl WsMessage for tung::Message {
-    fn text(text: String) -> Self {
-        tung::Message::text(text)
-    }
-    fn close() -> Self {
-        tung::Message::Close(Some(tung::protocol::CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        }))
-    }
-}
-
-/// Writes queued messages, feeding everything queued and flushing once per batch, then records
-/// the bridge time of the batch's stamped messages.
-async fn write_loop<S, M>(mut sink: S, mut queue: Queue, stats: Arc<FrameStats>)
-where
-    S: Sink<M> + Unpin,
-    M: WsMessage,
-{
-    let mut stamps: Vec<(Instant, Direction)> = Vec::new();
-    while let Some(first) = queue.recv().await {
-        let mut next = Some(first);
-        while let Some(out) = next.take().or_else(|| queue.try_recv()) {
-            match out.kind {
-                OutKind::Text(t) => {
-                    if sink.feed(M::text(t)).await.is_err() {
-                        return;
-                    }
-                    if let Some(s) = out.stamp {
-                        stamps.push(s);
-                    }
-                }
-                OutKind::Close => {
-                    let _ = sink.send(M::close()).await;
-                    let _ = sink.close().await;
-                    return;
-                }
-            }
-            if stamps.len() >= 256 {
-                break;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-        let now = Instant::now();
-        for (at, dir) in stamps.drain(..) {
-            stats.latency(dir, now.saturating_duration_since(at));
-        }
-    }
+async fn close_twilio(sink: &mut TwilioSink) {
+    let _ = sink.send(close_message()).await;
     let _ = sink.close().await;
 }
 
-async fn close_twilio(sink: &mut SplitSink<WebSocket, ws::Message>) {
-    let _ = sink.send(<ws::Message as WsMessage>::close()).await;
+async fn close_model(sink: &mut ModelSink) {
+    let frame = tung::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = sink.send(tung::Message::Close(Some(frame))).await;
     let _ = sink.close().await;
+}
+
+/// Writes `texts` to the Twilio socket with one flush; false when the socket is gone.
+async fn write_all(sink: &mut TwilioSink, texts: Vec<String>) -> bool {
+    let n = texts.len();
+    for (i, t) in texts.into_iter().enumerate() {
+        let msg = ws::Message::Text(t.into());
+        let res = if i + 1 == n {
+            sink.send(msg).await
+        } else {
+            sink.feed(msg).await
+        };
+        if res.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 async fn save(app: &AppState, record: &CallRecord) {

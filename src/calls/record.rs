@@ -208,7 +208,8 @@ pub struct BridgeStats {
     pub marks_sent: u64,
     /// `mark` messages Twilio echoed back.
     pub marks_echoed: u64,
-    /// Barge-ins: Twilio `clear` sent because the caller spoke over buffered agent audio.
+    /// Barge-ins: Twilio `clear` sent because the caller spoke over buffered agent audio (or the
+    /// monitor cancelled a response while its audio was still buffered).
     pub barge_ins: u64,
     /// `conversation.item.truncate` events sent.
     pub truncates: u64,
