@@ -9,8 +9,8 @@
 //!    sessions) and `CALLS` simulated Twilio phones on 127.0.0.1, each speaking the fixture
 //!    every 7 s and hearing the agent's replies, for `SECS` seconds per mode. Reports the bridge
 //!    time measured inside the bridge (a message read → the resulting message(s) flushed to the
-//!    other socket), from the call records: the median of the per-call p50s and the median and
-//!    worst of the per-call p99s.
+//!    other socket) over all calls (p50, p99, p99.9, max, from the process-wide histograms of
+//!    `bridge::stats`), and the worst per-call p99 from the call records.
 //!
 //! Run: `cargo bench --bench bridge` (env `CALLS`, default 20; `SECS`, default 10; set
 //! `E2E=0` to skip part 2). Results are in `docs/performance.md` ("Media bridge").
@@ -26,6 +26,7 @@ use voxmachina::app;
 use voxmachina::bridge::audio::{Inbound, MediaFrameWriter, Outbound};
 use voxmachina::bridge::events::{ModelPeek, TwilioPeek};
 use voxmachina::bridge::playback::Playback;
+use voxmachina::bridge::stats::{Direction, process_histogram};
 use voxmachina::calls::record::BridgeStats;
 use voxmachina::config::{Config, Secret, Secrets};
 use voxmachina::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
@@ -178,6 +179,8 @@ async fn e2e(mode: &str, calls: usize, secs: u64, speech: Arc<Vec<u8>>) {
         hubspot_token: None,
     };
     let server = app::start(config, secrets).await.unwrap();
+    process_histogram(Direction::Inbound).reset();
+    process_histogram(Direction::Outbound).reset();
     let http = reqwest::Client::new();
     let mut phones = Vec::new();
     let mut sids = Vec::new();
@@ -252,11 +255,7 @@ async fn e2e(mode: &str, calls: usize, secs: u64, speech: Arc<Vec<u8>>) {
         }
     }
     let sum = |f: fn(&BridgeStats) -> u64| stats.iter().map(f).sum::<u64>();
-    let dist = |f: fn(&BridgeStats) -> u64| {
-        let mut v: Vec<u64> = stats.iter().map(f).collect();
-        v.sort_unstable();
-        (v[v.len() / 2], v[v.len() - 1])
-    };
+    let worst = |f: fn(&BridgeStats) -> u64| stats.iter().map(f).max().unwrap_or(0);
     println!(
         "e2e {mode}: {calls} calls × {secs} s — frames in {}, appends {}, deltas {}, frames out {}, barge-ins {}, malformed {}",
         sum(|s| s.frames_in),
@@ -266,21 +265,26 @@ async fn e2e(mode: &str, calls: usize, secs: u64, speech: Arc<Vec<u8>>) {
         sum(|s| s.barge_ins),
         sum(|s| s.malformed),
     );
-    for (name, p50, p99) in [
+    for (name, dir, per_call) in [
         (
-            "inbound  (media → append) ",
-            dist(|s| s.inbound_p50_us),
-            dist(|s| s.inbound_p99_us),
+            "inbound  (media → append)",
+            Direction::Inbound,
+            worst(|s| s.inbound_p99_us),
         ),
         (
-            "outbound (delta → frames) ",
-            dist(|s| s.outbound_p50_us),
-            dist(|s| s.outbound_p99_us),
+            "outbound (delta → frames)",
+            Direction::Outbound,
+            worst(|s| s.outbound_p99_us),
         ),
     ] {
+        let h = process_histogram(dir);
         println!(
-            "  {name}: median per-call p50 {} µs; per-call p99 median {} µs, worst {} µs",
-            p50.0, p99.0, p99.1
+            "  {name}: n {}  p50 {} µs  p99 {} µs  p99.9 {} µs  max {} µs  (worst per-call p99 {per_call} µs)",
+            h.count(),
+            h.quantile_us(0.5),
+            h.quantile_us(0.99),
+            h.quantile_us(0.999),
+            h.quantile_us(1.0),
         );
     }
     server.shutdown(Duration::from_secs(2)).await;

@@ -5,9 +5,10 @@
 //! written and flushed to the other socket: for inbound audio the `input_audio_buffer.append`,
 //! for outbound audio the last Twilio `media` frame made from the delta. Times are kept in a
 //! histogram with 1 µs buckets up to 2 ms, then 100 µs buckets up to 100 ms, so p50/p99 are
-//! exact to 1 µs where it matters.
+//! exact to 1 µs where it matters. Besides each call's histograms, every time also goes into
+//! process-wide ones ([`process_histogram`]), which the benchmark reads.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,16 +22,17 @@ const COARSE_WIDTH_US: u64 = 100;
 const COARSE_BUCKETS: usize = 980; // 2 ms..100 ms, 100 µs wide
 const BUCKETS: usize = FINE_BUCKETS + COARSE_BUCKETS + 1; // + overflow
 
-/// A latency histogram in microseconds (see the module docs for the bucket layout).
+/// A latency histogram in microseconds (see the module docs for the bucket layout); lock-free
+/// (one relaxed atomic add per record).
 #[derive(Debug)]
 pub struct LatencyHistogram {
-    buckets: Mutex<Vec<u64>>,
+    buckets: Box<[AtomicU64]>,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         Self {
-            buckets: Mutex::new(vec![0; BUCKETS]),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -45,25 +47,36 @@ impl LatencyHistogram {
             let coarse = (us - FINE_BUCKETS as u64) / COARSE_WIDTH_US;
             FINE_BUCKETS + (coarse as usize).min(COARSE_BUCKETS)
         };
-        self.buckets.lock().expect("histogram lock")[i] += 1;
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Number of recorded durations.
     pub fn count(&self) -> u64 {
-        self.buckets.lock().expect("histogram lock").iter().sum()
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Forgets every recorded duration.
+    pub fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The `q` quantile (0.0..=1.0) in microseconds: the lower edge of the bucket holding the
     /// `ceil(q·n)`-th smallest value (exact below 2 ms); 0 when empty.
     pub fn quantile_us(&self, q: f64) -> u64 {
-        let b = self.buckets.lock().expect("histogram lock");
-        let n: u64 = b.iter().sum();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let n: u64 = counts.iter().sum();
         if n == 0 {
             return 0;
         }
         let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (i, c) in b.iter().enumerate() {
+        for (i, c) in counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
                 return if i < FINE_BUCKETS {
@@ -74,6 +87,17 @@ impl LatencyHistogram {
             }
         }
         unreachable!("rank <= n")
+    }
+}
+
+/// The process-wide histogram of `dir`: every bridge time of every call since start (or since
+/// the last [`LatencyHistogram::reset`]).
+pub fn process_histogram(dir: Direction) -> &'static LatencyHistogram {
+    static GLOBAL: OnceLock<[LatencyHistogram; 2]> = OnceLock::new();
+    let g = GLOBAL.get_or_init(Default::default);
+    match dir {
+        Direction::Inbound => &g[0],
+        Direction::Outbound => &g[1],
     }
 }
 
@@ -247,6 +271,7 @@ impl FrameStats {
                 self.prom.outbound.record(d.as_secs_f64());
             }
         }
+        process_histogram(dir).record(d);
     }
 
     /// The totals for the call record.
