@@ -33,8 +33,6 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Play a whole phone call offline against a local OpenAI SIP emulator.
     Demo(crate::demo::DemoArgs),
-    /// Place an outbound call through a running controller's admin API (`POST /v1/calls`).
-    Call(CallArgs),
     /// Agent tools declared in the prompt profiles.
     Tool(ToolArgs),
     /// Manage the DynamoDB tables named by `[store.dynamodb]`.
@@ -43,6 +41,9 @@ pub enum Command {
     /// Inspect or redeem a handover token in the configured store.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Place an outbound call through a running controller (Twilio Media Streams path, or
+    /// GPT-Live SIP with `--api live`), wait for it to end and print its transcript and record.
+    Call(CallArgs),
 }
 
 /// `voxmachina dynamodb ...`.
@@ -103,21 +104,27 @@ pub enum ToolCommand {
     },
 }
 
-/// Arguments of `voxmachina call`.
+/// Arguments of `voxmachina call`. The controller must run with `[twilio]` configured and
+/// `VOXMACHINA_ADMIN_TOKEN` set; this command needs the same token in its environment.
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// Which API places the call. Only `live` (GPT-Live) can place SIP calls.
-    #[arg(long, value_parser = ["live"])]
-    pub api: String,
-    /// Destination, E.164 (`+14155550123`).
-    #[arg(long)]
+    /// Number to call, E.164 (e.g. +14155550123).
     pub to: String,
-    /// Prompt profile (must be on `api = "live"`).
+    /// Prompt profile for the call (default: the default profile).
     #[arg(long)]
-    pub profile: String,
-    /// Controller base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub controller: String,
+    pub profile: Option<String>,
+    /// Base URL of the running controller (default: http://<[server] listen> of the config).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Stop waiting after this many seconds (the call itself goes on).
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_secs: u64,
+    /// Which path places the call: `twilio` (Twilio REST + Media Streams bridge,
+    /// `POST /v1/calls/outbound`) or `live` (GPT-Live SIP through `[openai.live_trunk]`,
+    /// `POST /v1/calls`; `--profile` must name an `api = "live"` profile). A GPT-Live create is
+    /// sent once and never retried.
+    #[arg(long, default_value = "twilio", value_parser = ["twilio", "live"])]
+    pub api: String,
 }
 
 /// Arguments of `voxmachina trigger`.
@@ -165,7 +172,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(cli.config),
         Command::Trigger(args) => trigger(args).await,
         Command::Demo(args) => crate::demo::run(cli.config, args).await,
-        Command::Call(args) => call(args).await,
         Command::Tool(ToolArgs {
             command:
                 ToolCommand::Test {
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => tool_test(cli.config, &profile, &tool, &arguments, caller, dialed).await,
         Command::Dynamodb(cmd) => dynamodb(cli.config, cmd).await,
         Command::Token(cmd) => token(cli.config, cmd).await,
+        Command::Call(args) => call(cli.config, args).await,
     }
 }
 
@@ -224,6 +231,117 @@ async fn token(config_path: Option<PathBuf>, cmd: TokenCommand) -> anyhow::Resul
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `voxmachina call`: `POST /v1/calls/outbound`, then `GET /v1/calls/{call_id}` every 500 ms
+/// until the record is final. Exit code 0 when the call ended `ended` or `transferred` (it was
+/// answered and bridged), 1 otherwise (`missed`: busy, no answer, failed, canceled).
+async fn call(config_path: Option<PathBuf>, args: CallArgs) -> anyhow::Result<ExitCode> {
+    let base = match args.server {
+        Some(s) => s.trim_end_matches('/').to_string(),
+        None => {
+            let config = Config::load(config_path.as_deref())?;
+            format!("http://{}", config.server.listen)
+        }
+    };
+    let token = std::env::var("VOXMACHINA_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .context("VOXMACHINA_ADMIN_TOKEN must be set (the controller's admin token)")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let (url, body) = if args.api == "live" {
+        let profile = args
+            .profile
+            .as_deref()
+            .context("--profile is required with --api live (a profile with api = \"live\")")?;
+        (
+            format!("{base}/v1/calls"),
+            serde_json::json!({ "api": "live", "to": args.to, "profile": profile }),
+        )
+    } else {
+        (
+            format!("{base}/v1/calls/outbound"),
+            serde_json::json!({ "to": args.to, "profile": args.profile }),
+        )
+    };
+    let resp = http
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url} (not retried)"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status.as_u16() != 201 {
+        let msg = body["error"].as_str().unwrap_or("no error message");
+        anyhow::bail!("the controller refused the call: HTTP {status}: {msg}");
+    }
+    let call_id = body["call"]["call_id"]
+        .as_str()
+        .context("no call_id in the answer")?
+        .to_string();
+    println!(
+        "calling {} ({call_id}, profile {})",
+        args.to,
+        body["call"]["profile"].as_str().unwrap_or("?")
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut last_state = String::new();
+    let full = loop {
+        let resp = http
+            .get(format!("{base}/v1/calls/{call_id}"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        if let Ok(resp) = resp
+            && resp.status().is_success()
+        {
+            let full: serde_json::Value = resp.json().await.unwrap_or_default();
+            let state = full["call"]["state"].as_str().unwrap_or("").to_string();
+            if state != last_state {
+                println!("  state: {state}");
+                last_state = state.clone();
+            }
+            let final_state = crate::calls::record::CallState::parse(&state)
+                .is_some_and(crate::calls::record::CallState::is_final);
+            if final_state {
+                break full;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the call {call_id} did not end within {} s",
+                args.timeout_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("\ntranscript:");
+    for line in full["transcript"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>6}: {}",
+            line["speaker"].as_str().unwrap_or("?"),
+            line["text"].as_str().unwrap_or("")
+        );
+    }
+    let extracted = &full["call"]["after_call"]["extracted"];
+    if extracted.as_object().is_some_and(|m| !m.is_empty()) {
+        println!("\nextracted:");
+        for (k, v) in extracted.as_object().into_iter().flatten() {
+            println!("  {k} = {}", v.as_str().unwrap_or_default());
+        }
+    }
+    println!(
+        "\ncall record:\n{}",
+        serde_json::to_string_pretty(&full["call"])?
+    );
+    Ok(match last_state.as_str() {
+        "ended" | "transferred" => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
 }
 
 async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -334,31 +452,6 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-/// `voxmachina call`: one `POST {controller}/v1/calls` with `VOXMACHINA_ADMIN_TOKEN`. Never
-/// retried (an outbound create is not idempotent). Prints the answer; exit 0 on 201.
-async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
-    let token = std::env::var("VOXMACHINA_ADMIN_TOKEN")
-        .context("VOXMACHINA_ADMIN_TOKEN must be set to use the admin API")?;
-    let url = format!("{}/v1/calls", args.controller.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(token)
-        .json(&serde_json::json!({ "api": args.api, "to": args.to, "profile": args.profile }))
-        .send()
-        .await
-        .with_context(|| {
-            format!("POST {url} (not retried: check the call list before retrying)")
-        })?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    println!("HTTP {}: {body}", status.as_u16());
-    Ok(if status == reqwest::StatusCode::CREATED {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {

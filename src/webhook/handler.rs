@@ -40,18 +40,20 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::app::AppState;
 use crate::calls::monitor::{self, Attach};
+use crate::calls::persist::{append, event, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState};
 use crate::openai::CallControlError;
 use crate::openai::live::LiveAccept;
 use crate::prompts::Admission;
-use crate::sip::CallParties;
-use crate::sip::SipHeader;
+use crate::sip::{CallParties, SipHeader};
 use crate::store::CreateOutcome;
+use crate::store::api_name as api_label;
 use crate::telemetry::{mask_number, names};
 use crate::webhook::event::{
     Envelope, LIVE_CALL_INCOMING, LIVE_TRANSPORT_INCOMING, LiveTransportIncoming,
     REALTIME_CALL_INCOMING, RealtimeCallIncoming,
 };
+use crate::webhook::signature::DeliveryHeaders;
 
 /// An incoming-call event of either API, reduced to what the decision needs.
 struct Incoming {
@@ -95,14 +97,6 @@ impl Incoming {
         })
     }
 }
-
-fn api_label(api: Api) -> &'static str {
-    match api {
-        Api::Live => "live",
-        _ => "realtime",
-    }
-}
-use crate::webhook::signature::DeliveryHeaders;
 
 fn reply(status: StatusCode, event: &str, outcome: &'static str) -> Response {
     metrics::counter!(names::WEBHOOKS, "event" => event.to_string(), "outcome" => outcome)
@@ -436,22 +430,4 @@ async fn already_decided(
     metrics::counter!(names::CALLS_ENDED, "state" => "ignored", "reason" => "decision_already_made")
         .increment(1);
     reply(StatusCode::OK, ev, "already_decided")
-}
-
-async fn save(app: &AppState, record: &CallRecord) {
-    if let Err(e) = app.store.update_call(record).await {
-        warn!(error = %e, "cannot store call record");
-        metrics::counter!(names::STORE_ERRORS, "op" => "update_call").increment(1);
-    }
-}
-
-async fn event(app: &AppState, call_id: &str, kind: &str, detail: serde_json::Value) {
-    append(app, CallEvent::new(call_id, kind, detail)).await;
-}
-
-async fn append(app: &AppState, event: CallEvent) {
-    if let Err(e) = app.store.append_event(&event).await {
-        warn!(error = %e, "cannot store call event");
-        metrics::counter!(names::STORE_ERRORS, "op" => "append_event").increment(1);
-    }
 }
