@@ -816,6 +816,50 @@ async fn outbound_call_rings_answers_greets_and_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_call_api_live_places_follows_and_prints_the_call() {
+    let h = LiveHarness::start(true).await;
+    h.live.plan_outbound(
+        script("[[turn]]\ncaller = \"Hello, who is this?\"\n[[turn]]\nhangup = true\n"),
+        OutboundPlan::Answer,
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxmachina"))
+        .args([
+            "call",
+            "--api",
+            "live",
+            "+14155550123",
+            "--profile",
+            "live_out",
+        ])
+        .args(["--server", &h.srv().base_url(), "--timeout-secs", "20"])
+        .env("VOXMACHINA_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("caller: Hello, who is this?"), "{stdout}");
+    assert!(stdout.contains("\"api\": \"live\""), "{stdout}");
+    assert_eq!(h.live.create_requests(), 1);
+
+    // Without --profile the Live path refuses before contacting anyone.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxmachina"))
+        .args(["call", "--api", "live", "+14155550123"])
+        .args(["--server", &h.srv().base_url()])
+        .env("VOXMACHINA_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--profile is required"));
+    assert_eq!(h.live.create_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_failures_are_reported_and_never_retried() {
     let h = LiveHarness::start(true).await;
 

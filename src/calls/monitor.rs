@@ -27,6 +27,11 @@
 //!   answered 404 means the call is over (`caller_hangup`), a successful upgrade resumes
 //!   monitoring (no second greeting);
 //! - while a relayed REFER awaits its outcome, the sideband closing means the transfer worked;
+//! - GPT-Live calls (`api = live`, [`crate::openai::live::LiveLink`]): `session.closed` is the
+//!   authoritative end (its reason maps to the end reason, its usage is summed into the record);
+//!   after the monitor hangs up it waits briefly for `session.closed` ([`Link::await_end`]);
+//!   outbound calls ([`Attach::Outbound`]) greet on `transport.answered` and end on
+//!   `transport.failed`;
 //! - on shutdown the monitor detaches without touching the call, which stays live in the store so
 //!   the next start reattaches.
 
