@@ -204,6 +204,7 @@ pub async fn start_with_store(
         shutdown: CancellationToken::new(),
         tools,
         after_call,
+        hubspot: config.hubspot.clone(),
     });
     let listener = TcpListener::bind(config.server.listen)
         .await
