@@ -25,7 +25,7 @@ use voxmachina::store::{HandoverPayload, SqliteStore, Store};
 const CALLER: &str = "+14155550123";
 const CONNECT_DID: &str = "tel:+18885550123";
 const FALLBACK: &str = "sip:queue@pbx.example.com";
-const PLAIN_LINE: &str = "+18005550100";
+const PLAIN_LINE: &str = "+18005550155";
 
 const CONNECT_PROFILE: &str = r#"
 default = true
@@ -49,7 +49,7 @@ target = "sip:queue@pbx.example.com"
 const PLAIN_PROFILE: &str = r#"
 greeting = "Greet the caller."
 [match]
-dialed = ["+18005550100"]
+dialed = ["+18005550155"]
 [escalation]
 target = "tel:+14155550100"
 "#;
@@ -124,7 +124,8 @@ fn transfer_script(to: Option<&str>) -> Script {
     if let Some(to) = to {
         s = s.to(format!("<sip:{to}@sip.api.openai.com>"));
     }
-    s.caller("I was charged twice for my order and want a person.")
+    // No escalation phrase: the tool call is the trigger.
+    s.caller("I was charged twice for my order last week.")
         .wait_ms(100)
         .tool("transfer_to_human", json!({"reason": "billing dispute"}))
 }
@@ -586,7 +587,8 @@ async fn lambda_cases(store: Arc<dyn Store>) {
     endpoint_null["Details"]["ContactData"]["CustomerEndpoint"] = Value::Null;
     endpoint_null["Details"]["Parameters"] = Value::Null;
     assert_eq!(lambda(s, &endpoint_null, t).await["reason"], "no_input");
-    let bare = handover("rtc_lambda_5", None, t);
+    let mut bare = handover("rtc_lambda_5", None, t);
+    bare.hubspot_ticket_id = None;
     let token = s.mint_token(&bare, ttl, t).await.unwrap();
     let out = lambda(s, &flow_event(None, Some(&token)), t).await;
     assert_eq!(out["success"], "true");
