@@ -1127,16 +1127,22 @@ impl Monitor {
                     )
                     .await
                 {
-                    Ok(t) => CrmRecord {
-                        contact_id: Some(t.contact_id),
-                        ticket_id: Some(t.ticket_id),
-                        error: None,
-                    },
-                    Err(e) => CrmRecord {
-                        contact_id: e.contact_id,
-                        ticket_id: None,
-                        error: Some(e.error.to_string()),
-                    },
+                    Ok(t) => {
+                        debug!(contact_id = %t.contact_id, ticket_id = %t.ticket_id, "escalation ticket opened");
+                        CrmRecord {
+                            contact_id: Some(t.contact_id),
+                            ticket_id: Some(t.ticket_id),
+                            error: None,
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "escalation ticket failed");
+                        CrmRecord {
+                            contact_id: e.contact_id,
+                            ticket_id: None,
+                            error: Some(e.error.to_string()),
+                        }
+                    }
                 }
             }
             .instrument(tracing::Span::current()),
@@ -1371,7 +1377,7 @@ impl Monitor {
         if self.crm.is_some() {
             let wait = Duration::from_millis(self.ctx.hubspot.escalation_wait_ms);
             if self.wait_crm(wait).await.is_none() {
-                // The task goes on detached; its result is only logged.
+                // The task goes on detached; its result is only logged (debug).
                 self.crm = None;
                 self.record_crm(CrmRecord {
                     error: Some("late: HubSpot work not finished when the call ended".into()),
