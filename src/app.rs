@@ -220,6 +220,7 @@ pub async fn start_with_store(
             Duration::from_millis(config.openai.request_timeout_ms),
         )
         .map_err(|e| StartError::Http(e.to_string()))?,
+        hubspot: config.hubspot.clone(),
     });
     let listener = TcpListener::bind(config.server.listen)
         .await

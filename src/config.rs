@@ -250,12 +250,25 @@ impl Default for TwilioConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct HubSpotConfig {
-    /// Create/find the caller's contact and a ticket on escalation.
+    /// Use HubSpot (with `HUBSPOT_TOKEN`): the `create_ticket` tool, and the contact and ticket
+    /// on escalation when `on_escalation` is also set.
     pub enabled: bool,
     /// API base URL, `https://api.hubapi.com` by default.
     pub base_url: String,
     /// Request timeout, milliseconds.
     pub request_timeout_ms: u64,
+    /// On every escalation, find or create the caller's contact by phone and open a ticket with
+    /// the conversation summary, associated with it (default true; needs `enabled`). A failure
+    /// is recorded on the call record (`escalation.crm.error`) and never stops the hand-off.
+    pub on_escalation: bool,
+    /// How long a `connect_refer` hand-off waits for the contact and ticket ids before minting
+    /// the handover token without them, milliseconds (default 2000). Plain REFER hand-offs never
+    /// wait: their CRM work runs beside the transfer.
+    pub escalation_wait_ms: u64,
+    /// Pipeline id of escalation tickets; unset = the stock default pipeline `"0"`.
+    pub ticket_pipeline: Option<String>,
+    /// Stage **id** of escalation tickets (required with `ticket_pipeline`); unset = `"1"`.
+    pub ticket_stage: Option<String>,
 }
 
 impl Default for HubSpotConfig {
@@ -264,6 +277,10 @@ impl Default for HubSpotConfig {
             enabled: false,
             base_url: "https://api.hubapi.com".into(),
             request_timeout_ms: 5_000,
+            on_escalation: true,
+            escalation_wait_ms: 2_000,
+            ticket_pipeline: None,
+            ticket_stage: None,
         }
     }
 }
@@ -616,6 +633,12 @@ impl Config {
                     m.model
                 )));
             }
+        }
+        if self.hubspot.ticket_pipeline.is_some() && self.hubspot.ticket_stage.is_none() {
+            return Err(ConfigError::Invalid(
+                "hubspot.ticket_pipeline needs hubspot.ticket_stage (a stage id belongs to one pipeline)"
+                    .into(),
+            ));
         }
         if self.tools.default_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

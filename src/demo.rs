@@ -4,6 +4,13 @@
 //! (or `live.transport.incoming` with `--api live`), prints the live transcript (Realtime) and
 //! the final call record, and succeeds only if the call ended `transferred`.
 //!
+//! `voxmachina demo --connect` plays `scripts/connect_escalation.toml` on the `connect-support`
+//! profile (`action = "connect_refer"`): the call mints an Amazon Connect handover token and is
+//! REFERred to the Connect number; the demo then invokes the contact flow's Lambda handler
+//! ([`crate::escalation::connect::handle_json`]) with a `ContactFlowEvent` carrying the token as
+//! keyed in, prints the contact attributes an agent would see, and shows that a second
+//! redemption fails. It succeeds only if the call ended `transferred` and the handover redeemed.
+//!
 //! `voxmachina demo --media` plays a call on the Twilio Media Streams path instead: an emulated
 //! Twilio ([`crate::emulator::phone`]) posts a signed voice webhook, opens the signed Media
 //! Streams WebSocket from the TwiML, and streams the fixture speech
@@ -39,6 +46,10 @@ pub struct DemoArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
+    /// Amazon Connect hand-over: play `scripts/connect_escalation.toml` (unless `--script` names
+    /// another) and redeem the call's handover token with the Connect Lambda handler.
+    #[arg(long, conflicts_with = "media")]
+    pub connect: bool,
     /// Play the call over the Twilio Media Streams bridge instead of OpenAI SIP.
     #[arg(long)]
     pub media: bool,
@@ -51,6 +62,11 @@ pub struct DemoArgs {
     #[arg(long)]
     pub speech: Option<PathBuf>,
 }
+
+/// The script `--connect` plays unless `--script` names another.
+pub const CONNECT_SCRIPT: &str = "scripts/connect_escalation.toml";
+/// The default `--script`.
+const DEFAULT_SCRIPT: &str = "scripts/question_then_human.toml";
 
 /// Runs the demo. Exit code 0 only when the call ended `transferred`.
 ///
@@ -68,11 +84,18 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     }
 
     let live = args.api == "live";
+    if live && args.connect {
+        anyhow::bail!(
+            "--connect plays the Realtime connect-support profile; it cannot be combined with --api live"
+        );
+    }
     let script_path = args.script.clone().unwrap_or_else(|| {
-        PathBuf::from(if live {
+        PathBuf::from(if args.connect {
+            CONNECT_SCRIPT
+        } else if live {
             "scripts/live_question_then_human.toml"
         } else {
-            "scripts/question_then_human.toml"
+            DEFAULT_SCRIPT
         })
     });
     let script =
@@ -162,14 +185,76 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         println!("  {:>6}: {}", line.speaker.as_str(), line.text);
     }
     println!("\ncall record:\n{}", serde_json::to_string_pretty(&record)?);
+    let handover_ok = if args.connect {
+        connect_epilogue(store.as_ref(), &record).await
+    } else {
+        true
+    };
     server.shutdown(Duration::from_secs(1)).await;
-    if record.state == CallState::Transferred {
+    if args.connect && !handover_ok {
+        println!("\ndemo FAILED: the Connect handover did not redeem");
+        Ok(ExitCode::FAILURE)
+    } else if record.state == CallState::Transferred {
         println!("\ndemo ok: the call ended transferred");
         Ok(ExitCode::SUCCESS)
     } else {
         println!("\ndemo FAILED: the call ended {}", record.state);
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Plays the Connect contact flow's Lambda for `record`'s handover: redeems the token as keyed
+/// in, prints the attributes, then shows the token is single-use. True when the first
+/// redemption succeeded for this call.
+async fn connect_epilogue(
+    store: &dyn crate::store::Store,
+    record: &crate::calls::record::CallRecord,
+) -> bool {
+    use crate::escalation::connect::{LambdaOptions, handle_json};
+    let token = record
+        .escalation
+        .as_ref()
+        .and_then(|e| e.handover.as_ref())
+        .and_then(|h| h.token.clone());
+    let Some(token) = token else {
+        println!("\nno handover token was minted (is the profile's action connect_refer?)");
+        return false;
+    };
+    // The event Connect sends when Store customer input collected the digits (§2.2).
+    let event = serde_json::json!({
+        "Details": {
+            "ContactData": {
+                "Attributes": {},
+                "Channel": "VOICE",
+                "ContactId": "4a573372-1f28-4e26-b97b-000000000001",
+                "CustomerEndpoint": { "Address": record.caller, "Type": "TELEPHONE_NUMBER" },
+                "InitiationMethod": "INBOUND",
+                "SystemEndpoint": { "Address": "+18885550123", "Type": "TELEPHONE_NUMBER" }
+            },
+            "Parameters": { "token": format!("{token}#") }
+        },
+        "Name": "ContactFlowEvent"
+    });
+    let opts = LambdaOptions::default();
+    let now = chrono::Utc::now();
+    println!(
+        "\nAmazon Connect: the contact flow's Lambda redeems the code the caller keys in ({} digits)",
+        token.len()
+    );
+    let first = handle_json(store, &event, now, &opts).await;
+    println!("contact attributes the agent sees:");
+    for (k, v) in &first {
+        println!("  {k:<20} {}", v.replace('\n', " / "));
+    }
+    let second = handle_json(store, &event, now, &opts).await;
+    println!(
+        "second redemption of the same code: success={} reason={}",
+        second.get("success").map_or("", String::as_str),
+        second.get("reason").map_or("", String::as_str)
+    );
+    first.get("success").map(String::as_str) == Some("true")
+        && first.get("conversation_id") == Some(&record.call_id)
+        && second.get("success").map(String::as_str) == Some("false")
 }
 
 fn hex(n: usize) -> String {

@@ -160,10 +160,53 @@ pub struct EscalationSummary {
     pub detail: String,
     /// The last `Refer-To` target tried (`tel:+E164` or `sip:...`).
     pub target: String,
-    /// `pending`, `transferred` or `transfer_failed`.
+    /// `pending`, `transferred`, `transfer_failed` or `abandoned`.
     pub outcome: String,
     /// When the escalation was triggered.
     pub at: DateTime<Utc>,
+    /// The profile's escalation action: `refer` or `connect_refer` (`refer` in records written
+    /// before actions existed).
+    #[serde(default = "default_action")]
+    pub action: String,
+    /// The Amazon Connect handover token of a `connect_refer` hand-off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<HandoverRecord>,
+    /// The HubSpot contact and ticket opened for the escalation (`[hubspot] on_escalation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm: Option<CrmRecord>,
+}
+
+fn default_action() -> String {
+    "refer".into()
+}
+
+/// The handover token minted for a `connect_refer` hand-off
+/// (`crate::escalation::connect`). Shown on the admin API only; never logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRecord {
+    /// The 10-digit one-time token, when minting succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// When the token stops being redeemable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Why no token was minted (a store failure); the caller is transferred all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// HubSpot work done on escalation. Ids are set for whatever succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmRecord {
+    /// The caller's contact id (found by phone or created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_id: Option<String>,
+    /// The escalation ticket's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<String>,
+    /// Why the CRM work failed or was skipped (`no caller number`, a HubSpot error, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One call as stored. `call_id` is OpenAI's opaque id (`rtc_...` for Realtime), or Twilio's

@@ -320,6 +320,20 @@ pub mod client {
         .to_string()
     }
 
+    /// `conversation.item.create` with a system message (`content:[{type:"input_text",text}]`,
+    /// §6.2): context for the model that is not a caller turn. Adds no response by itself.
+    pub fn system_message(text: &str) -> String {
+        json!({
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "system",
+                "content": [ { "type": "input_text", "text": text } ]
+            }
+        })
+        .to_string()
+    }
+
     /// `{"type":"response.cancel"}`.
     pub fn response_cancel() -> String {
         json!({ "type": "response.cancel" }).to_string()

@@ -419,6 +419,9 @@ pub struct EscalationSettings {
     pub fallback_target: Option<TransferTarget>,
     /// Spoken before hanging up when every target failed.
     pub apology: String,
+    /// `action`: plain REFER, or an Amazon Connect hand-over (`connect_refer`, with
+    /// `[escalation.connect]`).
+    pub action: crate::escalation::Action,
 }
 
 impl EscalationSettings {
@@ -432,6 +435,7 @@ impl EscalationSettings {
             dtmf_key: None,
             fallback_target: None,
             apology: DEFAULT_APOLOGY.into(),
+            action: crate::escalation::Action::Refer,
         }
     }
 }
