@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::calls::after_call::AfterCallServices;
 use crate::calls::monitor::{self, Attach, MonitorContext};
+use crate::calls::record::{Api, CallState};
 use crate::calls::registry::CallRegistry;
 use crate::config::{Config, Secret, Secrets};
 use crate::hubspot::HubSpot;
@@ -69,6 +70,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// False once shutdown began: new webhooks get 503 so OpenAI retries them elsewhere/later.
     pub accepting: AtomicBool,
+    /// Twilio Media Streams path (`crate::bridge`): `None` unless `[twilio] account_sid` and
+    /// `TWILIO_AUTH_TOKEN` are both set.
+    pub twilio: Option<crate::bridge::TwilioContext>,
 }
 
 impl AppState {
@@ -193,6 +197,11 @@ pub async fn start_with_store(
         &config,
         secrets.twilio_auth_token.clone(),
     ));
+    let twilio = crate::bridge::TwilioContext::from_config(
+        &config.twilio,
+        secrets.twilio_auth_token.as_ref(),
+    )
+    .map_err(|e| StartError::Http(format!("twilio: {e}")))?;
     let monitors = Arc::new(MonitorContext {
         store: store.clone(),
         call_control: call_control.clone(),
@@ -225,6 +234,7 @@ pub async fn start_with_store(
         admin_token: secrets.admin_token,
         metrics: telemetry::metrics_handle(),
         accepting: AtomicBool::new(true),
+        twilio,
         config,
     });
     let router = crate::http::router(state.clone());
@@ -339,7 +349,9 @@ pub fn hubspot_client(
 }
 
 /// Spawns monitors for calls the store says are live (after a restart or crash). Calls that
-/// ended meanwhile are closed out by their monitor when the sideband answers 404.
+/// ended meanwhile are closed out by their monitor when the sideband answers 404. Twilio media
+/// calls cannot be reattached (their stream socket died with the process): they are closed out
+/// as `ended` / `bridge_lost_on_restart`.
 pub async fn reattach_live_calls(state: &Arc<AppState>) -> usize {
     let live = match state.store.live_calls().await {
         Ok(live) => live,
@@ -350,7 +362,18 @@ pub async fn reattach_live_calls(state: &Arc<AppState>) -> usize {
     };
     let profiles = state.profiles.load();
     let mut n = 0;
-    for record in live {
+    for mut record in live {
+        if record.api == Api::TwilioMedia {
+            // A Twilio media stream dies with the process that bridged it and cannot be
+            // reattached; close the record out.
+            record.state = CallState::Ended;
+            record.ended_at = Some(chrono::Utc::now());
+            record.end_reason = Some("bridge_lost_on_restart".into());
+            if let Err(e) = state.store.update_call(&record).await {
+                warn!(call_id = %record.call_id, error = %e, "cannot close out a media call");
+            }
+            continue;
+        }
         let profile = profiles
             .get(&record.profile)
             .cloned()

@@ -1,5 +1,5 @@
-//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `tool test`, `dynamodb`,
-//! `token`.
+//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `call`, `tool test`,
+//! `dynamodb`, `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,9 @@ pub enum Command {
     /// Inspect or redeem a handover token in the configured store.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Place an outbound call through a running controller (Twilio Media Streams path), wait
+    /// for it to end and print its transcript and record.
+    Call(CallArgs),
 }
 
 /// `voxmachina dynamodb ...`.
@@ -101,6 +104,23 @@ pub enum ToolCommand {
     },
 }
 
+/// Arguments of `voxmachina call`. The controller must run with `[twilio]` configured and
+/// `VOXMACHINA_ADMIN_TOKEN` set; this command needs the same token in its environment.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Number to call, E.164 (e.g. +14155550123).
+    pub to: String,
+    /// Prompt profile for the call (default: the default profile).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Base URL of the running controller (default: http://<[server] listen> of the config).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Stop waiting after this many seconds (the call itself goes on).
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_secs: u64,
+}
+
 /// Arguments of `voxmachina trigger`.
 #[derive(Debug, Args)]
 pub struct TriggerArgs {
@@ -158,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => tool_test(cli.config, &profile, &tool, &arguments, caller, dialed).await,
         Command::Dynamodb(cmd) => dynamodb(cli.config, cmd).await,
         Command::Token(cmd) => token(cli.config, cmd).await,
+        Command::Call(args) => call(cli.config, args).await,
     }
 }
 
@@ -204,6 +225,102 @@ async fn token(config_path: Option<PathBuf>, cmd: TokenCommand) -> anyhow::Resul
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `voxmachina call`: `POST /v1/calls/outbound`, then `GET /v1/calls/{call_id}` every 500 ms
+/// until the record is final. Exit code 0 when the call ended `ended` or `transferred` (it was
+/// answered and bridged), 1 otherwise (`missed`: busy, no answer, failed, canceled).
+async fn call(config_path: Option<PathBuf>, args: CallArgs) -> anyhow::Result<ExitCode> {
+    let base = match args.server {
+        Some(s) => s.trim_end_matches('/').to_string(),
+        None => {
+            let config = Config::load(config_path.as_deref())?;
+            format!("http://{}", config.server.listen)
+        }
+    };
+    let token = std::env::var("VOXMACHINA_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .context("VOXMACHINA_ADMIN_TOKEN must be set (the controller's admin token)")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let resp = http
+        .post(format!("{base}/v1/calls/outbound"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "to": args.to, "profile": args.profile }))
+        .send()
+        .await
+        .with_context(|| format!("POST {base}/v1/calls/outbound"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status.as_u16() != 201 {
+        let msg = body["error"].as_str().unwrap_or("no error message");
+        anyhow::bail!("the controller refused the call: HTTP {status}: {msg}");
+    }
+    let call_id = body["call"]["call_id"]
+        .as_str()
+        .context("no call_id in the answer")?
+        .to_string();
+    println!(
+        "calling {} ({call_id}, profile {})",
+        args.to,
+        body["call"]["profile"].as_str().unwrap_or("?")
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut last_state = String::new();
+    let full = loop {
+        let resp = http
+            .get(format!("{base}/v1/calls/{call_id}"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        if let Ok(resp) = resp
+            && resp.status().is_success()
+        {
+            let full: serde_json::Value = resp.json().await.unwrap_or_default();
+            let state = full["call"]["state"].as_str().unwrap_or("").to_string();
+            if state != last_state {
+                println!("  state: {state}");
+                last_state = state.clone();
+            }
+            let final_state = crate::calls::record::CallState::parse(&state)
+                .is_some_and(crate::calls::record::CallState::is_final);
+            if final_state {
+                break full;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the call {call_id} did not end within {} s",
+                args.timeout_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("\ntranscript:");
+    for line in full["transcript"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>6}: {}",
+            line["speaker"].as_str().unwrap_or("?"),
+            line["text"].as_str().unwrap_or("")
+        );
+    }
+    let extracted = &full["call"]["after_call"]["extracted"];
+    if extracted.as_object().is_some_and(|m| !m.is_empty()) {
+        println!("\nextracted:");
+        for (k, v) in extracted.as_object().into_iter().flatten() {
+            println!("  {k} = {}", v.as_str().unwrap_or_default());
+        }
+    }
+    println!(
+        "\ncall record:\n{}",
+        serde_json::to_string_pretty(&full["call"])?
+    );
+    Ok(match last_state.as_str() {
+        "ended" | "transferred" => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
 }
 
 async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {

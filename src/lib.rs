@@ -4,11 +4,14 @@
 //! `realtime.call.incoming` webhook; we verify it ([`webhook`]), pick a prompt profile from disk
 //! ([`prompts`]), accept or reject the call through OpenAI's call-control REST API ([`openai`]),
 //! attach a per-call monitor to the call's sideband WebSocket ([`calls`]), store transcripts
-//! ([`store`]) and hand the caller to a human when asked ([`escalation`]).
+//! ([`store`]) and hand the caller to a human when asked ([`escalation`]). Calls can also arrive
+//! (or be placed) through Twilio Programmable Voice: [`bridge`] connects Twilio Media Streams to
+//! an OpenAI Realtime WebSocket session through the [`media`] transcoding core.
 //!
 //! Each concern lives in its own module; `main.rs` only parses the command line.
 
 pub mod app;
+pub mod bridge;
 pub mod calls;
 pub mod cli;
 pub mod config;

@@ -236,8 +236,10 @@ pub fn transcript_summary(record: &CallRecord, transcript: &[TranscriptLine]) ->
     }
 }
 
-/// Applies `rules` to `transcript`: per rule, the last line (of the rule's speaker) that
-/// matches gives the value (capture group 1, else the whole match).
+/// Applies `rules` to `transcript`: per rule, the **last** match in the transcript gives the
+/// value (capture group 1, else the whole match): the last line (of the rule's speaker) that
+/// matches, and the last match within that line, since a correction or read-back comes after
+/// the first mention ("... is K4T7Q2. No wait: ... is R7K2P9" gives `R7K2P9`).
 pub fn extract(rules: &[ExtractRule], transcript: &[TranscriptLine]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for rule in rules {
@@ -250,7 +252,7 @@ pub fn extract(rules: &[ExtractRule], transcript: &[TranscriptLine]) -> BTreeMap
                 ExtractFrom::Agent => l.speaker == Speaker::Agent,
             })
             .filter_map(|l| {
-                rule.regex.captures(&l.text).map(|c| {
+                rule.regex.captures_iter(&l.text).last().map(|c| {
                     c.get(1)
                         .or_else(|| c.get(0))
                         .map(|m| m.as_str().trim().to_string())
@@ -515,8 +517,14 @@ mod tests {
             line(Speaker::Agent, "So the confirmation number is ZZZ999?"),
             line(Speaker::Caller, "Sorry, the confirmation code is R7K2P9."),
         ];
-        let got = extract(&[rule], &t);
+        let got = extract(std::slice::from_ref(&rule), &t);
         assert_eq!(got["confirmation_number"], "R7K2P9");
+        // Within one line the last match wins too (a correction follows the first mention).
+        let t = [line(
+            Speaker::Caller,
+            "The confirmation number is K4T7Q2. No wait: the confirmation number is R7K2P9.",
+        )];
+        assert_eq!(extract(&[rule], &t)["confirmation_number"], "R7K2P9");
     }
 
     #[test]

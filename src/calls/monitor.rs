@@ -1215,6 +1215,8 @@ impl Monitor {
                 }
                 Step::Refer(target) => {
                     let uri = target.as_uri();
+                    // Through the call's actions: OpenAI /refer on SIP, a Twilio REST redirect on
+                    // the media bridge.
                     let result = self.actions.refer(&target).await;
                     let h = self.handoff.as_mut().expect("refer only during a hand-off");
                     step = match result {

@@ -12,6 +12,9 @@ pub enum Api {
     Realtime,
     /// GPT-Live: `live.transport.incoming`, `/v1/live/sessions/{session_id}/...`.
     Live,
+    /// Twilio Media Streams bridged to a Realtime WebSocket session (`crate::bridge`); the
+    /// call id is Twilio's `CallSid` and [`CallRecord::media`] holds the stream details.
+    TwilioMedia,
 }
 
 /// Where a call is in its life. Stored as the snake_case name.
@@ -161,10 +164,11 @@ pub struct CrmRecord {
     pub error: Option<String>,
 }
 
-/// One call as stored. `call_id` is OpenAI's opaque id (`rtc_...` for Realtime).
+/// One call as stored. `call_id` is OpenAI's opaque id (`rtc_...` for Realtime), or Twilio's
+/// `CallSid` (`CA...`) for [`Api::TwilioMedia`] calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallRecord {
-    /// OpenAI's call id, the primary key.
+    /// OpenAI's call id (or the Twilio `CallSid` on the media path), the primary key.
     pub call_id: String,
     /// Which API answers the call.
     pub api: Api,
@@ -197,6 +201,10 @@ pub struct CallRecord {
     /// (stored as one JSON column; absent in records written before it existed).
     #[serde(default)]
     pub after_call: AfterCall,
+    /// The Twilio Media Streams side of the call (only for [`Api::TwilioMedia`]); stored as one
+    /// JSON column, absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaInfo>,
 }
 
 /// What the controller adds to a call around and after it: token details for the cost estimate,
@@ -288,6 +296,78 @@ pub struct SmsFollowUp {
     pub at: DateTime<Utc>,
 }
 
+/// The Twilio Media Streams side of a bridged call (`crate::bridge`). The call's `call_id` is
+/// Twilio's `CallSid` (`CA…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    /// `inbound` (Twilio called our voice webhook) or `outbound` (we placed the call through
+    /// the Twilio REST API).
+    pub direction: String,
+    /// The profile's audio mode for the Realtime session: `pcmu` (G.711 μ-law 8 kHz passed
+    /// through) or `pcm16` (PCM16 24 kHz, transcoded by `crate::media`).
+    pub audio: String,
+    /// Twilio's `StreamSid` (`MZ…`) once the stream started.
+    #[serde(default)]
+    pub stream_sid: Option<String>,
+    /// The last `CallStatus` a status callback reported (`queued`, `ringing`, `in-progress`,
+    /// `completed`, `busy`, `no-answer`, `failed`, `canceled`), while no stream was running.
+    #[serde(default)]
+    pub twilio_status: Option<String>,
+    /// Frame statistics of the bridge, written when the stream ended.
+    #[serde(default)]
+    pub stats: Option<BridgeStats>,
+}
+
+/// Per-call frame statistics of the media bridge. Counts are of WebSocket messages; bytes are
+/// μ-law bytes at 8 kHz (1 byte = 1 sample = 0.125 ms) on the Twilio side; times are
+/// microseconds from a message received to the resulting message(s) written to the other
+/// socket (see `crate::bridge::stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeStats {
+    /// Twilio `media` messages received with caller audio.
+    pub frames_in: u64,
+    /// μ-law bytes of caller audio received.
+    pub bytes_in: u64,
+    /// `input_audio_buffer.append` events sent to the model.
+    pub appends: u64,
+    /// `response.output_audio.delta` events received from the model.
+    pub deltas: u64,
+    /// Twilio `media` messages sent (160 bytes = 20 ms each).
+    pub frames_out: u64,
+    /// μ-law bytes of agent audio sent.
+    pub bytes_out: u64,
+    /// `mark` messages sent to Twilio.
+    pub marks_sent: u64,
+    /// `mark` messages Twilio echoed back.
+    pub marks_echoed: u64,
+    /// Barge-ins: Twilio `clear` sent because the caller spoke over buffered agent audio (or the
+    /// monitor cancelled a response while its audio was still buffered).
+    pub barge_ins: u64,
+    /// `conversation.item.truncate` events sent.
+    pub truncates: u64,
+    /// DTMF keys received from Twilio.
+    pub dtmf: u64,
+    /// Messages from either side that were not JSON, had an unknown shape or a wrong
+    /// `streamSid` (skipped).
+    pub malformed: u64,
+    /// Audio payloads that were not valid base64 or exceeded the size limit (skipped).
+    pub bad_audio: u64,
+    /// PCM16 streams that ended in the middle of a sample (the stray byte was dropped).
+    pub odd_pcm: u64,
+    /// Model audio deltas dropped because their item had been cut off by a barge-in.
+    pub dropped_deltas: u64,
+    /// Median time from a Twilio `media` received to its `input_audio_buffer.append` written,
+    /// microseconds.
+    pub inbound_p50_us: u64,
+    /// 99th percentile of the same, microseconds.
+    pub inbound_p99_us: u64,
+    /// Median time from a model audio delta received to its last Twilio frame written,
+    /// microseconds.
+    pub outbound_p50_us: u64,
+    /// 99th percentile of the same, microseconds.
+    pub outbound_p99_us: u64,
+}
+
 impl CallRecord {
     /// A new record in state [`CallState::Accepting`].
     pub fn new(
@@ -312,6 +392,7 @@ impl CallRecord {
             escalation: None,
             usage: Usage::default(),
             after_call: AfterCall::default(),
+            media: None,
         }
     }
 }

@@ -12,6 +12,13 @@
 //!   endpoint's rules, including the emulator-specific ones.
 //! - **Sideband** (§6): `GET {sideband_url}?call_id=...` upgrades to a WebSocket that speaks the
 //!   GA Realtime events, with a canned "model" and the caller's scripted turns. See [`sideband`].
+//! - **Realtime model sessions** (§6, GA protocol): `GET {sideband_url}?model=...` (no
+//!   `call_id`) upgrades to a standalone session carrying audio, as the Twilio media bridge
+//!   uses it: `session.update`, `input_audio_buffer.append` (kept, and fed to an energy VAD that
+//!   emits `speech_started`/`speech_stopped`/`committed`), caller transcripts and agent
+//!   responses with `response.output_audio.delta` audio in the session's format, and
+//!   `conversation.item.truncate`. Scripts come from [`Emulator::push_model_script`]; what was
+//!   heard and said is in [`Emulator::media`]. See [`sideband`] ("Model sessions").
 //! - **Known pitfalls** (§9): accept without `type:"realtime"` answers 200 but the call fails and
 //!   the sideband says `404 call_id_not_found` (§9.3); `/refer` can succeed silently (§9.6); the
 //!   caller hanging up drops the socket without a close frame (§9.7).
@@ -23,11 +30,12 @@
 //! The servers stop when the last [`Emulator`] handle is dropped (or on [`Emulator::shutdown`]):
 //! live sideband sockets are then dropped without a close frame.
 
+pub mod phone;
 pub mod rest;
 pub mod script;
 pub mod sideband;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -344,6 +352,31 @@ pub enum EmulatorEvent {
         /// The call.
         call_id: String,
     },
+    /// A Realtime model session (no `call_id`) was opened; `call_id` is its `sess_...` id.
+    ModelSessionOpened {
+        /// The session id, used as the call id of [`Emulator::call`] and [`Emulator::media`].
+        call_id: String,
+        /// The `model` query parameter.
+        model: String,
+    },
+    /// The model session's VAD heard the caller start (`true`) or stop (`false`) speaking.
+    Speech {
+        /// The session.
+        call_id: String,
+        /// Started or stopped.
+        started: bool,
+        /// `audio_start_ms` / `audio_end_ms` on the input buffer's time line.
+        at_ms: u64,
+    },
+    /// The client truncated agent audio (`conversation.item.truncate`).
+    Truncated {
+        /// The session.
+        call_id: String,
+        /// The item.
+        item_id: String,
+        /// Audio kept, milliseconds.
+        audio_end_ms: u64,
+    },
 }
 
 impl fmt::Display for EmulatorEvent {
@@ -421,6 +454,25 @@ impl fmt::Display for EmulatorEvent {
                 HangupBy::Caller => write!(f, "[{call_id}] caller hung up"),
             },
             Self::ScriptDone { call_id } => write!(f, "[{call_id}] caller script finished"),
+            Self::ModelSessionOpened { call_id, model } => {
+                write!(f, "[{call_id}] Realtime session opened (model {model})")
+            }
+            Self::Speech {
+                call_id,
+                started,
+                at_ms,
+            } => {
+                let what = if *started { "started" } else { "stopped" };
+                write!(f, "[{call_id}] caller speech {what} at {at_ms} ms")
+            }
+            Self::Truncated {
+                call_id,
+                item_id,
+                audio_end_ms,
+            } => write!(
+                f,
+                "[{call_id}] barge-in: agent item {item_id} truncated at {audio_end_ms} ms"
+            ),
         }
     }
 }
@@ -461,6 +513,10 @@ pub(crate) struct Shared {
     version: watch::Sender<u64>,
     events: broadcast::Sender<EmulatorEvent>,
     http: reqwest::Client,
+    /// Scripts for the next model sessions, in order.
+    pub(crate) model_scripts: Mutex<VecDeque<Script>>,
+    /// Ids of the model sessions opened so far, in order.
+    pub(crate) model_sessions: Mutex<Vec<String>>,
 }
 
 /// A command to a live sideband connection.
@@ -491,6 +547,56 @@ pub(crate) struct CallState {
     pub(crate) driver: Option<u32>,
     /// When each tool turn's `response.function_call_arguments.done` was written, by tool call id.
     pub(crate) tool_sent_at: HashMap<String, (Instant, String)>,
+    /// Audio of a model session (`None` for SIP calls).
+    pub(crate) media: Option<MediaLog>,
+}
+
+/// What a Realtime model session heard and said (see [`Emulator::media`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MediaLog {
+    /// The `model` query parameter of the upgrade.
+    pub model: String,
+    /// Every `input_audio_buffer.append` payload, decoded and concatenated, in the input format
+    /// in force when it arrived (`audio/pcmu`: μ-law bytes; `audio/pcm`: PCM16LE 24 kHz).
+    pub audio_in: Vec<u8>,
+    /// `audio.input.format.type` of the session when the last append arrived.
+    pub input_format: String,
+    /// Number of `input_audio_buffer.append` events.
+    pub appends: u64,
+    /// Appends whose `audio` was missing or not valid base64 (answered with an `error` event).
+    pub bad_appends: u64,
+    /// The agent's audio items, in order.
+    pub agent_audio: Vec<AgentAudio>,
+    /// `conversation.item.truncate` requests, in order.
+    pub truncates: Vec<Truncation>,
+    /// Caller utterances the VAD found, `(audio_start_ms, audio_end_ms)`.
+    pub utterances: Vec<(u64, u64)>,
+}
+
+/// One agent audio item of a model session.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentAudio {
+    /// The response.
+    pub response_id: String,
+    /// The item.
+    pub item_id: String,
+    /// `audio/pcmu` or `audio/pcm`.
+    pub format: String,
+    /// The audio sent in its deltas, concatenated (μ-law bytes, or PCM16LE 24 kHz).
+    pub bytes: Vec<u8>,
+    /// Its duration, milliseconds.
+    pub duration_ms: u64,
+}
+
+/// One `conversation.item.truncate` of a model session.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Truncation {
+    /// The item named.
+    pub item_id: String,
+    /// `audio_end_ms` requested.
+    pub audio_end_ms: u64,
+    /// False when it was refused with an `error` (unknown item, or longer than the audio).
+    pub accepted: bool,
 }
 
 impl CallState {
@@ -588,6 +694,8 @@ impl Emulator {
             version,
             events,
             http,
+            model_scripts: Mutex::new(VecDeque::new()),
+            model_sessions: Mutex::new(Vec::new()),
         });
         let app = rest::router(shared.clone());
         let cancel = shared.cancel.clone();
@@ -721,6 +829,7 @@ impl Emulator {
             conns: Vec::new(),
             driver: None,
             tool_sent_at: HashMap::new(),
+            media: None,
         };
         self.shared().calls().insert(call_id.clone(), state);
         self.shared().bump();
@@ -830,6 +939,48 @@ impl Emulator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Queues the script of the next Realtime model session (`GET {sideband_url}?model=...`).
+    /// Sessions opened with no script queued get [`Script::new`]. Only the `[agent]` table and
+    /// the turns apply; see [`sideband`] ("Model sessions") for how turns play there.
+    pub fn push_model_script(&self, script: Script) {
+        self.shared()
+            .model_scripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(script);
+    }
+
+    /// Ids (`sess_...`) of the model sessions opened so far, in order. Each is also a call id
+    /// for [`Emulator::call`], [`Emulator::wait_for`] and [`Emulator::media`].
+    pub fn model_sessions(&self) -> Vec<String> {
+        self.shared()
+            .model_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits up to `timeout` for the `n`-th (1-based) model session to open; its id.
+    pub async fn wait_model_session(&self, n: usize, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.shared().version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(id) = self.model_sessions().get(n.saturating_sub(1)) {
+                return Some(id.clone());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// What model session `id` heard and said so far, or `None` for an unknown id or a SIP call.
+    pub fn media(&self, id: &str) -> Option<MediaLog> {
+        self.shared().calls().get(id).and_then(|c| c.media.clone())
     }
 
     /// A live feed of [`EmulatorEvent`]s from now on (buffer of 1024; a slow reader sees

@@ -526,6 +526,8 @@ fn hangup(shared: &Arc<Shared>, call_id: &str) -> Result<(), ApiError> {
 
 /// `GET /v1/realtime?call_id=...`: bearer auth (401), a `call_id` (400), a live accepted call
 /// (404 `call_id_not_found`, as an HTTP response before any upgrade), then the WebSocket upgrade.
+/// `GET /v1/realtime?model=...` (no `call_id`): bearer auth (401), then a new model session
+/// ([`sideband::open_model_session`]).
 async fn sideband_upgrade(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -536,9 +538,18 @@ async fn sideband_upgrade(
         return e.into_response();
     }
     let Some(call_id) = query.get("call_id").cloned() else {
+        if let Some(model) = query.get("model").filter(|m| !m.is_empty()).cloned() {
+            return match ws {
+                Ok(ws) => {
+                    let id = sideband::open_model_session(&shared, &model);
+                    ws.on_upgrade(move |socket| sideband::run(shared, id, socket))
+                }
+                Err(rejection) => rejection.into_response(),
+            };
+        }
         return ApiError::invalid(
-            "Missing required parameter: 'call_id'. The emulator only supports sideband \
-             connections to SIP calls.",
+            "Missing required parameter: 'call_id' (sideband of a SIP call) or 'model' (a \
+             Realtime session).",
             Some("call_id"),
             Some("missing_required_parameter"),
         )

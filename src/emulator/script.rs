@@ -19,6 +19,8 @@
 //! greeting_wait_ms = 1000
 //! tool_timeout_ms = 5000
 //! summary = '{"intent": "...", "outcome": "...", "key_facts": []}'  # out-of-band text answer
+//! audio_chunk_ms = 100           # model sessions: agent audio per response.output_audio.delta
+//! listen_timeout_ms = 10000      # model sessions: how long a caller turn waits for speech
 //!
 //! [faults]
 //! accept_statuses = [503]
@@ -124,6 +126,12 @@ pub struct AgentSpec {
     /// `output_modalities: ["text"]`, e.g. the controller's call-summary request). `None`: a
     /// fixed non-JSON refusal, [`NO_SUMMARY_TEXT`]. Emulator-specific.
     pub summary: Option<String>,
+    /// Model sessions only: milliseconds of agent audio per `response.output_audio.delta`.
+    /// Default 100.
+    pub audio_chunk_ms: u64,
+    /// Model sessions only: how long a caller turn waits for the VAD to hear an utterance in the
+    /// appended audio before moving on without it, milliseconds. Default 10 000.
+    pub listen_timeout_ms: u64,
 }
 
 /// The out-of-band text answer when the script sets no [`AgentSpec::summary`].
@@ -156,7 +164,9 @@ pub enum ReferFault {
 }
 
 /// One caller action. Turns run in order on the call's driving sideband connection, with
-/// [`AgentSpec::turn_gap_ms`] between them.
+/// [`AgentSpec::turn_gap_ms`] between them. On a Realtime model session (the Twilio media path)
+/// a `Caller` turn instead waits for the VAD to hear an utterance in the appended audio and
+/// transcribes it as `text`; `Dtmf` turns do nothing there (keys travel over Twilio).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Turn {
     /// The caller says `text`: speech started/stopped, buffer committed, transcription
@@ -213,6 +223,8 @@ impl Default for AgentSpec {
             greeting_wait_ms: 1000,
             tool_timeout_ms: 5000,
             summary: None,
+            audio_chunk_ms: 100,
+            listen_timeout_ms: 10_000,
         }
     }
 }
@@ -309,6 +321,18 @@ impl Script {
     /// Sets how long the first connection waits for the greeting `response.create`, ms.
     pub fn greeting_wait_ms(mut self, ms: u64) -> Self {
         self.agent.greeting_wait_ms = ms;
+        self
+    }
+
+    /// Model sessions: sets the agent audio per delta, milliseconds (at least 1).
+    pub fn audio_chunk_ms(mut self, ms: u64) -> Self {
+        self.agent.audio_chunk_ms = ms.max(1);
+        self
+    }
+
+    /// Model sessions: sets how long a caller turn waits for speech, milliseconds.
+    pub fn listen_timeout_ms(mut self, ms: u64) -> Self {
+        self.agent.listen_timeout_ms = ms;
         self
     }
 
@@ -427,6 +451,8 @@ struct RawAgent {
     greeting_wait_ms: Option<u64>,
     tool_timeout_ms: Option<u64>,
     summary: Option<String>,
+    audio_chunk_ms: Option<u64>,
+    listen_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -488,6 +514,15 @@ impl RawScript {
                 .tool_timeout_ms
                 .unwrap_or(defaults.agent.tool_timeout_ms),
             summary: self.agent.summary,
+            audio_chunk_ms: self
+                .agent
+                .audio_chunk_ms
+                .filter(|ms| *ms > 0)
+                .unwrap_or(defaults.agent.audio_chunk_ms),
+            listen_timeout_ms: self
+                .agent
+                .listen_timeout_ms
+                .unwrap_or(defaults.agent.listen_timeout_ms),
         };
         let refer = self
             .faults

@@ -52,6 +52,33 @@
 //! following turn (nothing already sent is replayed). A `hangup` turn does the same and ends the
 //! call. After the last turn the call stays up until the controller hangs up or transfers it.
 //!
+//! **Model sessions** (`GET /v1/realtime?model=...`, no `call_id`; what the Twilio media bridge
+//! opens): a new session `sess_...` with the next script of
+//! [`super::Emulator::push_model_script`]. `session.created` carries the GA defaults for a
+//! WebSocket session (`audio/pcm` 24 kHz both ways, server VAD with 500 ms silence) and the
+//! model; `session.update` may switch either format to `audio/pcmu`.
+//!
+//! - `input_audio_buffer.append {audio}`: decoded in the session's input format and kept
+//!   ([`super::MediaLog::audio_in`]; these events are not copied into `client_events`), then run
+//!   through an energy VAD: 20 ms windows, RMS ≥ 500 (of 32 767) is speech. The first speech
+//!   window sends `input_audio_buffer.speech_started {audio_start_ms, item_id}`; after
+//!   `silence_duration_ms` of `turn_detection` (default 500) of non-speech it sends
+//!   `speech_stopped {audio_end_ms}` and `committed`. Missing or invalid base64 answers an
+//!   `error` (`invalid_value`).
+//! - A `caller` turn waits (up to `listen_timeout_ms`) for such an utterance (or takes one that
+//!   ended while no turn was waiting), then sends its transcription as the turn's text (when
+//!   `audio.input.transcription` is set) and the agent's automatic answer as for SIP calls.
+//!   Utterances no turn takes get no transcript and no answer. `dtmf` turns do nothing.
+//! - Responses with audio carry `response.output_audio.delta` events (`audio_chunk_ms` of audio
+//!   each, all sent at once: faster than real time, as the real API streams) and
+//!   `response.output_audio.done` before the transcript events. The audio is a deterministic
+//!   test signal in the session's output format: a 300 → 3000 Hz linear chirp repeating every
+//!   second, amplitude 8000, 10 ms fades, lasting `200 + 250 × words` ms (at most 10 s)
+//!   ([`agent_signal`]).
+//! - `conversation.item.truncate {item_id, content_index, audio_end_ms}` of an agent audio item
+//!   answers `conversation.item.truncated`; an unknown item or an `audio_end_ms` past the
+//!   item's duration answers an `error` (`invalid_value`), like the real API.
+//!
 //! *Emulator-specific* (the Realtime docs say nothing about several sockets, §6): a call may have
 //! several connections at once. Each gets `session.created` and answers to its own client
 //! events, and all get the close frame or the drop when the call ends; the newest connection
@@ -67,9 +94,181 @@ use tokio::time::Instant;
 
 use super::script::{AgentSpec, FALLBACK_REPLY, NO_SUMMARY_TEXT, Turn};
 use super::{
-    Control, EmuCallStatus, EmulatorEvent, HangupBy, Shared, SidebandClose, Speaker, hex_id,
-    unix_now,
+    AgentAudio, CallState, CallView, Control, EmuCallStatus, EmulatorEvent, HangupBy, MediaLog,
+    Shared, SidebandClose, Speaker, Truncation, hex_id, unix_now,
 };
+use base64::Engine as _;
+
+/// RMS (of full scale 32 767) at or above which a 20 ms window counts as speech.
+pub const VAD_THRESHOLD: f64 = 500.0;
+
+/// Registers a new Realtime model session for `model` and returns its id (`sess_...`).
+pub(crate) fn open_model_session(shared: &Arc<Shared>, model: &str) -> String {
+    let id = hex_id("sess_");
+    let script = shared
+        .model_scripts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop_front()
+        .unwrap_or_default();
+    let pcm = json!({ "type": "audio/pcm", "rate": 24000 });
+    let body = json!({
+        "model": model,
+        "audio": { "input": { "format": pcm }, "output": { "format": pcm } },
+    });
+    let session = build_session(&id, body.as_object().expect("object literal"));
+    let state = CallState {
+        view: CallView {
+            call_id: id.clone(),
+            status: EmuCallStatus::Accepted,
+            accept_count: 0,
+            accept_body: None,
+            reject_body: None,
+            refer_targets: Vec::new(),
+            hangup_count: 0,
+            sideband_connections: 0,
+            client_events: Vec::new(),
+            function_outputs: Vec::new(),
+            agent_lines: Vec::new(),
+            caller_lines: Vec::new(),
+            script_done: false,
+            out_of_band_texts: Vec::new(),
+            tool_round_trips: Vec::new(),
+        },
+        script,
+        session_id: id.clone(),
+        conversation_id: hex_id("conv_"),
+        session,
+        next_turn: 0,
+        next_reply: 0,
+        responses: 0,
+        accept_faults_used: 0,
+        refers: 0,
+        last_item_id: None,
+        accepted_at: Some(Instant::now().into_std()),
+        conns: Vec::new(),
+        driver: None,
+        tool_sent_at: std::collections::HashMap::new(),
+        media: Some(MediaLog {
+            model: model.to_string(),
+            input_format: "audio/pcm".into(),
+            ..MediaLog::default()
+        }),
+    };
+    shared.calls().insert(id.clone(), state);
+    shared
+        .model_sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(id.clone());
+    shared.bump();
+    shared.emit(EmulatorEvent::ModelSessionOpened {
+        call_id: id.clone(),
+        model: model.to_string(),
+    });
+    id
+}
+
+/// The agent's test signal at `t` seconds: a 300 → 3000 Hz linear chirp that restarts every
+/// second (phase-continuous), amplitude 8000 (of 32 767).
+pub fn agent_signal(t: f64) -> f64 {
+    let n = t.floor();
+    let tau = t - n;
+    let phase = n * (300.0 + 1350.0) + 300.0 * tau + 1350.0 * tau * tau;
+    8000.0 * (2.0 * std::f64::consts::PI * phase).sin()
+}
+
+/// `duration_ms` of [`agent_signal`] with 10 ms linear fades, in `format` (`audio/pcmu`: μ-law
+/// 8 kHz bytes; otherwise PCM16LE 24 kHz bytes).
+pub fn agent_audio(format: &str, duration_ms: u64) -> Vec<u8> {
+    let rate: u64 = if format == "audio/pcmu" {
+        8_000
+    } else {
+        24_000
+    };
+    let n = rate * duration_ms / 1000;
+    let fade = rate / 100;
+    let samples = (0..n).map(|i| {
+        let gain = (i.min(n - 1 - i) as f64 / fade as f64).min(1.0);
+        (agent_signal(i as f64 / rate as f64) * gain).round() as i16
+    });
+    if rate == 8_000 {
+        samples.map(crate::media::g711::ulaw_encode).collect()
+    } else {
+        samples.flat_map(i16::to_le_bytes).collect()
+    }
+}
+
+/// Audio format type (`audio/pcmu`, `audio/pcm`, ...) of `audio.{dir}.format` in `session`.
+fn format_of(session: &Value, dir: &str) -> String {
+    session
+        .pointer(&format!("/audio/{dir}/format/type"))
+        .and_then(Value::as_str)
+        .unwrap_or("audio/pcm")
+        .to_string()
+}
+
+/// The model session's energy VAD (see the module docs).
+#[derive(Debug, Default)]
+struct Vad {
+    sum_sq: f64,
+    n: usize,
+    pos_ms: u64,
+    speaking: bool,
+    start_ms: u64,
+    voiced_end_ms: u64,
+}
+
+/// A VAD transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VadEvent {
+    Started(u64),
+    Stopped { start: u64, end: u64 },
+}
+
+impl Vad {
+    fn feed(&mut self, samples: &[i16], rate: u32, silence_ms: u64) -> Vec<VadEvent> {
+        let window = (rate / 50) as usize;
+        let mut out = Vec::new();
+        for &s in samples {
+            self.sum_sq += f64::from(s) * f64::from(s);
+            self.n += 1;
+            if self.n < window {
+                continue;
+            }
+            let rms = (self.sum_sq / self.n as f64).sqrt();
+            let start = self.pos_ms;
+            self.pos_ms += 20;
+            self.sum_sq = 0.0;
+            self.n = 0;
+            if rms >= VAD_THRESHOLD {
+                if !self.speaking {
+                    self.speaking = true;
+                    self.start_ms = start;
+                    out.push(VadEvent::Started(start));
+                }
+                self.voiced_end_ms = self.pos_ms;
+            } else if self.speaking && self.pos_ms - self.voiced_end_ms >= silence_ms {
+                self.speaking = false;
+                out.push(VadEvent::Stopped {
+                    start: self.start_ms,
+                    end: self.voiced_end_ms,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Model-session state of a connection.
+#[derive(Debug, Default)]
+struct MediaConn {
+    vad: Vad,
+    /// The user item announced by `speech_started`.
+    speech_item: Option<String>,
+    /// An utterance that ended while no caller turn was waiting: `(item_id, end_ms)`.
+    unheard: Option<String>,
+}
 
 /// Builds the `session.created` session object: defaults of a SIP Realtime session, overlaid
 /// with the accept body (openai.md §5.1), with `type`, `object` and `id` fixed.
@@ -246,6 +445,8 @@ enum Phase {
     },
     /// Waiting for the `response.create` that follows a tool output.
     ToolResponse(Instant),
+    /// Model sessions: a caller turn waiting for an utterance.
+    Listen { text: String, deadline: Instant },
     /// Not driving (script done, or another connection drives).
     Idle,
 }
@@ -254,7 +455,7 @@ impl Phase {
     fn deadline(&self) -> Option<Instant> {
         match self {
             Self::Greeting(t) | Self::Gap(t) | Self::ToolResponse(t) => Some(*t),
-            Self::ToolOutput { deadline, .. } => Some(*deadline),
+            Self::ToolOutput { deadline, .. } | Self::Listen { deadline, .. } => Some(*deadline),
             Self::Idle => None,
         }
     }
@@ -267,6 +468,8 @@ struct Conn {
     id: u32,
     agent: AgentSpec,
     phase: Phase,
+    /// Model sessions only.
+    media: Option<MediaConn>,
 }
 
 /// What the driver took from the script.
@@ -293,13 +496,14 @@ pub(crate) async fn run(shared: Arc<Shared>, call_id: String, mut ws: WebSocket)
                     greeting,
                     call.script.agent.clone(),
                     call.session.clone(),
+                    call.media.is_some(),
                 ))
             }
             _ => None,
         }
     };
     // The call ended between the HTTP check and the upgrade: drop the socket.
-    let Some((id, greeting, agent, session)) = registered else {
+    let Some((id, greeting, agent, session, media)) = registered else {
         return;
     };
     shared.bump();
@@ -319,6 +523,7 @@ pub(crate) async fn run(shared: Arc<Shared>, call_id: String, mut ws: WebSocket)
         id,
         agent,
         phase,
+        media: media.then(MediaConn::default),
     };
     let end = conn.serve(&mut ws, &mut rx, session).await;
     let how = match end {
@@ -433,12 +638,18 @@ impl Conn {
     async fn on_client_text(&mut self, ws: &mut WebSocket, text: &str) -> Result<(), End> {
         let value: Value =
             serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()));
+        let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+        if self.media.is_some() && kind == "input_audio_buffer.append" {
+            return self.on_append(ws, &value).await;
+        }
         if let Some(call) = self.shared.calls().get_mut(&self.call_id) {
             call.view.client_events.push(value.clone());
         }
         self.shared.bump();
-        let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
         match kind {
+            "conversation.item.truncate" if self.media.is_some() => {
+                self.on_truncate(ws, &value).await?
+            }
             "response.create" => {
                 let request = value.get("response").cloned().unwrap_or(Value::Null);
                 self.respond(ws, Some(&request)).await?;
@@ -552,6 +763,10 @@ impl Conn {
                 tracing::warn!(target: "voxmachina::emulator", call_id = %self.call_id, "no response.create after the tool output; moving on");
                 self.phase = Phase::Gap(now + self.gap());
             }
+            Phase::Listen { text, .. } => {
+                tracing::warn!(target: "voxmachina::emulator", call_id = %self.call_id, %text, "no caller speech heard for this turn; moving on");
+                self.phase = Phase::Gap(now + self.gap());
+            }
             Phase::Idle => {}
         }
         Ok(())
@@ -592,6 +807,23 @@ impl Conn {
             Taken::Turn(turn, last) => (turn, last),
         };
         match turn {
+            Turn::Caller { text } if self.media.is_some() => {
+                let unheard = self.media.as_mut().and_then(|m| m.unheard.take());
+                match unheard {
+                    Some(item_id) => self.heard(ws, &text, item_id).await?,
+                    None => {
+                        self.phase = Phase::Listen {
+                            text,
+                            deadline: Instant::now()
+                                + Duration::from_millis(self.agent.listen_timeout_ms),
+                        }
+                    }
+                }
+            }
+            Turn::Dtmf { .. } if self.media.is_some() => {
+                tracing::debug!(target: "voxmachina::emulator", call_id = %self.call_id, "dtmf turn ignored on a model session");
+                self.phase = Phase::Gap(Instant::now() + self.gap());
+            }
             Turn::Caller { text } => {
                 self.caller_turn(ws, &text).await?;
                 self.phase = Phase::Gap(Instant::now() + self.gap());
@@ -741,7 +973,7 @@ impl Conn {
             .and_then(|r| r.get("output_modalities"))
             .and_then(Value::as_array)
             .is_some_and(|m| !m.iter().any(|v| v == "audio"));
-        let (text, modalities, conversation_id, voice) = {
+        let (text, modalities, conversation_id, voice, out_format) = {
             let mut calls = self.shared.calls();
             let Some(call) = calls.get_mut(&self.call_id) else {
                 return Ok(());
@@ -790,7 +1022,12 @@ impl Conn {
             } else {
                 Value::String(call.conversation_id.clone())
             };
-            (text, modalities, conversation, voice)
+            let out_format = if call.media.is_some() {
+                format_of(&call.session, "output")
+            } else {
+                "audio/pcmu".to_string()
+            };
+            (text, modalities, conversation, voice, out_format)
         };
         let audio = modalities
             .as_array()
@@ -814,13 +1051,17 @@ impl Conn {
                     "conversation_id": conversation_id,
                     "output_modalities": modalities,
                     "max_output_tokens": "inf",
-                    "audio": {"output": {"format": {"type": "audio/pcmu"}, "voice": voice}},
+                    "audio": {"output": {"format": {"type": out_format}, "voice": voice}},
                     "usage": null,
                     "metadata": metadata,
                 }
             }),
         )
         .await?;
+        if audio && self.media.is_some() {
+            self.speak(ws, &response_id, &item_id, &text, &out_format)
+                .await?;
+        }
         let (delta_type, done_type, done_field, content_type) = if audio {
             (
                 "response.output_audio_transcript.delta",
@@ -884,7 +1125,7 @@ impl Conn {
                     "conversation_id": conversation_id,
                     "output_modalities": modalities,
                     "max_output_tokens": "inf",
-                    "audio": {"output": {"format": {"type": "audio/pcmu"}, "voice": voice}},
+                    "audio": {"output": {"format": {"type": out_format}, "voice": voice}},
                     "usage": {
                         "total_tokens": input_tokens + output_tokens,
                         "input_tokens": input_tokens,
@@ -912,6 +1153,300 @@ impl Conn {
             });
         }
         Ok(())
+    }
+
+    /// Model sessions: the audio of an agent response (see the module docs).
+    async fn speak(
+        &mut self,
+        ws: &mut WebSocket,
+        response_id: &str,
+        item_id: &str,
+        text: &str,
+        format: &str,
+    ) -> Result<(), End> {
+        let words = text.split_whitespace().count() as u64;
+        let duration_ms = (200 + 250 * words).min(10_000);
+        let bytes = agent_audio(format, duration_ms);
+        let per_ms = if format == "audio/pcmu" { 8 } else { 48 };
+        let chunk = (self.agent.audio_chunk_ms.max(1) * per_ms) as usize;
+        for part in bytes.chunks(chunk) {
+            self.send(
+                ws,
+                json!({
+                    "type": "response.output_audio.delta",
+                    "response_id": response_id,
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": base64::engine::general_purpose::STANDARD.encode(part),
+                }),
+            )
+            .await?;
+        }
+        self.send(
+            ws,
+            json!({
+                "type": "response.output_audio.done",
+                "response_id": response_id,
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+            }),
+        )
+        .await?;
+        if let Some(log) = self
+            .shared
+            .calls()
+            .get_mut(&self.call_id)
+            .and_then(|c| c.media.as_mut())
+        {
+            log.agent_audio.push(AgentAudio {
+                response_id: response_id.to_string(),
+                item_id: item_id.to_string(),
+                format: format.to_string(),
+                bytes,
+                duration_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Model sessions: `input_audio_buffer.append`.
+    async fn on_append(&mut self, ws: &mut WebSocket, value: &Value) -> Result<(), End> {
+        let decoded = value
+            .get("audio")
+            .and_then(Value::as_str)
+            .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok());
+        let (format, silence_ms) = {
+            let calls = self.shared.calls();
+            let Some(call) = calls.get(&self.call_id) else {
+                return Ok(());
+            };
+            let silence = call
+                .session
+                .pointer("/audio/input/turn_detection/silence_duration_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(500);
+            (format_of(&call.session, "input"), silence)
+        };
+        let Some(bytes) = decoded else {
+            if let Some(log) = self
+                .shared
+                .calls()
+                .get_mut(&self.call_id)
+                .and_then(|c| c.media.as_mut())
+            {
+                log.bad_appends += 1;
+            }
+            return self
+                .send(
+                    ws,
+                    json!({"type": "error", "error": {
+                        "type": "invalid_request_error",
+                        "code": "invalid_value",
+                        "message": "Invalid 'audio'. Expected base64-encoded audio bytes.",
+                        "param": "audio",
+                        "event_id": value.get("event_id"),
+                    }}),
+                )
+                .await;
+        };
+        let (samples, rate): (Vec<i16>, u32) = if format == "audio/pcmu" {
+            let mut pcm = Vec::with_capacity(bytes.len());
+            crate::media::g711::decode_into(&bytes, &mut pcm);
+            (pcm, 8_000)
+        } else {
+            (
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+                24_000,
+            )
+        };
+        if let Some(log) = self
+            .shared
+            .calls()
+            .get_mut(&self.call_id)
+            .and_then(|c| c.media.as_mut())
+        {
+            log.appends += 1;
+            log.input_format = format;
+            log.audio_in.extend_from_slice(&bytes);
+        }
+        let events = match self.media.as_mut() {
+            Some(m) => m.vad.feed(&samples, rate, silence_ms),
+            None => return Ok(()),
+        };
+        for ev in events {
+            match ev {
+                VadEvent::Started(at) => {
+                    let item_id = hex_id("item_");
+                    if let Some(m) = self.media.as_mut() {
+                        m.speech_item = Some(item_id.clone());
+                    }
+                    self.send(
+                        ws,
+                        json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": at, "item_id": item_id}),
+                    )
+                    .await?;
+                    self.shared.emit(EmulatorEvent::Speech {
+                        call_id: self.call_id.clone(),
+                        started: true,
+                        at_ms: at,
+                    });
+                }
+                VadEvent::Stopped { start, end } => {
+                    self.utterance(ws, start, end).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Model sessions: the VAD heard an utterance end.
+    async fn utterance(&mut self, ws: &mut WebSocket, start: u64, end: u64) -> Result<(), End> {
+        let item_id = self
+            .media
+            .as_mut()
+            .and_then(|m| m.speech_item.take())
+            .unwrap_or_else(|| hex_id("item_"));
+        let previous = {
+            let mut calls = self.shared.calls();
+            let Some(call) = calls.get_mut(&self.call_id) else {
+                return Ok(());
+            };
+            if let Some(log) = call.media.as_mut() {
+                log.utterances.push((start, end));
+            }
+            call.last_item_id.replace(item_id.clone())
+        };
+        self.shared.bump();
+        self.send(
+            ws,
+            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end, "item_id": item_id}),
+        )
+        .await?;
+        self.send(
+            ws,
+            json!({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id}),
+        )
+        .await?;
+        self.shared.emit(EmulatorEvent::Speech {
+            call_id: self.call_id.clone(),
+            started: false,
+            at_ms: end,
+        });
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Listen { text, .. } => self.heard(ws, &text, item_id).await?,
+            other => {
+                self.phase = other;
+                if let Some(m) = self.media.as_mut() {
+                    m.unheard = Some(item_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Model sessions: a caller turn's utterance `item_id` was heard: transcript, then the
+    /// automatic answer, then the next turn after the gap.
+    async fn heard(&mut self, ws: &mut WebSocket, text: &str, item_id: String) -> Result<(), End> {
+        let (transcribe, auto) = {
+            let mut calls = self.shared.calls();
+            let Some(call) = calls.get_mut(&self.call_id) else {
+                return Ok(());
+            };
+            call.view.caller_lines.push(text.to_string());
+            (
+                transcription_on(&call.session),
+                self.agent.auto_reply
+                    && call.view.status == EmuCallStatus::Accepted
+                    && create_response_on(&call.session),
+            )
+        };
+        self.shared.bump();
+        if transcribe {
+            self.send(
+                ws,
+                json!({
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": text,
+                    "usage": {"type": "duration", "seconds": 1},
+                }),
+            )
+            .await?;
+        }
+        self.shared.emit(EmulatorEvent::Transcript {
+            call_id: self.call_id.clone(),
+            speaker: Speaker::Caller,
+            text: text.to_string(),
+        });
+        if auto {
+            self.respond(ws, None).await?;
+        }
+        self.phase = Phase::Gap(Instant::now() + self.gap());
+        Ok(())
+    }
+
+    /// Model sessions: `conversation.item.truncate`.
+    async fn on_truncate(&mut self, ws: &mut WebSocket, value: &Value) -> Result<(), End> {
+        let item_id = value
+            .get("item_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let content_index = value
+            .get("content_index")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let audio_end_ms = value.get("audio_end_ms").and_then(Value::as_u64);
+        let accepted = {
+            let mut calls = self.shared.calls();
+            let Some(log) = calls.get_mut(&self.call_id).and_then(|c| c.media.as_mut()) else {
+                return Ok(());
+            };
+            let duration = log
+                .agent_audio
+                .iter()
+                .find(|a| a.item_id == item_id)
+                .map(|a| a.duration_ms);
+            let accepted = matches!((duration, audio_end_ms), (Some(d), Some(ms)) if ms <= d);
+            log.truncates.push(Truncation {
+                item_id: item_id.clone(),
+                audio_end_ms: audio_end_ms.unwrap_or(0),
+                accepted,
+            });
+            accepted
+        };
+        self.shared.bump();
+        if accepted {
+            let ms = audio_end_ms.unwrap_or(0);
+            self.shared.emit(EmulatorEvent::Truncated {
+                call_id: self.call_id.clone(),
+                item_id: item_id.clone(),
+                audio_end_ms: ms,
+            });
+            self.send(
+                ws,
+                json!({"type": "conversation.item.truncated", "item_id": item_id, "content_index": content_index, "audio_end_ms": ms}),
+            )
+            .await
+        } else {
+            self.send(
+                ws,
+                json!({"type": "error", "error": {
+                    "type": "invalid_request_error",
+                    "code": "invalid_value",
+                    "message": "Audio content end ms is out of range, or the item has no audio.",
+                    "param": "audio_end_ms",
+                    "event_id": value.get("event_id"),
+                }}),
+            )
+            .await
+        }
     }
 
     /// Emits a function call; returns its `call_id`.

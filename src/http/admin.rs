@@ -7,6 +7,7 @@
 //! | `GET /v1/calls/{call_id}` | `{"call":CallRecord,"transcript":[...],"events":[...]}` or 404 |
 //! | `POST /v1/calls/{call_id}/transfer` `{"note":"..."}` (optional) | 202 escalation started; 404 unknown; 409 not live here |
 //! | `POST /v1/calls/{call_id}/hangup` `{"note":"..."}` (optional) | 202; 404; 409 |
+//! | `POST /v1/calls/outbound` `{"to":"+E164","profile":"name"}` | 201 `{"call":CallRecord}` (Twilio call placed, see [`crate::bridge::outbound`]); 400; 404 Twilio not configured; 409; 502 |
 
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/calls", get(list_calls))
+        .route("/calls/outbound", post(crate::bridge::http::outbound))
         .route("/calls/{call_id}", get(get_call))
         .route("/calls/{call_id}/transfer", post(transfer))
         .route("/calls/{call_id}/hangup", post(hangup))

@@ -6,6 +6,7 @@
 //! | `GET /healthz` | the process is alive: always 200 `ok` |
 //! | `GET /readyz` | 200 when the store answers, profiles are loaded and webhooks are taken; else 503 |
 //! | `GET /metrics` | Prometheus text format ([`crate::telemetry`]) |
+//! | `POST /twilio/voice`, `GET /twilio/media`, `POST /twilio/status` | the Twilio Media Streams path ([`crate::bridge::http`]), `X-Twilio-Signature` checked, 404 when Twilio is not configured |
 //! | `/v1/...` | the admin API ([`admin`]), bearer token, off when no token is configured |
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.webhook.max_body_bytes));
     Router::new()
         .merge(webhook)
+        .merge(crate::bridge::http::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -88,6 +88,7 @@ pub(crate) struct RawSession {
     pub language: Option<Spanned<String>>,
     pub noise_reduction: Option<NoiseReduction>,
     pub turn_detection: Option<Spanned<RawTurnDetection>>,
+    pub audio: Option<super::profile::MediaAudio>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -557,6 +557,7 @@ fn session(cx: &mut Ctx<'_>, s: RawSession) -> SessionSettings {
         language: cx.text(s.language, "session.language"),
         noise_reduction: s.noise_reduction,
         turn_detection,
+        audio: s.audio.unwrap_or_default(),
     }
 }
 

@@ -39,6 +39,8 @@
 //! transcription_model = "gpt-4o-mini-transcribe"  # default; transcription is ALWAYS on
 //! language = "en"              # optional transcription language hint
 //! noise_reduction = "far_field"  # optional: near_field | far_field
+//! audio = "pcmu"               # Twilio Media Streams path only: pcmu (default; μ-law passed
+//!                              # through) | pcm16 (PCM16 24 kHz, transcoded by the bridge)
 //! [session.turn_detection]     # default: semantic_vad, eagerness auto
 //! type = "semantic_vad"        # semantic_vad | server_vad | none (manual turns, sent as null)
 //! eagerness = "auto"           # semantic_vad only: low | medium | high | auto
@@ -131,7 +133,7 @@ pub use profile::{
     Admission, AfterCallSettings, Blocklist, CapacityLimit, DEFAULT_APOLOGY, DEFAULT_HANDOFF_LINE,
     DEFAULT_MAX_CALL_DURATION_SECS, DEFAULT_MODEL, DEFAULT_TRANSCRIPTION_MODEL, DEFAULT_VOICE,
     Eagerness, EscalationSettings, ExtractFrom, ExtractRule, HeaderRule, HeaderTest, MatchRules,
-    NoiseReduction, Profile, RejectReason, RejectRules, SessionSettings, SmsSettings,
+    MediaAudio, NoiseReduction, Profile, RejectReason, RejectRules, SessionSettings, SmsSettings,
     TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN, TurnDetection, builtin_tools,
 };
 

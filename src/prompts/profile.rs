@@ -222,6 +222,44 @@ pub struct SessionSettings {
     pub noise_reduction: Option<NoiseReduction>,
     /// Turn detection, default semantic VAD with eagerness `auto`.
     pub turn_detection: TurnDetection,
+    /// Audio format between the Twilio Media Streams bridge and the Realtime session (unused
+    /// on the SIP path, where SDP negotiates the codec).
+    pub audio: MediaAudio,
+}
+
+/// `[session] audio`: how the Twilio Media Streams bridge (`crate::bridge`) carries audio to and
+/// from the Realtime WebSocket session. Twilio's side is always G.711 μ-law, 8 kHz, mono.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaAudio {
+    /// `pcmu` (default): the session uses `audio/pcmu` (μ-law 8 kHz) both ways; Twilio's
+    /// payloads pass through untouched, model deltas are only re-framed into 160-byte (20 ms)
+    /// frames. Lowest latency and cost.
+    #[default]
+    Pcmu,
+    /// `pcm16`: the session uses `audio/pcm` at 24 kHz; the bridge transcodes with
+    /// `crate::media::InboundTranscoder` / `OutboundTranscoder` (1.875 ms filter delay each
+    /// way).
+    Pcm16,
+}
+
+impl MediaAudio {
+    /// `"pcmu"` or `"pcm16"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pcmu => "pcmu",
+            Self::Pcm16 => "pcm16",
+        }
+    }
+
+    /// The Realtime `audio.input.format` / `audio.output.format` object (openai.md §5.1):
+    /// `{"type":"audio/pcmu"}` or `{"type":"audio/pcm","rate":24000}`.
+    pub fn realtime_format(self) -> Value {
+        match self {
+            Self::Pcmu => json!({ "type": "audio/pcmu" }),
+            Self::Pcm16 => json!({ "type": "audio/pcm", "rate": 24_000 }),
+        }
+    }
 }
 
 impl Default for SessionSettings {
@@ -234,6 +272,7 @@ impl Default for SessionSettings {
             language: None,
             noise_reduction: None,
             turn_detection: TurnDetection::default(),
+            audio: MediaAudio::default(),
         }
     }
 }

@@ -1402,6 +1402,11 @@ fn encode_call(r: &CallRecord) -> Result<Item, StoreError> {
     );
     item.insert("usage".into(), s(to_json(&r.usage)?));
     item.insert("after_call".into(), s(to_json(&r.after_call)?));
+    put_opt(
+        &mut item,
+        "media",
+        r.media.as_ref().map(to_json).transpose()?.map(s),
+    );
     item.insert("list_pk".into(), s(LIST_PK));
     item.insert(
         "created_key".into(),
@@ -1439,6 +1444,10 @@ fn decode_call(item: &Item) -> Result<CallRecord, StoreError> {
             .map(|v| from_json::<AfterCall>(&v, "after_call"))
             .transpose()?
             .unwrap_or_default(),
+        // Twilio Media Streams calls only.
+        media: get_opt_s(item, "media")?
+            .map(|v| from_json::<crate::calls::record::MediaInfo>(&v, "media"))
+            .transpose()?,
     })
 }
 

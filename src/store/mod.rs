@@ -199,6 +199,7 @@ pub(crate) fn api_name(api: crate::calls::record::Api) -> &'static str {
     match api {
         Api::Realtime => "realtime",
         Api::Live => "live",
+        Api::TwilioMedia => "twilio_media",
     }
 }
 
@@ -208,6 +209,7 @@ pub(crate) fn parse_api(v: &str) -> Result<crate::calls::record::Api, StoreError
     match v {
         "realtime" => Ok(Api::Realtime),
         "live" => Ok(Api::Live),
+        "twilio_media" => Ok(Api::TwilioMedia),
         other => Err(StoreError::Corrupt(format!("unknown api {other:?}"))),
     }
 }

@@ -1,8 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
 //! # Layout
-//! Schema version 3 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
-//! and refuses newer ones; version 2 added `calls.after_call`, version 3 `handover_tokens`):
+//! Schema version 4 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
+//! and refuses newer ones; version 2 added `calls.after_call`, version 3 `handover_tokens`,
+//! version 4 `calls.media`):
 //!
 //! ```sql
 //! calls(call_id TEXT PRIMARY KEY, api TEXT, state TEXT, profile TEXT, caller TEXT NULL,
@@ -11,6 +12,7 @@
 //!       escalation TEXT NULL  -- JSON EscalationSummary
 //!       usage TEXT            -- JSON Usage
 //!       after_call TEXT NULL  -- JSON AfterCall (v2; NULL = default)
+//!       media TEXT NULL       -- JSON MediaInfo (Twilio Media Streams calls; v4)
 //! )
 //! transcript_lines(id INTEGER PRIMARY KEY AUTOINCREMENT, call_id, speaker, text, at, item_id NULL)
 //!       + UNIQUE (call_id, speaker, item_id) WHERE item_id IS NOT NULL
@@ -59,11 +61,12 @@ use super::{
     CallQuery, CreateOutcome, PurgeStats, Store, StoreError, api_name, parse_api, parse_speaker,
 };
 use crate::calls::record::{
-    AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, TranscriptLine, Usage,
+    AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, MediaInfo, TranscriptLine,
+    Usage,
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Most records [`Store::list_calls`] returns, whatever the query's `limit`.
 pub const LIST_LIMIT_CAP: usize = 1000;
@@ -153,10 +156,13 @@ const MIGRATIONS: &[&str] = &[
         ON handover_tokens (caller_number, minted_at) WHERE caller_number IS NOT NULL;
     CREATE INDEX handover_tokens_by_expiry ON handover_tokens (expires_at);
     ",
+    // 3 -> 4: the Twilio Media Streams details of bridged calls (JSON MediaInfo, nullable).
+    "ALTER TABLE calls ADD COLUMN media TEXT;",
 ];
 
 const CALL_COLUMNS: &str = "call_id, api, state, profile, caller, dialed, sip_call_id, \
-     webhook_id, created_at, accepted_at, ended_at, end_reason, escalation, usage, after_call";
+     webhook_id, created_at, accepted_at, ended_at, end_reason, escalation, usage, after_call, \
+     media";
 
 /// SQLite implementation of [`super::Store`]: one database file in WAL mode.
 ///
@@ -508,6 +514,7 @@ struct CallRow {
     escalation: Option<String>,
     usage: String,
     after_call: Option<String>,
+    media: Option<String>,
 }
 
 impl CallRow {
@@ -530,6 +537,7 @@ impl CallRow {
             after_call: (r.after_call != AfterCall::default())
                 .then(|| to_json(&r.after_call))
                 .transpose()?,
+            media: r.media.as_ref().map(to_json).transpose()?,
         })
     }
 }
@@ -541,6 +549,7 @@ fn decode_call(row: &Row<'_>) -> Result<CallRecord, StoreError> {
     let escalation: Option<String> = row.get(12).map_err(backend)?;
     let usage: String = row.get(13).map_err(backend)?;
     let after_call: Option<String> = row.get(14).map_err(backend)?;
+    let media: Option<String> = row.get(15).map_err(backend)?;
     let created_at: i64 = row.get(8).map_err(backend)?;
     let accepted_at: Option<i64> = row.get(9).map_err(backend)?;
     let ended_at: Option<i64> = row.get(10).map_err(backend)?;
@@ -564,6 +573,9 @@ fn decode_call(row: &Row<'_>) -> Result<CallRecord, StoreError> {
             .map(|s| from_json::<AfterCall>(&s, "after_call"))
             .transpose()?
             .unwrap_or_default(),
+        media: media
+            .map(|s| from_json::<MediaInfo>(&s, "media"))
+            .transpose()?,
         call_id,
     })
 }
@@ -647,7 +659,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let sql = format!(
                 "INSERT INTO calls ({CALL_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT (call_id) DO NOTHING"
             );
             let inserted = conn
@@ -669,6 +681,7 @@ impl Store for SqliteStore {
                         row.escalation,
                         row.usage,
                         row.after_call,
+                        row.media,
                     ])
                 })
                 .map_err(backend)?;
@@ -726,7 +739,7 @@ impl Store for SqliteStore {
                     "UPDATE calls SET api = ?2, state = ?3, profile = ?4, caller = ?5,
                         dialed = ?6, sip_call_id = ?7, webhook_id = ?8, created_at = ?9,
                         accepted_at = ?10, ended_at = ?11, end_reason = ?12, escalation = ?13,
-                        usage = ?14, after_call = ?15
+                        usage = ?14, after_call = ?15, media = ?16
                      WHERE call_id = ?1",
                 )
                 .and_then(|mut s| {
@@ -746,6 +759,7 @@ impl Store for SqliteStore {
                         row.escalation,
                         row.usage,
                         row.after_call,
+                        row.media,
                     ])
                 })
                 .map_err(backend)?;

@@ -21,8 +21,9 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use voxmachina::calls::record::{
-    AfterCall, Api, CallEvent, CallRecord, CallState, CallSummary, CostEstimate, CrmRecord,
-    EscalationSummary, HandoverRecord, SmsFollowUp, Speaker, TokenDetail, TranscriptLine, Usage,
+    AfterCall, Api, BridgeStats, CallEvent, CallRecord, CallState, CallSummary, CostEstimate,
+    CrmRecord, EscalationSummary, HandoverRecord, MediaInfo, SmsFollowUp, Speaker, TokenDetail,
+    TranscriptLine, Usage,
 };
 use voxmachina::store::tokens::is_token;
 use voxmachina::store::{CallQuery, CreateOutcome, HandoverPayload, PurgeStats, Store, StoreError};
@@ -456,7 +457,7 @@ pub async fn update_call_round_trips_every_field(store: Arc<dyn Store>) {
 
     let full = CallRecord {
         call_id: id.clone(),
-        api: Api::Live,
+        api: Api::TwilioMedia,
         state: CallState::TransferFailed,
         profile: "after-hours ☎ \"quoted\"".to_string(),
         caller: Some("+14155550123".to_string()),
@@ -523,6 +524,18 @@ pub async fn update_call_round_trips_every_field(store: Arc<dyn Store>) {
                 at: t + secs(96),
             }),
         },
+        media: Some(MediaInfo {
+            direction: "outbound".to_string(),
+            audio: "pcm16".to_string(),
+            stream_sid: Some("MZ00000000000000000000000000000001".to_string()),
+            twilio_status: Some("in-progress".to_string()),
+            stats: Some(BridgeStats {
+                frames_in: 150,
+                bytes_out: u64::MAX,
+                inbound_p99_us: 412,
+                ..BridgeStats::default()
+            }),
+        }),
     };
     store.update_call(&full).await.unwrap();
     assert_eq!(store.get_call(&id).await.unwrap(), Some(full.clone()));

@@ -1,0 +1,523 @@
+//! The Twilio routes and the outbound-call admin route.
+//!
+//! | route | checks | answer |
+//! |---|---|---|
+//! | `POST /twilio/voice` | `X-Twilio-Signature` over `{public URL}{path}[?query]` and all form parameters (403 otherwise); `CallSid`, `AccountSid`, `From`, `To` present (400) | TwiML: `<Connect><Stream>` or a reject |
+//! | `GET /twilio/media` | signature over the stream URL `wss://{public host}{prefix}/twilio/media`, no params (403) | WebSocket upgrade → [`super::stream::run`] |
+//! | `POST /twilio/status` | signature over `{public URL}/twilio/status` + form (403); `CallSid` (400) | 200; events, and `missed` for outbound calls that never connected |
+//! | `POST /v1/calls/outbound` (admin token) | JSON `{"to": "+E164", "profile": "name"?}` | 201 `{"call": record}`; 400/404/409/502 `{"error"}` |
+//!
+//! All `/twilio/*` routes answer 404 when Twilio is not configured ([`super::TwilioContext`]) and
+//! 503 during shutdown. The public URL is `[twilio] public_url` (we sit behind nginx, so the
+//! request's own URL is not what Twilio signed, twilio.md §2.2); when it is empty the first
+//! `X-Forwarded-Proto` / `X-Forwarded-Host` (else `Host`) values are used.
+//!
+//! **Reject rules** on `/twilio/voice` (the profile's `[reject]`, as on the SIP path; the call
+//! record ends `rejected` with the rule as reason):
+//!
+//! | rule | TwiML |
+//! |---|---|
+//! | `blocked_caller` | `<Hangup/>` |
+//! | `closed_hours` | `<Say>`[`CLOSED_MESSAGE`]`</Say><Hangup/>` |
+//! | `over_capacity` | `<Say>`[`BUSY_MESSAGE`]`</Say><Hangup/>` |
+//!
+//! The profile's SIP status codes do not apply. TwiML `<Reject>` would refuse without answering
+//! (no billing) but is not in our TwiML builder or reference, so it is not used.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{Instrument, info, warn};
+
+use super::outbound::{OutboundRequest, place_call};
+use super::{MEDIA_PATH, STATUS_PATH, TwilioContext, VOICE_PATH, params};
+use crate::app::AppState;
+use crate::calls::record::{Api, CallEvent, CallRecord, CallState, MediaInfo};
+use crate::prompts::{Admission, Profile, RejectReason};
+use crate::sip::{CallParties, E164, SipHeader};
+use crate::telemetry::{mask_number, names};
+use crate::twilio::signature;
+use crate::twilio::twiml::{Response as Twiml, Stream, TwimlError};
+use crate::twilio::voice::VoiceWebhook;
+
+/// Said before hanging up when the profile's opening hours are closed.
+pub const CLOSED_MESSAGE: &str =
+    "Sorry, we are closed right now. Please call again during our opening hours. Goodbye.";
+/// Said before hanging up when the profile's line is at capacity.
+pub const BUSY_MESSAGE: &str =
+    "Sorry, all of our lines are busy right now. Please try again in a few minutes. Goodbye.";
+
+/// Largest accepted body of a Twilio webhook, bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The `/twilio/*` routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(VOICE_PATH, post(voice))
+        .route(MEDIA_PATH, get(media))
+        .route(STATUS_PATH, post(status))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn not_configured() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "Twilio is not configured: set [twilio] account_sid and TWILIO_AUTH_TOKEN",
+    )
+}
+
+fn xml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// `scheme://host[/prefix]` as Twilio reaches us: `[twilio] public_url`, else rebuilt from
+/// `X-Forwarded-Proto` (default `https`) and `X-Forwarded-Host` / `Host`. `None` when neither
+/// is available.
+pub fn public_base(tw: &TwilioContext, headers: &HeaderMap) -> Option<String> {
+    if !tw.public_url.is_empty() {
+        return Some(tw.public_url.clone());
+    }
+    let host = first_value(headers, "x-forwarded-host").or_else(|| first_value(headers, "host"))?;
+    let proto = first_value(headers, "x-forwarded-proto").unwrap_or("https");
+    Some(format!("{proto}://{host}"))
+}
+
+/// The `<Stream url>` for a public base: `wss://` + the base without its scheme +
+/// `/twilio/media` (Twilio streams only to `wss`, twilio.md §1.1).
+pub fn stream_url(base: &str) -> String {
+    let rest = base.split_once("://").map_or(base, |(_, r)| r);
+    format!("wss://{rest}{MEDIA_PATH}")
+}
+
+fn signature_ok(
+    tw: &TwilioContext,
+    headers: &HeaderMap,
+    url: &str,
+    params: &[(String, String)],
+) -> bool {
+    let Some(sig) = headers.get(signature::HEADER).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    signature::validate(&tw.auth_token, url, params, sig)
+}
+
+/// The `<Connect><Stream>` document: stream URL from `base`, `statusCallback`
+/// `{base}/twilio/status`, and the `profile`, `direction`, `from`, `to` parameters (each left
+/// out when name plus value would reach Twilio's 500-character limit).
+///
+/// # Errors
+/// [`TwimlError`] when `base` makes an unusable stream URL (e.g. it has a query string).
+pub fn connect_twiml(
+    base: &str,
+    profile: &str,
+    direction: &str,
+    from: &str,
+    to: &str,
+) -> Result<String, TwimlError> {
+    let mut stream =
+        Stream::new(stream_url(base))?.status_callback(format!("{base}{STATUS_PATH}"), None);
+    for (name, value) in [
+        (params::PROFILE, profile),
+        (params::DIRECTION, direction),
+        (params::FROM, from),
+        (params::TO, to),
+    ] {
+        if name.len() + value.chars().count() < crate::twilio::twiml::PARAMETER_MAX_CHARS {
+            stream = stream.parameter(name, value)?;
+        }
+    }
+    Ok(Twiml::new().connect_stream(stream).render())
+}
+
+/// The TwiML answering a call refused by `reason` (see the module docs).
+pub fn reject_twiml(reason: RejectReason) -> String {
+    match reason {
+        RejectReason::BlockedCaller => Twiml::new().hangup(),
+        RejectReason::ClosedHours => Twiml::new().say(CLOSED_MESSAGE).hangup(),
+        RejectReason::OverCapacity => Twiml::new().say(BUSY_MESSAGE).hangup(),
+    }
+    .render()
+}
+
+fn reject_reason(name: &str) -> Option<RejectReason> {
+    [
+        RejectReason::BlockedCaller,
+        RejectReason::ClosedHours,
+        RejectReason::OverCapacity,
+    ]
+    .into_iter()
+    .find(|r| r.as_str() == name)
+}
+
+/// Who calls whom, from a voice webhook: `From`/`To` as E.164 when they are numbers,
+/// `CallerName`, `ForwardedFrom`.
+pub fn parties(hook: &VoiceWebhook) -> CallParties {
+    CallParties {
+        caller: E164::parse(&hook.from).ok(),
+        caller_display_name: hook.caller_name.clone(),
+        dialed: E164::parse(&hook.to).ok(),
+        diverted_from: hook
+            .forwarded_from
+            .as_deref()
+            .and_then(|f| E164::parse(f).ok()),
+        sip_call_id: None,
+    }
+}
+
+fn answer_connect(base: &str, profile: &str, hook: &VoiceWebhook) -> Response {
+    match connect_twiml(base, profile, "inbound", &hook.from, &hook.to) {
+        Ok(body) => xml(body),
+        Err(e) => {
+            warn!(error = %e, "cannot build the stream TwiML from the public URL");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "bad [twilio] public_url")
+        }
+    }
+}
+
+/// `POST /twilio/voice`.
+async fn voice(
+    State(app): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(tw) = app.twilio.as_ref() else {
+        return not_configured();
+    };
+    let form = signature::parse_form(&body);
+    let Some(base) = public_base(tw, &headers) else {
+        return error(StatusCode::BAD_REQUEST, "no Host header");
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let url = format!("{base}{path}");
+    if !signature_ok(tw, &headers, &url, &form) {
+        warn!(%url, "voice webhook refused: bad or missing X-Twilio-Signature");
+        return error(StatusCode::FORBIDDEN, "invalid X-Twilio-Signature");
+    }
+    if !app.accepting.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let hook = match VoiceWebhook::from_params(&form) {
+        Ok(h) => h,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let span = tracing::info_span!("call", call_id = %hook.call_sid);
+    incoming(app, base, hook).instrument(span).await
+}
+
+/// A verified voice webhook: profile, record, reject rules, TwiML.
+async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Response {
+    let now = Utc::now();
+    let parties = parties(&hook);
+    let sip_headers: Vec<SipHeader> = hook
+        .sip_headers
+        .iter()
+        .map(|(n, v)| SipHeader::new(n.as_str(), v.as_str()))
+        .collect();
+    let profile: Arc<Profile> = app.profiles.load().select(&parties, &sip_headers).clone();
+    let mut record = CallRecord::new(&hook.call_sid, Api::TwilioMedia, "twilio-voice", now);
+    record.profile = profile.name.clone();
+    record.caller = parties.caller.as_ref().map(|n| n.as_str().to_string());
+    record.dialed = parties.dialed.as_ref().map(|n| n.as_str().to_string());
+    record.media = Some(MediaInfo {
+        direction: "inbound".into(),
+        audio: profile.session.audio.as_str().into(),
+        ..MediaInfo::default()
+    });
+    match app.store.create_call(&record).await {
+        Ok(crate::store::CreateOutcome::Created) => {}
+        Ok(crate::store::CreateOutcome::Exists(existing)) => {
+            info!(state = %existing.state, "voice webhook for a known call: answering as before");
+            if existing.state == CallState::Rejected
+                && let Some(reason) = existing.end_reason.as_deref().and_then(reject_reason)
+            {
+                return xml(reject_twiml(reason));
+            }
+            return answer_connect(&base, &existing.profile, &hook);
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot store the call record; answering anyway");
+            metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
+        }
+    }
+    info!(
+        caller = %record.caller.as_deref().map(mask_number).unwrap_or_default(),
+        dialed = %record.dialed.as_deref().map(mask_number).unwrap_or_default(),
+        profile = %profile.name,
+        "twilio voice webhook"
+    );
+    append(
+        &app,
+        CallEvent::new(
+            &record.call_id,
+            "twilio_voice_webhook",
+            json!({ "profile": profile.name, "direction": hook.direction, "call_status": hook.call_status }),
+        ),
+    )
+    .await;
+    let active = app.registry().count_for_profile(&profile.name);
+    if let Admission::Reject { reason, .. } = profile.admission(&parties, now, active) {
+        info!(reason = reason.as_str(), "rejecting Twilio call");
+        record.state = CallState::Rejected;
+        record.ended_at = Some(Utc::now());
+        record.end_reason = Some(reason.as_str().into());
+        if let Err(e) = app.store.update_call(&record).await {
+            warn!(error = %e, "cannot store call record");
+        }
+        append(
+            &app,
+            CallEvent::new(
+                &record.call_id,
+                "rejected",
+                json!({ "reason": reason.as_str() }),
+            ),
+        )
+        .await;
+        metrics::counter!(names::CALLS_ENDED, "state" => "rejected", "reason" => reason.as_str())
+            .increment(1);
+        return xml(reject_twiml(reason));
+    }
+    answer_connect(&base, &profile.name, &hook)
+}
+
+/// `GET /twilio/media`: signature first, then the upgrade.
+async fn media(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(tw) = app.twilio.as_ref() else {
+        return not_configured();
+    };
+    let Some(base) = public_base(tw, &headers) else {
+        return error(StatusCode::BAD_REQUEST, "no Host header");
+    };
+    let url = stream_url(&base);
+    let valid = headers
+        .get(signature::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|sig| signature::validate_websocket(&tw.auth_token, &url, sig));
+    if !valid {
+        warn!(%url, "media stream refused: bad or missing X-Twilio-Signature");
+        metrics::counter!(super::metric_names::STREAMS, "outcome" => "bad_signature").increment(1);
+        return error(StatusCode::FORBIDDEN, "invalid X-Twilio-Signature");
+    }
+    if !app.accepting.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match ws {
+        Ok(ws) => ws.on_upgrade(move |socket| super::stream::run(app, socket)),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// Terminal `CallStatus` values of a call that never streamed, and the record they give.
+fn terminal(status: &str) -> Option<(CallState, &'static str)> {
+    Some(match status {
+        "busy" => (CallState::Missed, "busy"),
+        "no-answer" => (CallState::Missed, "no_answer"),
+        "failed" => (CallState::Missed, "failed"),
+        "canceled" => (CallState::Missed, "canceled"),
+        "completed" => (CallState::Ended, "completed_without_stream"),
+        _ => return None,
+    })
+}
+
+/// `POST /twilio/status`: call status callbacks (`CallStatus`) and `<Stream>` status callbacks
+/// (`StreamEvent`), both stored as call events. A terminal status of a call still `accepting`
+/// (its stream never started) ends the record: `missed` with reason `busy`, `no_answer`,
+/// `failed` or `canceled`, or `ended` with `completed_without_stream`. A running call is left to
+/// its bridge (the stream's `stop` ends it).
+async fn status(
+    State(app): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(tw) = app.twilio.as_ref() else {
+        return not_configured();
+    };
+    let form = signature::parse_form(&body);
+    let Some(base) = public_base(tw, &headers) else {
+        return error(StatusCode::BAD_REQUEST, "no Host header");
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    if !signature_ok(tw, &headers, &format!("{base}{path}"), &form) {
+        warn!("status callback refused: bad or missing X-Twilio-Signature");
+        return error(StatusCode::FORBIDDEN, "invalid X-Twilio-Signature");
+    }
+    let get = |name: &str| {
+        form.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(call_sid) = get("CallSid") else {
+        return error(StatusCode::BAD_REQUEST, "CallSid is missing");
+    };
+    if let Some(stream_event) = get("StreamEvent") {
+        append(
+            &app,
+            CallEvent::new(
+                call_sid,
+                "twilio_stream_status",
+                json!({
+                    "stream_event": stream_event,
+                    "stream_sid": get("StreamSid"),
+                    "error": get("StreamError"),
+                }),
+            ),
+        )
+        .await;
+        return StatusCode::OK.into_response();
+    }
+    let call_status = get("CallStatus").unwrap_or_default();
+    append(
+        &app,
+        CallEvent::new(
+            call_sid,
+            "twilio_status",
+            json!({
+                "status": call_status,
+                "duration": get("CallDuration"),
+                "sequence": get("SequenceNumber"),
+                "sip_response_code": get("SipResponseCode"),
+            }),
+        ),
+    )
+    .await;
+    if let Some((state, reason)) = terminal(call_status) {
+        let moved = app
+            .store
+            .transition_call(call_sid, &[CallState::Accepting], state)
+            .await
+            .unwrap_or(false);
+        if moved && let Ok(Some(mut rec)) = app.store.get_call(call_sid).await {
+            rec.ended_at = Some(Utc::now());
+            rec.end_reason = Some(reason.into());
+            rec.media
+                .get_or_insert_with(MediaInfo::default)
+                .twilio_status = Some(call_status.to_string());
+            if let Err(e) = app.store.update_call(&rec).await {
+                warn!(error = %e, "cannot store call record");
+            }
+            info!(call_id = %call_sid, status = call_status, "call ended before its stream started");
+            metrics::counter!(names::CALLS_ENDED, "state" => state.as_str(), "reason" => reason)
+                .increment(1);
+        }
+    }
+    StatusCode::OK.into_response()
+}
+
+/// Body of `POST /v1/calls/outbound`.
+#[derive(Debug, Deserialize)]
+pub struct OutboundBody {
+    /// E.164 number to call.
+    pub to: String,
+    /// Profile name; the default profile when absent.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// `POST /v1/calls/outbound` (nested under the admin router, so token-guarded).
+pub async fn outbound(
+    State(app): State<Arc<AppState>>,
+    Json(body): Json<OutboundBody>,
+) -> Response {
+    let req = OutboundRequest {
+        to: body.to,
+        profile: body.profile,
+    };
+    match place_call(&app, &req).await {
+        Ok(record) => (StatusCode::CREATED, Json(json!({ "call": record }))).into_response(),
+        Err(e) => {
+            warn!(error = %e, "outbound call not placed");
+            error(
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+                &e.to_string(),
+            )
+        }
+    }
+}
+
+async fn append(app: &AppState, event: CallEvent) {
+    if let Err(e) = app.store.append_event(&event).await {
+        warn!(error = %e, "cannot store call event");
+        metrics::counter!(names::STORE_ERRORS, "op" => "append_event").increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_url_from_public_base() {
+        assert_eq!(
+            stream_url("https://voice.example.com"),
+            "wss://voice.example.com/twilio/media"
+        );
+        assert_eq!(
+            stream_url("https://x.example/vox"),
+            "wss://x.example/vox/twilio/media"
+        );
+        assert_eq!(stream_url("http://h:8080"), "wss://h:8080/twilio/media");
+    }
+
+    #[test]
+    fn connect_twiml_carries_parameters_without_query() {
+        let xml = connect_twiml(
+            "https://voice.example.com",
+            "support",
+            "inbound",
+            "+14155550123",
+            "+18005550100",
+        )
+        .unwrap();
+        assert!(xml.contains(r#"<Connect><Stream url="wss://voice.example.com/twilio/media" statusCallback="https://voice.example.com/twilio/status">"#), "{xml}");
+        assert!(xml.contains(r#"<Parameter name="profile" value="support"/>"#));
+        assert!(xml.contains(r#"<Parameter name="direction" value="inbound"/>"#));
+        assert!(xml.contains(r#"<Parameter name="from" value="+14155550123"/>"#));
+        assert!(xml.contains(r#"<Parameter name="to" value="+18005550100"/>"#));
+        assert!(connect_twiml("https://h/x?y=1", "p", "inbound", "", "").is_err());
+        let long = "x".repeat(600);
+        assert!(
+            !connect_twiml("https://h", "p", "inbound", &long, "")
+                .unwrap()
+                .contains("xxxx")
+        );
+    }
+
+    #[test]
+    fn reject_documents() {
+        assert!(
+            reject_twiml(RejectReason::BlockedCaller).ends_with("<Response><Hangup/></Response>")
+        );
+        assert!(reject_twiml(RejectReason::ClosedHours).contains("<Say>Sorry, we are closed"));
+        assert!(reject_twiml(RejectReason::OverCapacity).contains("<Hangup/></Response>"));
+    }
+}

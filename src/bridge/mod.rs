@@ -1,0 +1,160 @@
+//! The Twilio Media Streams path: Twilio streams the caller's audio to us over a WebSocket, we
+//! bridge it to an OpenAI Realtime WebSocket session and stream the agent's audio back.
+//!
+//! Sources: `../shared/reference/twilio.md` §1 (Media Streams), §2 (`X-Twilio-Signature`), §3
+//! (voice webhook parameters), §4 (REST create/update), §5 (TwiML `<Dial>`);
+//! `../shared/reference/openai.md` §5.1 (session fields and audio formats) and §6 (Realtime
+//! events, here on `wss://api.openai.com/v1/realtime?model=...`).
+//!
+//! ```text
+//! caller ─PSTN─ Twilio ──POST /twilio/voice (signed)──▶ profile, reject rules ─▶ TwiML
+//!                 │        <Connect><Stream url="wss://{public}/twilio/media"> + <Parameter>s
+//!                 └──WSS /twilio/media (signed upgrade)──▶ bridge ──WSS {sideband_url}?model=──▶ OpenAI
+//!                      media (μ-law 20 ms)  ──────────────▶ input_audio_buffer.append
+//!                      media + mark         ◀────────────── response.output_audio.delta
+//!                      clear                ◀── barge-in ── input_audio_buffer.speech_started
+//!                      dtmf, mark echoes ──▶ monitor ◀───── every other event (transcripts, tools)
+//! ```
+//!
+//! # Audio modes (profile `[session] audio`)
+//!
+//! | mode | session format | Twilio → model | model → Twilio |
+//! |---|---|---|---|
+//! | `pcmu` (default) | `{"type":"audio/pcmu"}` both ways | payload base64 passed through (validated, not decoded further) | [`crate::media::UlawFramer`]: deltas re-framed into 160-byte (20 ms) frames |
+//! | `pcm16` | `{"type":"audio/pcm","rate":24000}` both ways | [`crate::media::InboundTranscoder`]: μ-law 8 kHz → PCM16LE 24 kHz (1.875 ms delay) | [`crate::media::OutboundTranscoder`]: PCM16LE 24 kHz → μ-law 8 kHz, 160-byte frames (1.875 ms delay) |
+//!
+//! Every agent audio delta becomes whole 20 ms frames (a partial frame waits for the next delta;
+//! the end of the response pads it with μ-law silence) followed by one Twilio `mark`; the marks
+//! Twilio echoes tell how much of each item has played ([`playback`]).
+//!
+//! # Barge-in
+//!
+//! On `input_audio_buffer.speech_started` (or a `response.cancel` from the monitor) while agent
+//! audio is still buffered at Twilio (marks not yet echoed), the bridge sends Twilio `clear`,
+//! `conversation.item.truncate` with `audio_end_ms` = the played position of the playing item
+//! (interpolated from the last echoed mark, never past the next unechoed one), drops the rest
+//! of that item's deltas, and resets the outbound transcoder.
+//!
+//! # The monitor
+//!
+//! The per-call monitor ([`crate::calls::monitor::spawn_with`]) is the same code as on the SIP
+//! path. It runs over [`link::MediaLink`]: every model event except audio deltas, plus events
+//! the bridge synthesises so the monitor's SIP logic applies unchanged:
+//! `input_audio_buffer.dtmf_event_received` for Twilio `dtmf`, `output_audio_buffer.started`
+//! when a response's first frame is sent and `output_audio_buffer.stopped` when Twilio echoes the
+//! mark after its last frame (or the audio is cleared), so a hand-off line finishes playing
+//! before the transfer. Its [`crate::calls::link::CallActions`] are [`link::TwilioActions`]:
+//! a transfer is a REST call update with `<Dial><Number>` (`tel:` targets) or `<Dial><Sip>`
+//! (`sip:` targets), a hang-up is `Status=completed`. Updating the call ends the stream (Twilio
+//! sends `stop`), which the link reports as a clean close: the monitor then records
+//! `transferred`, exactly as a sideband close after a SIP REFER.
+//!
+//! # Call records
+//!
+//! `call_id` is Twilio's `CallSid`; `api` is `twilio_media`; `media` holds direction, audio
+//! mode, `StreamSid`, frame statistics and extracted values. States: `accepting` (voice webhook
+//! answered or outbound call placed, stream not started), `rejected` (a reject rule answered
+//! `<Say>…<Hangup/>`), `missed` (an outbound call ended `busy`/`no-answer`/`failed`/`canceled`
+//! before any stream), then the monitor's `active` … `ended`/`transferred`/`transfer_failed`.
+//!
+//! Modules: [`http`] (routes), [`stream`] (one bridged call), [`audio`] (per-mode processing),
+//! [`playback`] (marks and played position), [`events`] (message shapes), [`link`] (monitor
+//! seams), [`stats`] (frame statistics), [`outbound`] (placing calls), [`extract`].
+
+pub mod audio;
+pub mod events;
+pub mod http;
+pub mod link;
+pub mod outbound;
+pub mod playback;
+pub mod stats;
+pub mod stream;
+
+use std::time::Duration;
+
+use crate::config::{Secret, TwilioConfig};
+use crate::twilio::rest::{TwilioError, TwilioRest};
+
+/// Path of the voice webhook (`POST`, form-encoded, signed).
+pub const VOICE_PATH: &str = "/twilio/voice";
+/// Path of the Media Streams WebSocket (`GET` upgrade, signed).
+pub const MEDIA_PATH: &str = "/twilio/media";
+/// Path of call and stream status callbacks (`POST`, form-encoded, signed).
+pub const STATUS_PATH: &str = "/twilio/status";
+
+/// `<Parameter>` names the bridge puts on its `<Stream>` and reads back from
+/// `start.customParameters` (twilio.md §1.1).
+pub mod params {
+    /// The prompt profile chosen for the call.
+    pub const PROFILE: &str = "profile";
+    /// `inbound` or `outbound`.
+    pub const DIRECTION: &str = "direction";
+    /// Twilio's `From` (E.164 when it is a number).
+    pub const FROM: &str = "from";
+    /// Twilio's `To`.
+    pub const TO: &str = "to";
+}
+
+/// Metric names of the bridge (all prefixed `voxmachina_bridge_`).
+pub mod metric_names {
+    /// Counter: Twilio `media` messages, by `direction` (`in` = caller audio received, `out` =
+    /// agent audio frames sent).
+    pub const FRAMES: &str = "voxmachina_bridge_frames_total";
+    /// Counter: skipped or repaired messages, by `kind` (`malformed`, `bad_audio`, `odd_pcm`,
+    /// `dropped_delta`).
+    pub const ERRORS: &str = "voxmachina_bridge_errors_total";
+    /// Counter: barge-ins (Twilio `clear` sent).
+    pub const BARGE_INS: &str = "voxmachina_bridge_barge_ins_total";
+    /// Summary (seconds): per-message bridge time by `direction` (`inbound`: Twilio `media`
+    /// received → `input_audio_buffer.append` written; `outbound`: model audio delta received →
+    /// its last Twilio frame written).
+    pub const FRAME_SECONDS: &str = "voxmachina_bridge_frame_seconds";
+    /// Counter: media streams by `outcome` (`bridged`, `refused`, `model_unavailable`,
+    /// `duplicate`, `no_start`).
+    pub const STREAMS: &str = "voxmachina_bridge_streams_total";
+}
+
+/// What the Twilio routes need: the Auth Token (signatures and REST), the REST client and the
+/// public URL. Built from `[twilio]` only when `account_sid` and `TWILIO_AUTH_TOKEN` are both set;
+/// otherwise the `/twilio/*` routes and `POST /v1/calls/outbound` answer 404.
+#[derive(Debug, Clone)]
+pub struct TwilioContext {
+    /// `TWILIO_AUTH_TOKEN`: HMAC key of `X-Twilio-Signature` and REST password.
+    pub auth_token: Secret,
+    /// REST client for the account.
+    pub rest: TwilioRest,
+    /// `[twilio] public_url` without a trailing `/` (may be empty: then the request's
+    /// `X-Forwarded-Proto`/`X-Forwarded-Host`/`Host` are used).
+    pub public_url: String,
+    /// `[twilio] from_number`: caller ID of outbound calls.
+    pub from_number: String,
+}
+
+impl TwilioContext {
+    /// The context for `cfg`, or `None` when Twilio is not configured (empty `account_sid` or
+    /// no Auth Token).
+    ///
+    /// # Errors
+    /// [`TwilioError::Invalid`] for an unusable `api_base_url`, [`TwilioError::Transport`] when
+    /// the HTTP client cannot be built.
+    pub fn from_config(
+        cfg: &TwilioConfig,
+        auth_token: Option<&Secret>,
+    ) -> Result<Option<Self>, TwilioError> {
+        let Some(token) = auth_token.filter(|_| !cfg.account_sid.is_empty()) else {
+            return Ok(None);
+        };
+        let rest = TwilioRest::new(
+            &cfg.api_base_url,
+            &cfg.account_sid,
+            token.clone(),
+            Duration::from_millis(cfg.request_timeout_ms),
+        )?;
+        Ok(Some(Self {
+            auth_token: token.clone(),
+            rest,
+            public_url: cfg.public_url.trim().trim_end_matches('/').to_string(),
+            from_number: cfg.from_number.trim().to_string(),
+        }))
+    }
+}
