@@ -214,6 +214,7 @@ pub async fn start_with_store(
         tools,
         after_call,
         hubspot: config.hubspot.clone(),
+        twilio: twilio.as_ref().map(|t| t.rest.clone()),
     });
     let listener = TcpListener::bind(config.server.listen)
         .await

@@ -112,6 +112,8 @@ async fn incoming_call(
     record.caller = parties.caller.as_ref().map(|n| n.as_str().to_string());
     record.dialed = parties.dialed.as_ref().map(|n| n.as_str().to_string());
     record.sip_call_id = parties.sip_call_id.clone();
+    // Calls dialed in by Twilio (`[twilio] voice_mode = "sip"`) name their parent call.
+    record.twilio_call_sid = crate::escalation::twilio_dial::parent_call_sid(&data.sip_headers);
 
     // Dedupe by webhook-id and guard by call_id in one round trip: both writes are conditional
     // and independent, so they run together (and share one commit in the SQLite store).
