@@ -4,5 +4,6 @@
 pub mod after_call;
 pub mod link;
 pub mod monitor;
+pub(crate) mod persist;
 pub mod record;
 pub mod registry;
