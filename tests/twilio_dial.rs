@@ -94,7 +94,8 @@ fn transfer_script(parent: Option<&str>) -> Script {
     if let Some(sid) = parent {
         s = s.header("X-Twilio-CallSid", sid);
     }
-    s.caller("I was charged twice for my order and want a person.")
+    // No escalation phrase: the tool call is the trigger.
+    s.caller("I was charged twice for my order last week.")
         .wait_ms(100)
         .tool("transfer_to_human", json!({"reason": "billing dispute"}))
         .wait_ms(30_000)
