@@ -215,6 +215,13 @@ pub async fn start_with_store(
         after_call,
         hubspot: config.hubspot.clone(),
         twilio: twilio.as_ref().map(|t| t.rest.clone()),
+        live: crate::openai::live::LiveControl::new(
+            &config.openai.live_base_url,
+            &config.openai.live_sideband_url,
+            secrets.openai_api_key.clone(),
+            Duration::from_millis(config.openai.request_timeout_ms),
+        )
+        .map_err(|e| StartError::Http(e.to_string()))?,
     });
     let listener = TcpListener::bind(config.server.listen)
         .await

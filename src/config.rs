@@ -341,6 +341,33 @@ pub struct OpenAiConfig {
     /// Total time budget for retrying `/accept` on 5xx or timeouts, milliseconds. The INVITE is
     /// held while we decide, so keep this to a few seconds.
     pub accept_retry_budget_ms: u64,
+    /// GPT-Live REST base URL, `https://api.openai.com/v1` by default: call control is
+    /// `{live_base_url}/live/sessions/{session_id}/...`, outbound calls `POST
+    /// {live_base_url}/live/sessions` (openai.md §7).
+    pub live_base_url: String,
+    /// GPT-Live WebSocket base, `wss://api.openai.com/v1` by default: the attach sideband is
+    /// `{live_sideband_url}/live/sessions/{session_id}/attach` (openai.md §7.1 step 4).
+    pub live_sideband_url: String,
+    /// `[openai.live_trunk]`: the SIP trunk GPT-Live dials outbound calls through
+    /// (`voxmachina call --api live`); `None` = outbound calls are off.
+    pub live_trunk: Option<LiveTrunkConfig>,
+}
+
+/// `[openai.live_trunk]`: the `transport.trunk` of `POST /live/sessions` (openai.md §7.2). The
+/// trunk must support TLS signalling, Opus and SDES-SRTP.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LiveTrunkConfig {
+    /// `sips:host[:port][;transport=tcp]` (no userinfo, path, headers or other parameters;
+    /// public hosts only). Checked by OpenAI on the create request.
+    pub provider_url: String,
+    /// Digest auth user name.
+    pub username: String,
+    /// Name of the secret holding the digest password (`[tools] secrets_dir/<name>`, then
+    /// `$CREDENTIALS_DIRECTORY/<name>`, then `VOXMACHINA_SECRET_<NAME>`), read per call; never
+    /// in this file.
+    pub password_secret: String,
+    /// The caller number presented, E.164.
+    pub caller_number: String,
 }
 
 impl Default for OpenAiConfig {
@@ -350,6 +377,9 @@ impl Default for OpenAiConfig {
             sideband_url: "wss://api.openai.com/v1/realtime".into(),
             request_timeout_ms: 2_000,
             accept_retry_budget_ms: 4_000,
+            live_base_url: "https://api.openai.com/v1".into(),
+            live_sideband_url: "wss://api.openai.com/v1".into(),
+            live_trunk: None,
         }
     }
 }
@@ -589,6 +619,16 @@ impl Config {
             (
                 "openai.sideband_url",
                 &self.openai.sideband_url,
+                &["ws", "wss"][..],
+            ),
+            (
+                "openai.live_base_url",
+                &self.openai.live_base_url,
+                &["http", "https"][..],
+            ),
+            (
+                "openai.live_sideband_url",
+                &self.openai.live_sideband_url,
                 &["ws", "wss"][..],
             ),
         ] {

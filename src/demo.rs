@@ -1,7 +1,8 @@
-//! `voxmachina demo`: a whole phone call, offline. Starts the local OpenAI SIP emulator and the
-//! real controller on 127.0.0.1 (temporary SQLite file, throwaway secrets), places a scripted
-//! call through a signed `realtime.call.incoming` webhook, prints the live transcript and the
-//! final call record, and succeeds only if the call ended `transferred`.
+//! `voxmachina demo`: a whole phone call, offline. Starts the local OpenAI SIP emulators
+//! (Realtime and GPT-Live) and the real controller on 127.0.0.1 (temporary SQLite file,
+//! throwaway secrets), places a scripted call through a signed `realtime.call.incoming` webhook
+//! (or `live.transport.incoming` with `--api live`), prints the live transcript (Realtime) and
+//! the final call record, and succeeds only if the call ended `transferred`.
 //!
 //! `voxmachina demo --connect` plays `scripts/connect_escalation.toml` on the `connect-support`
 //! profile (`action = "connect_refer"`): the call mints an Amazon Connect handover token and is
@@ -34,9 +35,14 @@ use crate::emulator::{Emulator, EmulatorConfig, Script};
 /// Arguments of `voxmachina demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Caller script (TOML) for the emulator.
-    #[arg(long, default_value = DEFAULT_SCRIPT)]
-    pub script: PathBuf,
+    /// Caller script (TOML) for the emulator. Default `scripts/question_then_human.toml`, or
+    /// `scripts/live_question_then_human.toml` with `--api live`.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// Which API answers: `realtime` (`realtime.call.incoming`) or `live` (GPT-Live,
+    /// `live.transport.incoming`, against the local GPT-Live emulator).
+    #[arg(long, default_value = "realtime", value_parser = ["realtime", "live"])]
+    pub api: String,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
@@ -59,7 +65,7 @@ pub struct DemoArgs {
 
 /// The script `--connect` plays unless `--script` names another.
 pub const CONNECT_SCRIPT: &str = "scripts/connect_escalation.toml";
-/// The default `--script`.
+/// The default `--script` (Realtime, without `--connect`).
 const DEFAULT_SCRIPT: &str = "scripts/question_then_human.toml";
 
 /// Runs the demo. Exit code 0 only when the call ended `transferred`.
@@ -77,11 +83,16 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         return run_media(config, &args).await;
     }
 
-    let script_path = if args.connect && args.script == std::path::Path::new(DEFAULT_SCRIPT) {
-        PathBuf::from(CONNECT_SCRIPT)
-    } else {
-        args.script.clone()
-    };
+    let live = args.api == "live";
+    let script_path = args.script.clone().unwrap_or_else(|| {
+        PathBuf::from(if args.connect {
+            CONNECT_SCRIPT
+        } else if live {
+            "scripts/live_question_then_human.toml"
+        } else {
+            DEFAULT_SCRIPT
+        })
+    });
     let script =
         Script::load(&script_path).with_context(|| format!("loading {}", script_path.display()))?;
     let api_key = format!("sk-demo-{}", hex(24));
@@ -100,6 +111,9 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     config.server.listen = "127.0.0.1:0".parse()?;
     config.openai.base_url = emulator.rest_base_url();
     config.openai.sideband_url = emulator.sideband_url();
+    let live_emulator = crate::emulator::live::LiveEmulator::start(&api_key, false).await?;
+    config.openai.live_base_url = live_emulator.rest_base_url();
+    config.openai.live_sideband_url = live_emulator.sideband_url();
     config.store.sqlite_path = dir.path().join("demo.db");
     config.monitor.refer_outcome_window_ms = config.monitor.refer_outcome_window_ms.min(2_000);
     let secrets = Secrets {
@@ -123,18 +137,32 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         }
     });
     let webhook_url = format!("{}/openai/webhook", server.base_url());
-    let placed = emulator
-        .place_call(&webhook_url, &webhook_secret, script)
-        .await?;
-    println!(
-        "webhook realtime.call.incoming {} → HTTP {}",
-        placed.call_id, placed.status
-    );
+    let call_id = if live {
+        let pending =
+            live_emulator.new_call(script, crate::webhook::event::LIVE_TRANSPORT_INCOMING, None);
+        let status = live_emulator
+            .deliver(&webhook_url, &webhook_secret, None, &pending.body)
+            .await?;
+        println!(
+            "webhook live.transport.incoming {} → HTTP {status}",
+            pending.session_id
+        );
+        pending.session_id
+    } else {
+        let placed = emulator
+            .place_call(&webhook_url, &webhook_secret, script)
+            .await?;
+        println!(
+            "webhook realtime.call.incoming {} → HTTP {}",
+            placed.call_id, placed.status
+        );
+        placed.call_id
+    };
 
     let store = server.state.store.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
     let record = loop {
-        if let Some(r) = store.get_call(&placed.call_id).await? {
+        if let Some(r) = store.get_call(&call_id).await? {
             if r.state.is_final() {
                 break r;
             }

@@ -27,6 +27,11 @@
 //!   answered 404 means the call is over (`caller_hangup`), a successful upgrade resumes
 //!   monitoring (no second greeting);
 //! - while a relayed REFER awaits its outcome, the sideband closing means the transfer worked;
+//! - GPT-Live calls (`api = live`, [`crate::openai::live::LiveLink`]): `session.closed` is the
+//!   authoritative end (its reason maps to the end reason, its usage is summed into the record);
+//!   after the monitor hangs up it waits briefly for `session.closed` ([`Link::await_end`]);
+//!   outbound calls ([`Attach::Outbound`]) greet on `transport.answered` and end on
+//!   `transport.failed`;
 //! - on shutdown the monitor detaches without touching the call, which stays live in the store so
 //!   the next start reattaches.
 
@@ -55,6 +60,7 @@ use crate::config::{HubSpotConfig, MonitorConfig, Secret, SummaryMode};
 use crate::escalation::twilio_dial::{self, DialError};
 use crate::escalation::{Action, Handoff, Outcome, Step, Trigger, connect};
 use crate::openai::CallControl;
+use crate::openai::live::{LiveActions, LiveControl, LiveLink};
 use crate::openai::sideband::{ServerEvent, SidebandError, client};
 use crate::prompts::{Profile, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN};
 use crate::sip::TransferTarget;
@@ -90,6 +96,8 @@ pub struct MonitorContext {
     /// The Twilio REST client of the account, when Twilio is configured: `twilio_dial`
     /// hand-offs redirect the parent call with it.
     pub twilio: Option<crate::twilio::rest::TwilioRest>,
+    /// GPT-Live call control and attach sideband (calls whose record says `api = live`).
+    pub live: LiveControl,
 }
 
 /// How the monitor attaches.
@@ -99,11 +107,14 @@ pub enum Attach {
     Fresh,
     /// After a controller restart: reattach silently.
     Resume,
+    /// An outbound GPT-Live call just created: greet once `transport.answered` arrives.
+    Outbound,
 }
 
 /// Spawns the monitor of a SIP call `record` (already accepted) on `profile`: attaches to the
-/// Realtime sideband and acts through OpenAI call control. Returns `None` when this call is
-/// already monitored on this instance.
+/// Realtime sideband and acts through OpenAI call control, or for `api = live` records to the
+/// GPT-Live attach sideband and Live call control. Returns `None` when this call is already
+/// monitored on this instance.
 pub fn spawn(
     ctx: Arc<MonitorContext>,
     record: CallRecord,
@@ -123,12 +134,35 @@ pub fn spawn_registered(
     attach: Attach,
     commands: mpsc::Receiver<Command>,
 ) -> tokio::task::JoinHandle<CallRecord> {
+    let c = ctx.clone();
+    let call_id = record.call_id.clone();
+    if record.api == Api::Live {
+        let actions = Arc::new(LiveActions {
+            control: ctx.live.clone(),
+            session_id: call_id.clone(),
+        });
+        return start(
+            ctx,
+            record,
+            profile,
+            attach,
+            actions,
+            commands,
+            async move {
+                LiveLink::connect(&c.live, &call_id, &c.config)
+                    .await
+                    .map(|l| Box::new(l) as Box<dyn Link>)
+                    .map_err(|e| {
+                        let gone = matches!(e, SidebandError::CallNotFound);
+                        (e.to_string(), gone)
+                    })
+            },
+        );
+    }
     let actions = Arc::new(OpenAiActions {
         call_control: ctx.call_control.clone(),
         call_id: record.call_id.clone(),
     });
-    let c = ctx.clone();
-    let call_id = record.call_id.clone();
     start(
         ctx,
         record,
@@ -201,6 +235,7 @@ fn start(
         summary_response: None,
         crm: None,
         pending_dial: None,
+        greet_on_answer: attach == Attach::Outbound,
     };
     tokio::spawn(
         async move {
@@ -294,6 +329,8 @@ struct Monitor {
     /// call (with the handover token as `sendDigits`, `None` when minting failed) instead of a
     /// REFER. Taken by that first step.
     pending_dial: Option<Option<String>>,
+    /// An outbound call: say the greeting when the callee answers.
+    greet_on_answer: bool,
 }
 
 impl Monitor {
@@ -358,9 +395,58 @@ impl Monitor {
                 () = tokio::time::sleep_until(timer) => self.on_timer(link, max_deadline).await,
             };
             if let Flow::End(state, reason) = flow {
+                if let Some(text) = link.await_end().await {
+                    // GPT-Live's session.closed after our hang-up: its final usage.
+                    if let Ok(ServerEvent::SessionClosed { reason, usage }) =
+                        ServerEvent::parse(&text)
+                    {
+                        self.session_closed_seen(&reason, &usage).await;
+                    }
+                }
                 return self.finish(state, reason).await;
             }
         }
+    }
+
+    /// Records GPT-Live's `session.closed`: its usage (summed into the record) and reason.
+    async fn session_closed_seen(&mut self, reason: &str, usage: &Value) {
+        let u = &mut self.record.usage;
+        let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+        u.input_tokens += n("input_tokens");
+        u.output_tokens += n("output_tokens");
+        u.total_tokens += n("total_tokens");
+        self.event(
+            "session_closed",
+            json!({ "reason": reason, "usage": usage }),
+        )
+        .await;
+    }
+
+    /// GPT-Live `session.closed`: the authoritative end of the call (openai.md §7.3).
+    async fn on_session_closed(
+        &mut self,
+        link: &mut dyn Link,
+        reason: &str,
+        usage: &Value,
+    ) -> Flow {
+        info!(reason, "session closed");
+        self.session_closed_seen(reason, usage).await;
+        if let Some(c) = self.closing {
+            return Flow::End(c.state, c.reason);
+        }
+        if let Some(h) = self.handoff.as_mut().filter(|h| h.is_awaiting_outcome()) {
+            let outcome = h.sideband_closed().expect("awaiting outcome");
+            return self.conclude_handoff(link, outcome).await;
+        }
+        let reason = match reason {
+            "remote_hangup" => "caller_hangup",
+            "close_requested" => "call_ended",
+            "expired" => "session_expired",
+            "content" => "content_filter",
+            "connection_lost" => "connection_lost",
+            _ => "session_closed",
+        };
+        Flow::End(CallState::Ended, reason)
     }
 
     /// The link ended. `clean` = a close frame was received.
@@ -542,6 +628,29 @@ impl Monitor {
             }
             ServerEvent::SessionCreated { session } => {
                 debug!(model = ?session.get("model"), "session.created");
+            }
+            ServerEvent::SessionClosed { reason, usage } => {
+                return self.on_session_closed(link, &reason, &usage).await;
+            }
+            ServerEvent::TransportRinging => self.event("ringing", json!({})).await,
+            ServerEvent::TransportAnswered => {
+                info!("outbound call answered");
+                self.event("answered", json!({})).await;
+                if std::mem::take(&mut self.greet_on_answer) {
+                    if let Some(greeting) = self.profile.greeting.clone() {
+                        self.send(link, client::response_create(Some(&greeting)))
+                            .await;
+                    }
+                }
+            }
+            ServerEvent::TransportFailed { error } => {
+                warn!(code = ?error.code, "outbound call failed");
+                self.event(
+                    "transport_failed",
+                    json!({ "type": error.kind, "code": error.code, "message": error.message }),
+                )
+                .await;
+                return Flow::End(CallState::Ended, "transport_failed");
             }
             ServerEvent::Other => {}
         }

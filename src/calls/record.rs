@@ -39,9 +39,47 @@ pub enum CallState {
     TransferFailed,
     /// The call ended without a transfer (caller hung up, `end_call`, max duration, operator).
     Ended,
+    /// Another API owns this SIP call: the delivery came from the API the profile does not use
+    /// (one SIP call fires `realtime.call.incoming` and `live.transport.incoming` when the project
+    /// subscribes to both, openai.md §1), or GPT-Live answered `decision_already_made`. It was
+    /// acknowledged and left alone; `sip_call_id` links it to the owning record.
+    Ignored,
 }
 
 impl CallState {
+    /// Every state, in life-cycle order (store backends build state filters from it).
+    pub const ALL: [CallState; 10] = [
+        Self::Accepting,
+        Self::AcceptFailed,
+        Self::Missed,
+        Self::Rejected,
+        Self::Active,
+        Self::Transferring,
+        Self::Transferred,
+        Self::TransferFailed,
+        Self::Ended,
+        Self::Ignored,
+    ];
+    const _ALL_COMPLETE: () = assert!(Self::ALL.len() == Self::Ignored.all_index() + 1);
+
+    /// Position in [`CallState::ALL`]; an exhaustive match, so adding a state fails to compile
+    /// until it is listed.
+    #[allow(dead_code)]
+    const fn all_index(self) -> usize {
+        match self {
+            Self::Accepting => 0,
+            Self::AcceptFailed => 1,
+            Self::Missed => 2,
+            Self::Rejected => 3,
+            Self::Active => 4,
+            Self::Transferring => 5,
+            Self::Transferred => 6,
+            Self::TransferFailed => 7,
+            Self::Ended => 8,
+            Self::Ignored => 9,
+        }
+    }
+
     /// The stored name, e.g. `"transfer_failed"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -54,6 +92,7 @@ impl CallState {
             Self::Transferred => "transferred",
             Self::TransferFailed => "transfer_failed",
             Self::Ended => "ended",
+            Self::Ignored => "ignored",
         }
     }
 
@@ -69,6 +108,7 @@ impl CallState {
             "transferred" => Self::Transferred,
             "transfer_failed" => Self::TransferFailed,
             "ended" => Self::Ended,
+            "ignored" => Self::Ignored,
             _ => return None,
         })
     }
@@ -82,7 +122,12 @@ impl CallState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Self::Missed | Self::Rejected | Self::Transferred | Self::TransferFailed | Self::Ended
+            Self::Missed
+                | Self::Rejected
+                | Self::Transferred
+                | Self::TransferFailed
+                | Self::Ended
+                | Self::Ignored
         )
     }
 }

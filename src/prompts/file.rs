@@ -14,6 +14,7 @@ pub(crate) struct RawProfile {
     pub name: Option<Spanned<String>>,
     pub description: Option<String>,
     pub default: Option<Spanned<bool>>,
+    pub api: Option<Spanned<String>>,
     #[serde(default)]
     pub priority: i32,
     pub instructions: Option<Spanned<String>>,

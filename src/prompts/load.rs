@@ -386,7 +386,26 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
             ),
         );
     }
-    let session = session(&mut cx, raw.session.unwrap_or_default());
+    let api = match &raw.api {
+        None => crate::calls::record::Api::Realtime,
+        Some(a) => match a.get_ref().as_str() {
+            "realtime" => crate::calls::record::Api::Realtime,
+            "live" => crate::calls::record::Api::Live,
+            other => {
+                cx.err(a, format!("api {other:?} must be \"realtime\" or \"live\""));
+                crate::calls::record::Api::Realtime
+            }
+        },
+    };
+    let raw_session = raw.session.unwrap_or_default();
+    let live_model_unset = raw_session.model.is_none();
+    if api == crate::calls::record::Api::Live {
+        live_only_checks(&mut cx, &raw_session);
+    }
+    let mut session = session(&mut cx, raw_session);
+    if api == crate::calls::record::Api::Live && live_model_unset {
+        session.model = crate::openai::live::DEFAULT_LIVE_MODEL.into();
+    }
     let escalation = match raw.escalation {
         Some(e) => {
             let span = e.span();
@@ -438,6 +457,7 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
         instructions_path,
         is_default,
         priority: raw.priority,
+        api,
         instructions,
         greeting,
         max_call_duration,
@@ -526,6 +546,30 @@ fn match_rules(cx: &mut Ctx<'_>, m: RawMatch) -> MatchRules {
         caller,
         caller_prefix,
         sip_header,
+    }
+}
+
+/// `api = "live"`: GPT-Live decides when to speak and has no transcription or audio tuning
+/// settings (openai.md §7.4), so the Realtime-only `[session]` keys are errors rather than
+/// silently ignored.
+fn live_only_checks(cx: &mut Ctx<'_>, s: &RawSession) {
+    let msg = |key: &str| {
+        format!("session.{key} is a Realtime setting; GPT-Live (api = \"live\") has none")
+    };
+    if let Some(v) = &s.speed {
+        cx.err(v, msg("speed"));
+    }
+    if let Some(v) = &s.transcription_model {
+        cx.err(v, msg("transcription_model"));
+    }
+    if let Some(v) = &s.language {
+        cx.err(v, msg("language"));
+    }
+    if let Some(v) = &s.turn_detection {
+        cx.err(v, msg("turn_detection"));
+    }
+    if s.noise_reduction.is_some() {
+        cx.err_at(None, msg("noise_reduction"));
     }
 }
 
