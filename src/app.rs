@@ -213,6 +213,8 @@ pub async fn start_with_store(
         shutdown: CancellationToken::new(),
         tools,
         after_call,
+        hubspot: config.hubspot.clone(),
+        twilio: twilio.as_ref().map(|t| t.rest.clone()),
         live: crate::openai::live::LiveControl::new(
             &config.openai.live_base_url,
             &config.openai.live_sideband_url,
@@ -220,7 +222,6 @@ pub async fn start_with_store(
             Duration::from_millis(config.openai.request_timeout_ms),
         )
         .map_err(|e| StartError::Http(e.to_string()))?,
-        hubspot: config.hubspot.clone(),
     });
     let listener = TcpListener::bind(config.server.listen)
         .await

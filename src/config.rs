@@ -232,6 +232,26 @@ pub struct TwilioConfig {
     pub from_number: String,
     /// REST request timeout, milliseconds.
     pub request_timeout_ms: u64,
+    /// How `POST /twilio/voice` answers an admitted call: `stream` (default) bridges it over
+    /// Media Streams, `sip` dials it on to OpenAI SIP ([`TwilioVoiceMode`]).
+    pub voice_mode: TwilioVoiceMode,
+    /// The OpenAI SIP URI that `voice_mode = "sip"` dials, e.g.
+    /// `sip:proj_XXXX@sip.api.openai.com;transport=tls` (openai.md §8; `sip-eu…` for EU
+    /// projects). A `sip:`/`sips:` URI without `?headers`; required for `sip`.
+    pub openai_sip_uri: String,
+}
+
+/// `[twilio] voice_mode`: what the voice webhook answers.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TwilioVoiceMode {
+    /// `<Connect><Stream>`: the Media Streams bridge (`crate::bridge`).
+    #[default]
+    Stream,
+    /// `<Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={CallSid}</Sip></Dial>`: the call reaches
+    /// OpenAI over SIP (the SIP webhook path) while Twilio keeps the parent call, which a
+    /// `twilio_dial` escalation redirects (`crate::escalation::twilio_dial`).
+    Sip,
 }
 
 impl Default for TwilioConfig {
@@ -242,6 +262,8 @@ impl Default for TwilioConfig {
             public_url: String::new(),
             from_number: String::new(),
             request_timeout_ms: 5_000,
+            voice_mode: TwilioVoiceMode::Stream,
+            openai_sip_uri: String::new(),
         }
     }
 }
@@ -633,6 +655,15 @@ impl Config {
                     m.model
                 )));
             }
+        }
+        if self.twilio.voice_mode == TwilioVoiceMode::Sip
+            && crate::twilio::twiml::SipTarget::new(self.twilio.openai_sip_uri.trim()).is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "twilio.voice_mode = \"sip\" needs twilio.openai_sip_uri, a sip: URI without \
+                 headers such as sip:proj_XXXX@sip.api.openai.com;transport=tls (got {:?})",
+                self.twilio.openai_sip_uri
+            )));
         }
         if self.hubspot.ticket_pipeline.is_some() && self.hubspot.ticket_stage.is_none() {
             return Err(ConfigError::Invalid(

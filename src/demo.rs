@@ -65,7 +65,7 @@ pub struct DemoArgs {
 
 /// The script `--connect` plays unless `--script` names another.
 pub const CONNECT_SCRIPT: &str = "scripts/connect_escalation.toml";
-/// The default `--script`.
+/// The default `--script` (Realtime, without `--connect`).
 const DEFAULT_SCRIPT: &str = "scripts/question_then_human.toml";
 
 /// Runs the demo. Exit code 0 only when the call ended `transferred`.

@@ -19,7 +19,7 @@
 //! | `sms_followups_total` | counter | `status` | SMS follow-ups: `sent`, `skipped`, `opted_out`, `failed` |
 //! | `call_cost_micros_total` | counter | `model`, `currency` | estimated model cost of ended calls, millionths |
 //! | `handover_tokens_total` | counter | `event` | handover tokens: `minted`, `mint_failed` (controller); `redeemed`, `expired`, `redeem_failed` (where they are redeemed: the Connect Lambda, `demo --connect`) |
-//! | `handovers_total` | counter | `action`, `outcome` | finished hand-offs by escalation action (`refer`, `connect_refer`) and outcome (`transferred`, `transfer_failed`, `abandoned`) |
+//! | `handovers_total` | counter | `action`, `outcome` | finished hand-offs by escalation action (`refer`, `connect_refer`, `twilio_dial`) and outcome (`transferred`, `transfer_failed`, `abandoned`) |
 //! | `escalation_crm_total` | counter | `outcome` | HubSpot work on escalation: `ok`, `failed`, `skipped` (no caller number), `late` (not done when the call ended) |
 //! | `build_info` | gauge | `version` | always 1 |
 

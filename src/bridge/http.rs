@@ -2,7 +2,7 @@
 //!
 //! | route | checks | answer |
 //! |---|---|---|
-//! | `POST /twilio/voice` | `X-Twilio-Signature` over `{public URL}{path}[?query]` and all form parameters (403 otherwise); `CallSid`, `AccountSid`, `From`, `To` present (400) | TwiML: `<Connect><Stream>` or a reject |
+//! | `POST /twilio/voice` | `X-Twilio-Signature` over `{public URL}{path}[?query]` and all form parameters (403 otherwise); `CallSid`, `AccountSid`, `From`, `To` present (400) | TwiML: `<Connect><Stream>` (`[twilio] voice_mode = "stream"`), `<Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={CallSid}</Sip></Dial>` (`voice_mode = "sip"`, see [`crate::escalation::twilio_dial`]), or a reject |
 //! | `GET /twilio/media` | signature over the stream URL `wss://{public host}{prefix}/twilio/media`, no params (403) | WebSocket upgrade → [`super::stream::run`] |
 //! | `POST /twilio/status` | signature over `{public URL}/twilio/status` + form (403); `CallSid` (400) | 200; events, and `missed` for outbound calls that never connected |
 //! | `POST /v1/calls/outbound` (admin token) | JSON `{"to": "+E164", "profile": "name"?}` | 201 `{"call": record}`; 400/404/409/502 `{"error"}` |
@@ -46,6 +46,8 @@ use super::{MEDIA_PATH, STATUS_PATH, TwilioContext, VOICE_PATH, params};
 use crate::app::AppState;
 use crate::calls::persist::{append, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState, MediaInfo};
+use crate::config::TwilioVoiceMode;
+use crate::escalation::twilio_dial;
 use crate::prompts::{Admission, Profile, RejectReason};
 use crate::sip::{CallParties, E164, SipHeader};
 use crate::telemetry::{mask_number, names};
@@ -228,19 +230,96 @@ async fn voice(
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let span = tracing::info_span!("call", call_id = %hook.call_sid);
+    if tw.voice_mode == TwilioVoiceMode::Sip {
+        let sip_uri = tw.openai_sip_uri.clone();
+        return dial_openai(app, sip_uri, hook).instrument(span).await;
+    }
     incoming(app, base, hook).instrument(span).await
 }
 
-/// A verified voice webhook: profile, record, reject rules, TwiML.
-async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Response {
-    let now = Utc::now();
-    let parties = parties(&hook);
+/// The profile for a voice webhook (chosen as on the SIP path, from `From`/`To` and the
+/// `SipHeader_*` parameters), with the parties it was chosen on.
+fn select_profile(app: &AppState, hook: &VoiceWebhook) -> (CallParties, Arc<Profile>) {
+    let parties = parties(hook);
     let sip_headers: Vec<SipHeader> = hook
         .sip_headers
         .iter()
         .map(|(n, v)| SipHeader::new(n.as_str(), v.as_str()))
         .collect();
-    let profile: Arc<Profile> = app.profiles.load().select(&parties, &sip_headers).clone();
+    let profile = app.profiles.load().select(&parties, &sip_headers).clone();
+    (parties, profile)
+}
+
+/// `[twilio] voice_mode = "sip"`: the profile's reject rules answer as in `stream` mode (a
+/// `rejected` record keyed by the `CallSid`); an admitted call is answered with
+/// [`twilio_dial::dial_sip_twiml`] and gets no record here: its record is the SIP call's,
+/// created by the `realtime.call.incoming` webhook, which carries this `CallSid` as
+/// `twilio_call_sid`.
+async fn dial_openai(app: Arc<AppState>, sip_uri: String, hook: VoiceWebhook) -> Response {
+    let now = Utc::now();
+    let (parties, profile) = select_profile(&app, &hook);
+    let active = app.registry().count_for_profile(&profile.name);
+    if let Admission::Reject { reason, .. } = profile.admission(&parties, now, active) {
+        let mut record = CallRecord::new(&hook.call_sid, Api::TwilioMedia, "twilio-voice", now);
+        record.profile = profile.name.clone();
+        record.caller = parties.caller.as_ref().map(|n| n.as_str().to_string());
+        record.dialed = parties.dialed.as_ref().map(|n| n.as_str().to_string());
+        record.state = CallState::Rejected;
+        record.ended_at = Some(now);
+        record.end_reason = Some(reason.as_str().into());
+        match app.store.create_call(&record).await {
+            Ok(crate::store::CreateOutcome::Exists(existing)) => {
+                info!(state = %existing.state, "voice webhook for a known call: answering as before");
+            }
+            Ok(crate::store::CreateOutcome::Created) => {
+                rejected(&app, &record, reason).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot store the call record; answering anyway");
+                metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
+            }
+        }
+        return xml(reject_twiml(reason));
+    }
+    match twilio_dial::dial_sip_twiml(&sip_uri, &hook.call_sid) {
+        Ok(body) => {
+            info!(
+                caller = %parties.caller.as_ref().map(|n| mask_number(n.as_str())).unwrap_or_default(),
+                profile = %profile.name,
+                "twilio voice webhook: dialing OpenAI SIP"
+            );
+            xml(body)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot build the <Dial><Sip> TwiML");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bad [twilio] openai_sip_uri",
+            )
+        }
+    }
+}
+
+/// The event and metric of a call refused by a reject rule.
+async fn rejected(app: &AppState, record: &CallRecord, reason: RejectReason) {
+    info!(reason = reason.as_str(), "rejecting Twilio call");
+    append(
+        app,
+        CallEvent::new(
+            &record.call_id,
+            "rejected",
+            json!({ "reason": reason.as_str() }),
+        ),
+    )
+    .await;
+    metrics::counter!(names::CALLS_ENDED, "state" => "rejected", "reason" => reason.as_str())
+        .increment(1);
+}
+
+/// A verified voice webhook: profile, record, reject rules, TwiML.
+async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Response {
+    let now = Utc::now();
+    let (parties, profile) = select_profile(&app, &hook);
     let mut record = CallRecord::new(&hook.call_sid, Api::TwilioMedia, "twilio-voice", now);
     record.profile = profile.name.clone();
     record.caller = parties.caller.as_ref().map(|n| n.as_str().to_string());
@@ -283,22 +362,11 @@ async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Respo
     .await;
     let active = app.registry().count_for_profile(&profile.name);
     if let Admission::Reject { reason, .. } = profile.admission(&parties, now, active) {
-        info!(reason = reason.as_str(), "rejecting Twilio call");
         record.state = CallState::Rejected;
         record.ended_at = Some(Utc::now());
         record.end_reason = Some(reason.as_str().into());
         save(&app, &record).await;
-        append(
-            &app,
-            CallEvent::new(
-                &record.call_id,
-                "rejected",
-                json!({ "reason": reason.as_str() }),
-            ),
-        )
-        .await;
-        metrics::counter!(names::CALLS_ENDED, "state" => "rejected", "reason" => reason.as_str())
-            .increment(1);
+        rejected(&app, &record, reason).await;
         return xml(reject_twiml(reason));
     }
     answer_connect(&base, &profile.name, &hook)

@@ -128,6 +128,10 @@ pub struct TwilioContext {
     pub public_url: String,
     /// `[twilio] from_number`: caller ID of outbound calls.
     pub from_number: String,
+    /// `[twilio] voice_mode`: `<Connect><Stream>` or `<Dial><Sip>` to OpenAI.
+    pub voice_mode: crate::config::TwilioVoiceMode,
+    /// `[twilio] openai_sip_uri` (trimmed), dialed in `sip` mode.
+    pub openai_sip_uri: String,
 }
 
 impl TwilioContext {
@@ -155,6 +159,8 @@ impl TwilioContext {
             rest,
             public_url: cfg.public_url.trim().trim_end_matches('/').to_string(),
             from_number: cfg.from_number.trim().to_string(),
+            voice_mode: cfg.voice_mode,
+            openai_sip_uri: cfg.openai_sip_uri.trim().to_string(),
         }))
     }
 }

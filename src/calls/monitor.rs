@@ -57,11 +57,13 @@ use crate::calls::record::{
 use crate::calls::record::{CrmRecord, HandoverRecord};
 use crate::calls::registry::{CallRegistry, Command};
 use crate::config::{HubSpotConfig, MonitorConfig, Secret, SummaryMode};
+use crate::escalation::twilio_dial::{self, DialError};
 use crate::escalation::{Action, Handoff, Outcome, Step, Trigger, connect};
 use crate::openai::CallControl;
 use crate::openai::live::{LiveActions, LiveControl, LiveLink};
 use crate::openai::sideband::{ServerEvent, SidebandError, client};
 use crate::prompts::{Profile, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN};
+use crate::sip::TransferTarget;
 use crate::store::Store;
 use crate::telemetry::names;
 use crate::tools::{self, CallInfo, ToolDef, ToolResult};
@@ -89,10 +91,13 @@ pub struct MonitorContext {
     pub tools: Arc<tools::Services>,
     /// Summary, cost estimate and SMS follow-up settings and clients.
     pub after_call: Arc<AfterCallServices>,
-    /// GPT-Live call control and attach sideband (calls whose record says `api = live`).
-    pub live: LiveControl,
     /// `[hubspot]`: CRM work on escalation (the client is `tools.hubspot`).
     pub hubspot: HubSpotConfig,
+    /// The Twilio REST client of the account, when Twilio is configured: `twilio_dial`
+    /// hand-offs redirect the parent call with it.
+    pub twilio: Option<crate::twilio::rest::TwilioRest>,
+    /// GPT-Live call control and attach sideband (calls whose record says `api = live`).
+    pub live: LiveControl,
 }
 
 /// How the monitor attaches.
@@ -228,8 +233,9 @@ fn start(
         want_response: false,
         closing: None,
         summary_response: None,
-        greet_on_answer: attach == Attach::Outbound,
         crm: None,
+        pending_dial: None,
+        greet_on_answer: attach == Attach::Outbound,
     };
     tokio::spawn(
         async move {
@@ -317,10 +323,14 @@ struct Monitor {
     closing: Option<Closing>,
     /// The response id of the summary request.
     summary_response: Option<String>,
-    /// An outbound call: say the greeting when the callee answers.
-    greet_on_answer: bool,
     /// The HubSpot contact/ticket task started on escalation, until its result is recorded.
     crm: Option<tokio::task::JoinHandle<CrmRecord>>,
+    /// A `twilio_dial` hand-off: its first target is reached by redirecting the parent Twilio
+    /// call (with the handover token as `sendDigits`, `None` when minting failed) instead of a
+    /// REFER. Taken by that first step.
+    pending_dial: Option<Option<String>>,
+    /// An outbound call: say the greeting when the callee answers.
+    greet_on_answer: bool,
 }
 
 impl Monitor {
@@ -1104,10 +1114,7 @@ impl Monitor {
             d => format!("{}: {}", trigger.kind(), d.trim()),
         };
         let crm_wanted = self.crm_client().is_some();
-        let connect_settings = match &settings.action {
-            Action::ConnectRefer(c) => Some(c),
-            Action::Refer => None,
-        };
+        let connect_settings = settings.action.handover();
         let summary = if crm_wanted || connect_settings.is_some() {
             let transcript = match self.ctx.store.transcript(&self.record.call_id).await {
                 Ok(t) => t,
@@ -1174,6 +1181,9 @@ impl Monitor {
                     }
                 }
             };
+            if matches!(settings.action, Action::TwilioDial(_)) {
+                self.pending_dial = Some(handover.token.clone());
+            }
             if let Some(esc) = self.record.escalation.as_mut() {
                 esc.handover = Some(handover);
             }
@@ -1330,29 +1340,32 @@ impl Monitor {
                 }
                 Step::Refer(target) => {
                     let uri = target.as_uri();
-                    // Through the call's actions: OpenAI /refer on SIP, a Twilio REST redirect on
-                    // the media bridge.
-                    let result = self.actions.refer(&target).await;
-                    let h = self.handoff.as_mut().expect("refer only during a hand-off");
-                    step = match result {
-                        Ok(()) => {
-                            self.event("refer_sent", json!({ "target": uri })).await;
-                            self.handoff
-                                .as_mut()
-                                .expect("hand-off")
-                                .refer_answered(true)
-                        }
-                        Err(e) => {
-                            let s = h.refer_answered(false);
-                            warn!(error = %e, "refer failed");
-                            self.event(
-                                "refer_failed",
-                                json!({ "target": uri, "error": e.to_string() }),
-                            )
-                            .await;
-                            s
-                        }
+                    // A twilio_dial hand-off's first target: redirect the parent Twilio call.
+                    // Otherwise through the call's actions: OpenAI /refer on SIP, a Twilio REST
+                    // redirect on the media bridge.
+                    let relayed = match self.pending_dial.take() {
+                        Some(token) => self.twilio_dial(&target, token.as_deref()).await,
+                        None => match self.actions.refer(&target).await {
+                            Ok(()) => {
+                                self.event("refer_sent", json!({ "target": uri })).await;
+                                true
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "refer failed");
+                                self.event(
+                                    "refer_failed",
+                                    json!({ "target": uri, "error": e.to_string() }),
+                                )
+                                .await;
+                                false
+                            }
+                        },
                     };
+                    step = self
+                        .handoff
+                        .as_mut()
+                        .expect("refer only during a hand-off")
+                        .refer_answered(relayed);
                     if let Some(esc) = self.record.escalation.as_mut() {
                         esc.target = uri;
                     }
@@ -1366,6 +1379,54 @@ impl Monitor {
                     return self.conclude_handoff(link, Outcome::Failed).await;
                 }
                 Step::Done(outcome) => return self.conclude_handoff(link, outcome).await,
+            }
+        }
+    }
+
+    /// The first step of a `twilio_dial` hand-off: redirects the parent Twilio call (the
+    /// record's `twilio_call_sid`, or the call itself on the Media Streams path) to `<Dial>`
+    /// `target` with `sendDigits="wwww{token}#"`. True when Twilio answered 200: the AI leg ends,
+    /// and the sideband closing confirms the transfer as after a REFER. False (recorded as
+    /// `twilio_dial_failed`) sends the hand-off on to the fallback, as a failed REFER does.
+    async fn twilio_dial(&mut self, target: &TransferTarget, token: Option<&str>) -> bool {
+        let parent =
+            self.record.twilio_call_sid.clone().or_else(|| {
+                (self.record.api == Api::TwilioMedia).then(|| self.record.call_id.clone())
+            });
+        let result = match (&self.ctx.twilio, parent.as_deref(), target) {
+            (_, None, _) => Err(DialError::NoParentCall),
+            (None, Some(_), _) => Err(DialError::NotConfigured),
+            (_, Some(_), TransferTarget::Sip(uri)) => Err(DialError::NotANumber(uri.clone())),
+            (Some(rest), Some(sid), TransferTarget::Tel(number)) => {
+                twilio_dial::redirect(rest, sid, number, token).await
+            }
+        };
+        match result {
+            Ok(()) => {
+                info!(transfer_target = %target.as_uri(), "twilio_dial: parent call redirected");
+                self.event(
+                    "twilio_dial_sent",
+                    json!({
+                        "target": target.as_uri(),
+                        "twilio_call_sid": parent,
+                        "send_digits": token.is_some(),
+                    }),
+                )
+                .await;
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "twilio_dial failed");
+                self.event(
+                    "twilio_dial_failed",
+                    json!({
+                        "target": target.as_uri(),
+                        "twilio_call_sid": parent,
+                        "error": e.to_string(),
+                    }),
+                )
+                .await;
+                false
             }
         }
     }

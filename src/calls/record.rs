@@ -250,6 +250,12 @@ pub struct CallRecord {
     /// JSON column, absent in records written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<MediaInfo>,
+    /// The parent Twilio `CallSid` (`CA` + 32 hex) of a SIP call that reached OpenAI through
+    /// Twilio Programmable Voice (`<Dial><Sip>` with the `X-Twilio-CallSid` URI header, see
+    /// [`crate::escalation::twilio_dial`]): the call a `twilio_dial` hand-off redirects. Absent
+    /// otherwise and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twilio_call_sid: Option<String>,
 }
 
 /// What the controller adds to a call around and after it: token details for the cost estimate,
@@ -438,6 +444,7 @@ impl CallRecord {
             usage: Usage::default(),
             after_call: AfterCall::default(),
             media: None,
+            twilio_call_sid: None,
         }
     }
 }

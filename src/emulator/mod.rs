@@ -906,6 +906,30 @@ impl Emulator {
         })
     }
 
+    /// The caller's SIP leg ends from the far side (a BYE), e.g. Twilio dropping its
+    /// `<Dial><Sip>` leg after the parent call was redirected (a `twilio_dial` hand-off): a live
+    /// call becomes [`EmuCallStatus::CallerHungUp`] and its sideband connections get a close
+    /// frame, as when OpenAI ends the session. False for an unknown or already ended call.
+    pub fn end_from_far_side(&self, call_id: &str) -> bool {
+        let shared = self.shared();
+        let mut calls = shared.calls();
+        let Some(call) = calls
+            .get_mut(call_id)
+            .filter(|c| c.view.status == EmuCallStatus::Accepted)
+        else {
+            return false;
+        };
+        call.view.status = EmuCallStatus::CallerHungUp;
+        call.control_all(Control::Close);
+        drop(calls);
+        shared.bump();
+        shared.emit(EmulatorEvent::Hangup {
+            call_id: call_id.to_string(),
+            by: HangupBy::Caller,
+        });
+        true
+    }
+
     /// A snapshot of the call, or `None` for an unknown id.
     pub fn call(&self, call_id: &str) -> Option<CallView> {
         self.shared().calls().get(call_id).map(|c| c.view.clone())

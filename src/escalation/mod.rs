@@ -16,6 +16,7 @@
 
 pub mod connect;
 pub mod phrases;
+pub mod twilio_dial;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -31,19 +32,36 @@ pub enum Action {
     /// `connect_refer`: mint a handover token for an Amazon Connect contact flow ([`connect`]),
     /// then REFER to the Connect number (the target, `tel:+E164`), then to the fallback.
     ConnectRefer(ConnectHandover),
+    /// `twilio_dial`: for calls that reach OpenAI through Twilio Programmable Voice
+    /// (`<Dial><Sip>` with the parent `CallSid` in an `X-Twilio-CallSid` header): mint the same
+    /// handover token as `connect_refer`, then redirect the parent Twilio call through the REST
+    /// API to `<Dial><Number sendDigits="wwww{token}#">` the Connect number (the target,
+    /// `tel:+E164`), which drops the AI leg ([`twilio_dial`]); on failure REFER to the fallback.
+    TwilioDial(ConnectHandover),
 }
 
 impl Action {
-    /// `refer` or `connect_refer` (record field and metric label).
+    /// `refer`, `connect_refer` or `twilio_dial` (record field and metric label).
     pub fn label(&self) -> &'static str {
         match self {
             Self::Refer => "refer",
             Self::ConnectRefer(_) => "connect_refer",
+            Self::TwilioDial(_) => "twilio_dial",
+        }
+    }
+
+    /// The `[escalation.connect]` settings of a hand-off that mints a handover token
+    /// (`connect_refer`, `twilio_dial`); `None` for plain `refer`.
+    pub fn handover(&self) -> Option<&ConnectHandover> {
+        match self {
+            Self::Refer => None,
+            Self::ConnectRefer(c) | Self::TwilioDial(c) => Some(c),
         }
     }
 }
 
-/// `[escalation.connect]`: what a `connect_refer` hand-off puts in the token's payload.
+/// `[escalation.connect]`: what a `connect_refer` or `twilio_dial` hand-off puts in the token's
+/// payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectHandover {
     /// `queue`: the queue the contact flow should route to (`route_to_queue`).

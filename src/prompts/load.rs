@@ -735,8 +735,8 @@ fn escalation(cx: &mut Ctx<'_>, e: RawEscalation, span: Range<usize>) -> Escalat
     }
 }
 
-/// `action` and `[escalation.connect]`: `connect_refer` needs a `tel:` target (the Connect
-/// number); `[escalation.connect]` is only for `connect_refer`; its labels must be safe to route
+/// `action` and `[escalation.connect]`: `connect_refer` and `twilio_dial` need a `tel:` target
+/// (the Connect number); `[escalation.connect]` is only for those two; its labels must be safe to route
 /// on in a contact flow (letters, digits, `-`, `_`; `../shared/reference/connect-dynamodb-hubspot.md`
 /// §2.2).
 fn escalation_action(
@@ -752,17 +752,19 @@ fn escalation_action(
             if let Some(c) = &connect {
                 cx.err(
                     c,
-                    "escalation.connect is only used with action = \"connect_refer\"",
+                    "escalation.connect is only used with action = \"connect_refer\" or \"twilio_dial\"",
                 );
             }
             Action::Refer
         }
-        Some("connect_refer") => {
+        Some(kind @ ("connect_refer" | "twilio_dial")) => {
             let a = action.as_ref().expect("named");
             if target.is_some_and(|t| !matches!(t, TransferTarget::Tel(_))) {
                 cx.err(
                     a,
-                    "escalation: action \"connect_refer\" needs a tel:+E164 target (the Amazon Connect number)",
+                    format!(
+                        "escalation: action {kind:?} needs a tel:+E164 target (the Amazon Connect number)"
+                    ),
                 );
             }
             let mut settings = ConnectHandover::default();
@@ -809,12 +811,18 @@ fn escalation_action(
                     settings.read_code = r;
                 }
             }
-            Action::ConnectRefer(settings)
+            if kind == "twilio_dial" {
+                Action::TwilioDial(settings)
+            } else {
+                Action::ConnectRefer(settings)
+            }
         }
         Some(other) => {
             cx.err(
                 action.as_ref().expect("named"),
-                format!("escalation.action {other:?}: one of \"refer\", \"connect_refer\""),
+                format!(
+                    "escalation.action {other:?}: one of \"refer\", \"connect_refer\", \"twilio_dial\""
+                ),
             );
             Action::Refer
         }

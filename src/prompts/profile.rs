@@ -419,7 +419,7 @@ pub struct EscalationSettings {
     pub fallback_target: Option<TransferTarget>,
     /// Spoken before hanging up when every target failed.
     pub apology: String,
-    /// `action`: plain REFER, or an Amazon Connect hand-over (`connect_refer`, with
+    /// `action`: plain REFER, or an Amazon Connect hand-over (`connect_refer` or `twilio_dial`, with
     /// `[escalation.connect]`).
     pub action: crate::escalation::Action,
 }

@@ -1397,6 +1397,11 @@ fn encode_call(r: &CallRecord) -> Result<Item, StoreError> {
         "media",
         r.media.as_ref().map(to_json).transpose()?.map(s),
     );
+    put_opt(
+        &mut item,
+        "twilio_call_sid",
+        r.twilio_call_sid.as_deref().map(s),
+    );
     item.insert("list_pk".into(), s(LIST_PK));
     item.insert(
         "created_key".into(),
@@ -1438,6 +1443,8 @@ fn decode_call(item: &Item) -> Result<CallRecord, StoreError> {
         media: get_opt_s(item, "media")?
             .map(|v| from_json::<crate::calls::record::MediaInfo>(&v, "media"))
             .transpose()?,
+        // SIP calls dialed in through Twilio only.
+        twilio_call_sid: get_opt_s(item, "twilio_call_sid")?,
     })
 }
 

@@ -1,9 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
 //! # Layout
-//! Schema version 4 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
+//! Schema version 5 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
 //! and refuses newer ones; version 2 added `calls.after_call`, version 3 `handover_tokens`,
-//! version 4 `calls.media`):
+//! version 4 `calls.media`, version 5 `calls.twilio_call_sid`):
 //!
 //! ```sql
 //! calls(call_id TEXT PRIMARY KEY, api TEXT, state TEXT, profile TEXT, caller TEXT NULL,
@@ -13,6 +13,7 @@
 //!       usage TEXT            -- JSON Usage
 //!       after_call TEXT NULL  -- JSON AfterCall (v2; NULL = default)
 //!       media TEXT NULL       -- JSON MediaInfo (Twilio Media Streams calls; v4)
+//!       twilio_call_sid TEXT NULL -- parent CallSid of SIP calls dialed in by Twilio (v5)
 //! )
 //! transcript_lines(id INTEGER PRIMARY KEY AUTOINCREMENT, call_id, speaker, text, at, item_id NULL)
 //!       + UNIQUE (call_id, speaker, item_id) WHERE item_id IS NOT NULL
@@ -66,7 +67,7 @@ use crate::calls::record::{
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Most records [`Store::list_calls`] returns, whatever the query's `limit`.
 pub const LIST_LIMIT_CAP: usize = 1000;
@@ -158,11 +159,13 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 3 -> 4: the Twilio Media Streams details of bridged calls (JSON MediaInfo, nullable).
     "ALTER TABLE calls ADD COLUMN media TEXT;",
+    // 4 -> 5: the parent Twilio CallSid of SIP calls dialed in through Twilio (twilio_dial).
+    "ALTER TABLE calls ADD COLUMN twilio_call_sid TEXT;",
 ];
 
 const CALL_COLUMNS: &str = "call_id, api, state, profile, caller, dialed, sip_call_id, \
      webhook_id, created_at, accepted_at, ended_at, end_reason, escalation, usage, after_call, \
-     media";
+     media, twilio_call_sid";
 
 /// SQLite implementation of [`super::Store`]: one database file in WAL mode.
 ///
@@ -490,6 +493,7 @@ struct CallRow {
     usage: String,
     after_call: Option<String>,
     media: Option<String>,
+    twilio_call_sid: Option<String>,
 }
 
 impl CallRow {
@@ -513,6 +517,7 @@ impl CallRow {
                 .then(|| to_json(&r.after_call))
                 .transpose()?,
             media: r.media.as_ref().map(to_json).transpose()?,
+            twilio_call_sid: r.twilio_call_sid.clone(),
         })
     }
 }
@@ -551,6 +556,7 @@ fn decode_call(row: &Row<'_>) -> Result<CallRecord, StoreError> {
         media: media
             .map(|s| from_json::<MediaInfo>(&s, "media"))
             .transpose()?,
+        twilio_call_sid: row.get(16).map_err(backend)?,
         call_id,
     })
 }
@@ -634,7 +640,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let sql = format!(
                 "INSERT INTO calls ({CALL_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                  ON CONFLICT (call_id) DO NOTHING"
             );
             let inserted = conn
@@ -657,6 +663,7 @@ impl Store for SqliteStore {
                         row.usage,
                         row.after_call,
                         row.media,
+                        row.twilio_call_sid,
                     ])
                 })
                 .map_err(backend)?;
@@ -714,7 +721,8 @@ impl Store for SqliteStore {
                     "UPDATE calls SET api = ?2, state = ?3, profile = ?4, caller = ?5,
                         dialed = ?6, sip_call_id = ?7, webhook_id = ?8, created_at = ?9,
                         accepted_at = ?10, ended_at = ?11, end_reason = ?12, escalation = ?13,
-                        usage = ?14, after_call = ?15, media = ?16
+                        usage = ?14, after_call = ?15, media = ?16,
+                        twilio_call_sid = ?17
                      WHERE call_id = ?1",
                 )
                 .and_then(|mut s| {
@@ -735,6 +743,7 @@ impl Store for SqliteStore {
                         row.usage,
                         row.after_call,
                         row.media,
+                        row.twilio_call_sid,
                     ])
                 })
                 .map_err(backend)?;

@@ -262,6 +262,26 @@ impl FakeTwilio {
         self.lock().messages.clone()
     }
 
+    /// Registers an inbound call `from` → `to` as Twilio has it while it runs our voice
+    /// webhook's TwiML (`in-progress`), so it can be updated; returns its `CallSid`.
+    pub fn add_inbound_call(&self, from: &str, to: &str) -> String {
+        let mut state = self.lock();
+        let sid = next_sid(&mut state, "CA");
+        state.calls.insert(
+            sid.clone(),
+            FakeCall {
+                sid: sid.clone(),
+                to: to.to_string(),
+                from: from.to_string(),
+                status: "in-progress".into(),
+                twiml: None,
+                url: None,
+                updates: Vec::new(),
+            },
+        );
+        sid
+    }
+
     /// Moves a call to `status` (`ringing`, `in-progress`, `completed`, …).
     pub fn set_call_status(&self, sid: &str, status: &str) {
         if let Some(call) = self.lock().calls.get_mut(sid) {

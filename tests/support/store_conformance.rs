@@ -309,6 +309,8 @@ pub async fn create_call_created_then_exists(store: Arc<dyn Store>) {
     let id = uniq("call-create");
     let mut first = record(&id, CallState::Accepting, t);
     first.caller = Some("+14155550123".to_string());
+    // Written by create_call too (the SIP webhook knows it before anything else).
+    first.twilio_call_sid = Some("CAffffffffffffffffffffffffffffffff".to_string());
     create(&store, &first).await;
 
     let mut second = record(&id, CallState::Rejected, t + secs(5));
@@ -536,6 +538,7 @@ pub async fn update_call_round_trips_every_field(store: Arc<dyn Store>) {
                 ..BridgeStats::default()
             }),
         }),
+        twilio_call_sid: Some("CA0123456789abcdef0123456789abcdef".to_string()),
     };
     store.update_call(&full).await.unwrap();
     assert_eq!(store.get_call(&id).await.unwrap(), Some(full.clone()));

@@ -1,0 +1,169 @@
+//! `twilio_dial`: hand a caller who reached OpenAI through Twilio Programmable Voice to an
+//! Amazon Connect contact flow, with the handover token keyed in as DTMF.
+//!
+//! Sources: `../shared/reference/twilio.md` §3 (voice webhook), §4.2 (REST call update), §5.2
+//! (`<Dial>`, `<Number sendDigits>`); `../shared/reference/connect-dynamodb-hubspot.md` §1.2
+//! (the flow: mint, redirect with `sendDigits="wwww<token>#"`, Store customer input, Lambda);
+//! `../shared/reference/openai.md` §3 (`realtime.call.incoming` `sip_headers`).
+//!
+//! ```text
+//! caller ─PSTN─ Twilio ──POST /twilio/voice──▶ [twilio] voice_mode = "sip"
+//!                 │   ◀── <Dial><Sip>sip:proj_…@sip.api.openai.com;transport=tls?X-Twilio-CallSid=CA…</Sip></Dial>
+//!                 └─ child SIP leg ──▶ OpenAI ──realtime.call.incoming (sip_headers: X-Twilio-CallSid)──▶ us
+//! escalation: mint token ─▶ POST …/Calls/{parent CallSid}.json
+//!             Twiml=<Response><Dial><Number sendDigits="wwww{token}#">+1ConnectDID</Number></Dial></Response>
+//!             ─▶ Twilio drops the <Dial><Sip> leg (the sideband closes) and dials Connect
+//! ```
+//!
+//! The parent `CallSid` travels as a SIP URI header of the `<Dial><Sip>` target
+//! ([`dial_sip_twiml`]) and comes back in the webhook's `sip_headers` ([`parent_call_sid`]); it is
+//! kept on the call record (`twilio_call_sid`). That `<Dial><Sip>` sends URI headers as INVITE
+//! headers is Twilio's `<Sip>` noun documentation, **[unverified]** against the reference (see
+//! [`crate::twilio::twiml::SipTarget`]); without the header a `twilio_dial` hand-off has no call
+//! to redirect and falls back like a failed REFER.
+
+use crate::sip::{E164, SipHeader, header};
+use crate::twilio::rest::{CallUpdate, TwilioError, TwilioRest};
+use crate::twilio::twiml::{Dial, Number, Response, SipTarget, TwimlError};
+
+/// The SIP header (a URI header of the `<Dial><Sip>` target) carrying the parent `CallSid`.
+pub const CALL_SID_HEADER: &str = "X-Twilio-CallSid";
+
+/// Pauses before the token in `sendDigits`: `w` = 0.5 s each, 2 s in all, so the digits land in
+/// the contact flow's Store customer input block rather than during its greeting (twilio.md
+/// §5.2 timing caveat; tune against the flow, twilio.md §7).
+pub const SEND_DIGITS_PAUSE: &str = "wwww";
+
+/// Why a `twilio_dial` redirect did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The call record has no parent `CallSid` (the call did not come through `<Dial><Sip>` with
+    /// the `X-Twilio-CallSid` header, or not through Twilio at all).
+    #[error("no parent Twilio CallSid on this call")]
+    NoParentCall,
+    /// `[twilio] account_sid` or `TWILIO_AUTH_TOKEN` is not set.
+    #[error("Twilio is not configured")]
+    NotConfigured,
+    /// The TwiML could not be built (a bad number or token).
+    #[error("TwiML: {0}")]
+    Twiml(#[from] TwimlError),
+    /// The target is a SIP URI (the profile loader only allows `tel:` targets).
+    #[error("twilio_dial needs a tel: target, got {0}")]
+    NotANumber(String),
+    /// Twilio refused the update or could not be reached.
+    #[error("Twilio call update: {0}")]
+    Twilio(#[from] TwilioError),
+}
+
+/// True for a Twilio call SID: `CA` followed by 32 hexadecimal digits (either case).
+pub fn is_call_sid(s: &str) -> bool {
+    s.len() == 34 && s.starts_with("CA") && s.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
+}
+
+/// The parent `CallSid` from a `realtime.call.incoming` webhook's `sip_headers`: the first
+/// [`CALL_SID_HEADER`] (name matched case-insensitively), trimmed, when it is a well-formed SID
+/// ([`is_call_sid`]). Header values are untrusted caller metadata (openai.md §3): anything else
+/// is ignored.
+pub fn parent_call_sid(sip_headers: &[SipHeader]) -> Option<String> {
+    header(sip_headers, CALL_SID_HEADER)
+        .map(str::trim)
+        .filter(|v| is_call_sid(v))
+        .map(str::to_string)
+}
+
+/// The voice webhook answer of `[twilio] voice_mode = "sip"`:
+/// `<Response><Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={call_sid}</Sip></Dial></Response>`,
+/// the URI header percent-encoded and the document XML-escaped (twilio.md §5.2, §5.3).
+///
+/// # Errors
+/// [`TwimlError::InvalidSipUri`] when `openai_sip_uri` is not a `sip:`/`sips:` URI without
+/// headers.
+pub fn dial_sip_twiml(openai_sip_uri: &str, call_sid: &str) -> Result<String, TwimlError> {
+    let target = SipTarget::new(openai_sip_uri)?.header(CALL_SID_HEADER, call_sid)?;
+    Ok(Response::new().dial(Dial::new(target)).render())
+}
+
+/// The hand-over TwiML:
+/// `<Response><Dial><Number sendDigits="wwww{token}#">{number}</Number></Dial></Response>`
+/// (connect-dynamodb-hubspot.md §1.2 step 3). Without a token (minting failed) the number is
+/// dialed without digits: the contact flow then matches the caller by number.
+///
+/// # Errors
+/// [`TwimlError`] for a number that is not E.164 or a token that is not DTMF digits.
+pub fn handover_twiml(number: &E164, token: Option<&str>) -> Result<String, TwimlError> {
+    let mut target = Number::new(number.as_str())?;
+    if let Some(token) = token {
+        target = target.send_digits(format!("{SEND_DIGITS_PAUSE}{token}#"))?;
+    }
+    Ok(Response::new().dial(Dial::new(target)).render())
+}
+
+/// Redirects the parent call `call_sid` to [`handover_twiml`] with a REST call update
+/// (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{call_sid}.json`, form field `Twiml`, twilio.md
+/// §4.2). Twilio's 200 means the new TwiML runs: the `<Dial><Sip>` leg to OpenAI ends.
+///
+/// # Errors
+/// [`DialError`]: the TwiML could not be built, or Twilio answered an error or was unreachable.
+pub async fn redirect(
+    rest: &TwilioRest,
+    call_sid: &str,
+    number: &E164,
+    token: Option<&str>,
+) -> Result<(), DialError> {
+    let twiml = handover_twiml(number, token)?;
+    rest.update_call(call_sid, &CallUpdate::Twiml(twiml))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_sid_shape() {
+        assert!(is_call_sid("CA0123456789abcdef0123456789ABCDEF"));
+        assert!(!is_call_sid("CA0123456789abcdef0123456789abcde"));
+        assert!(!is_call_sid("CA0123456789abcdef0123456789abcdeg"));
+        assert!(!is_call_sid("PA0123456789abcdef0123456789abcdef"));
+        assert!(!is_call_sid(""));
+    }
+
+    #[test]
+    fn parent_call_sid_from_headers() {
+        let sid = "CA0123456789abcdef0123456789abcdef";
+        let hs = vec![
+            SipHeader::new("From", "sip:+14155550123@pstn.twilio.com"),
+            SipHeader::new("x-twilio-callsid", format!(" {sid} ")),
+        ];
+        assert_eq!(parent_call_sid(&hs).as_deref(), Some(sid));
+        let bad = vec![SipHeader::new(CALL_SID_HEADER, "CA123; drop table")];
+        assert_eq!(parent_call_sid(&bad), None);
+        assert_eq!(parent_call_sid(&[]), None);
+    }
+
+    #[test]
+    fn twiml_documents() {
+        let sid = "CA0123456789abcdef0123456789abcdef";
+        let xml = dial_sip_twiml("sip:proj_abc@sip.api.openai.com;transport=tls", sid).unwrap();
+        assert!(
+            xml.ends_with(&format!(
+                "<Response><Dial><Sip>sip:proj_abc@sip.api.openai.com;transport=tls?X-Twilio-CallSid={sid}</Sip></Dial></Response>"
+            )),
+            "{xml}"
+        );
+        assert!(dial_sip_twiml("https://x", sid).is_err());
+        let n = E164::parse("+18005550100").unwrap();
+        assert!(
+            handover_twiml(&n, Some("0123456789"))
+                .unwrap()
+                .ends_with(r#"<Response><Dial><Number sendDigits="wwww0123456789#">+18005550100</Number></Dial></Response>"#)
+        );
+        assert!(
+            handover_twiml(&n, None)
+                .unwrap()
+                .ends_with("<Dial><Number>+18005550100</Number></Dial></Response>")
+        );
+        assert!(handover_twiml(&n, Some("12x")).is_err());
+    }
+}
