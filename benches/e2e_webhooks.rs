@@ -7,7 +7,9 @@
 //! of a bare `/accept` round trip to the emulator: the difference is what the controller adds.
 //!
 //! Run: `cargo bench --bench e2e_webhooks` (env `RATE`, default 1000 per second; `SECS`,
-//! default 10). Load generator, emulator and controller share one process and the machine's
+//! default 10; `STORE=dynamodb` stores through `aws-sdk-dynamodb` on fresh tables at
+//! `VOXMACHINA_TEST_DYNAMODB_ENDPOINT`, e.g. the moto server `tools/setup.d/10-dynamodb.sh`
+//! starts, instead of the SQLite file). Load generator, emulator and controller share one process and the machine's
 //! cores, so the numbers are an upper bound on the controller's own cost.
 
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use voxmachina::app;
 use voxmachina::config::{Config, Secret, Secrets};
 use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
+use voxmachina::store::{DynamoStore, Store};
 
 const API_KEY: &str = "sk-bench";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -133,7 +136,20 @@ fn main() {
             twilio_auth_token: None,
             hubspot_token: None,
         };
-        let server = app::start(config, secrets).await.unwrap();
+        let store: Arc<dyn Store> = if std::env::var("STORE").as_deref() == Ok("dynamodb") {
+            let endpoint = std::env::var("VOXMACHINA_TEST_DYNAMODB_ENDPOINT")
+                .expect("STORE=dynamodb needs VOXMACHINA_TEST_DYNAMODB_ENDPOINT");
+            let prefix = format!("bench{}", std::process::id());
+            let store =
+                DynamoStore::new(DynamoStore::local_client(&endpoint, "us-east-1"), &prefix);
+            store.create_tables(Duration::from_secs(60)).await.unwrap();
+            println!("store: DynamoDB at {endpoint} (tables {prefix}_*)");
+            Arc::new(store)
+        } else {
+            println!("store: SQLite file");
+            app::open_store(&config).await.unwrap()
+        };
+        let server = app::start_with_store(config, secrets, store).await.unwrap();
         let url = format!("{}/openai/webhook", server.base_url());
         let http = reqwest::Client::new();
 
