@@ -18,6 +18,7 @@
 //! | `call_summaries_total` | counter | `source` | summaries stored: `model` or `transcript` |
 //! | `sms_followups_total` | counter | `status` | SMS follow-ups: `sent`, `skipped`, `opted_out`, `failed` |
 //! | `call_cost_micros_total` | counter | `model`, `currency` | estimated model cost of ended calls, millionths |
+//! | `leases_total` | counter | `event` | call monitor leases: `acquired`, `taken_over`, `renewed`, `lost`, `released` ([`crate::calls::lease`]) |
 //! | `build_info` | gauge | `version` | always 1 |
 
 use std::io::IsTerminal;
@@ -56,6 +57,8 @@ pub mod names {
     pub const SMS_FOLLOWUPS: &str = "voxmachina_sms_followups_total";
     /// Counter: estimated model cost in millionths of the currency, by `model` and `currency`.
     pub const CALL_COST_MICROS: &str = "voxmachina_call_cost_micros_total";
+    /// Counter: call monitor lease events by `event` ([`crate::calls::lease::events`]).
+    pub const LEASES: &str = "voxmachina_leases_total";
     /// Gauge: build information.
     pub const BUILD_INFO: &str = "voxmachina_build_info";
 }

@@ -100,10 +100,12 @@ async fn opening_a_version_2_file_adds_the_token_table() {
             .await
             .unwrap();
     }
-    // Make it a version-2 file: the v3 table and the v4 column gone, user_version 2.
+    // Make it a version-2 file: the v3 table, the v4 column and the v5 table gone,
+    // user_version 2.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE handover_tokens; ALTER TABLE calls DROP COLUMN media; PRAGMA user_version = 2;",
+        "DROP TABLE handover_tokens; ALTER TABLE calls DROP COLUMN media;
+         DROP TABLE call_leases; PRAGMA user_version = 2;",
     )
     .unwrap();
     drop(conn);
@@ -120,7 +122,7 @@ async fn opening_a_version_2_file_adds_the_token_table() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
 }
 
 /// Purge drops expired tokens (they are not counted in `PurgeStats`) and keeps live ones.

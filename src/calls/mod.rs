@@ -2,6 +2,7 @@
 //! the per-call sideband monitor ([`monitor`]).
 
 pub mod after_call;
+pub mod lease;
 pub mod link;
 pub mod monitor;
 pub mod record;
