@@ -8,8 +8,10 @@
 //!   monitor detach without touching the call: the other owner monitors it now. A store *error*
 //!   does not: the monitor keeps the call (a failing dependency never drops a call) and retries
 //!   at the next interval.
-//! - When the call ends, or the instance shuts down gracefully, the lease is released, so
-//!   another instance (or the next start) can reattach at once.
+//! - When the call ends the lease is released (deleted). When the instance shuts down
+//!   gracefully and detaches, the lease is handed back ([`Leases::hand_back`]): it stays stored
+//!   under this owner but expires at once, so another instance takes the call over at its next
+//!   scan, and this instance's next start (same id) takes it back at once.
 //! - Every instance runs a takeover scan (`crate::app`): a live call whose lease expired — or
 //!   that has had none for longer than the lease TTL — is taken over with a conditional
 //!   [`Store::acquire_lease`] (exactly one instance wins) and its sideband reattached.
@@ -42,7 +44,7 @@ pub mod events {
     pub const RENEWED: &str = "renewed";
     /// A renewal the store refused: the monitor detached.
     pub const LOST: &str = "lost";
-    /// A lease released when its call ended or the instance shut down.
+    /// A lease released when its call ended, or handed back when the instance shut down.
     pub const RELEASED: &str = "released";
 }
 
@@ -116,6 +118,26 @@ impl Leases {
             Err(e) => {
                 warn!(error = %e, "cannot release the call lease; it will expire");
                 metrics::counter!(names::STORE_ERRORS, "op" => "release_lease").increment(1);
+            }
+        }
+    }
+
+    /// Hands the lease of `call_id` back on a graceful detach: renews it to expire 1 ms from
+    /// now, so it stays stored under this owner (the next start of this instance takes it back
+    /// at once) but any instance may take it over. Failures are logged and counted; the lease
+    /// then expires on its own.
+    pub async fn hand_back(&self, call_id: &str) {
+        let soon = chrono::Duration::milliseconds(1);
+        match self
+            .store
+            .renew_lease(call_id, &self.owner, soon, Utc::now())
+            .await
+        {
+            Ok(true) => count(events::RELEASED),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot hand the call lease back; it will expire");
+                metrics::counter!(names::STORE_ERRORS, "op" => "renew_lease").increment(1);
             }
         }
     }

@@ -32,7 +32,7 @@
 //! - the monitor holds the call's lease ([`crate::calls::lease`]) while it runs: it takes it
 //!   first (a call leased by another instance is not monitored here), renews it, detaches
 //!   without touching the call when the store refuses a renewal (another instance took over),
-//!   and releases it when it ends or detaches on shutdown.
+//!   releases it when the call ends and hands it back when it detaches on shutdown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -234,8 +234,10 @@ fn start(
             };
             let record = monitor.run(link, attach).await;
             keeper.abort();
-            let lost = detach.is_cancelled() && !shutdown.is_cancelled();
-            if !lost {
+            if shutdown.is_cancelled() && record.state.is_live() {
+                // Detached on shutdown: the call goes on, free for whoever reattaches first.
+                leases.hand_back(&call_id).await;
+            } else if !detach.is_cancelled() {
                 leases.release(&call_id).await;
             }
             registry.remove(&call_id);
