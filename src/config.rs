@@ -922,6 +922,44 @@ mod tests {
     }
 
     #[test]
+    fn cluster_defaults_env_overrides_and_validation() {
+        let cfg = Config::load_with_env(None, []).unwrap();
+        assert_eq!(cfg.cluster.lease_ttl(), Duration::from_secs(15));
+        assert_eq!(cfg.cluster.lease_renew_interval(), Duration::from_secs(5));
+        assert_eq!(cfg.cluster.takeover_scan_interval(), Duration::from_secs(5));
+        assert!(
+            !cfg.cluster.instance_id().is_empty(),
+            "defaults to the host name"
+        );
+        let env = |pairs: &[(&str, &str)]| {
+            Config::load_with_env(
+                None,
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let cfg = env(&[
+            ("VOXMACHINA_CLUSTER__INSTANCE_ID", " vm-b "),
+            ("VOXMACHINA_CLUSTER__LEASE_TTL_MS", "1500"),
+            ("VOXMACHINA_CLUSTER__LEASE_RENEW_INTERVAL_MS", "300"),
+            ("VOXMACHINA_CLUSTER__TAKEOVER_SCAN_INTERVAL_MS", "200"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.cluster.instance_id(), "vm-b");
+        assert_eq!(cfg.cluster.lease_ttl(), Duration::from_millis(1500));
+        for bad in [
+            &[("VOXMACHINA_CLUSTER__LEASE_RENEW_INTERVAL_MS", "15000")][..],
+            &[("VOXMACHINA_CLUSTER__LEASE_RENEW_INTERVAL_MS", "0")][..],
+            &[("VOXMACHINA_CLUSTER__TAKEOVER_SCAN_INTERVAL_MS", "0")][..],
+        ] {
+            let err = env(bad).unwrap_err();
+            assert!(err.to_string().contains("lease_ttl_ms"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn retention_defaults_to_thirty_days_and_zero_turns_it_off() {
         let cfg = Config::load_with_env(None, []).unwrap();
         assert_eq!(cfg.retention.days, 30);

@@ -186,13 +186,15 @@ mod tests {
     use super::*;
     use crate::store::SqliteStore;
 
+    /// Leases owned by `id`, renewed every 20 ms (real time: the SQLite store runs on its own
+    /// thread; nothing below asserts on durations).
     fn leases(store: &Arc<dyn Store>, id: &str) -> Leases {
         Leases::new(
             store.clone(),
             &ClusterConfig {
                 instance_id: Some(id.into()),
                 lease_ttl_ms: 15_000,
-                lease_renew_interval_ms: 5_000,
+                lease_renew_interval_ms: 20,
                 takeover_scan_interval_ms: 5_000,
             },
         )
@@ -204,27 +206,28 @@ mod tests {
         (Arc::new(s), dir)
     }
 
-    /// The keeper renews on its interval while the lease is ours; once another instance holds
-    /// the lease the next renewal is refused and the monitor's detach token is cancelled.
-    #[tokio::test(start_paused = true)]
+    async fn expiry(store: &Arc<dyn Store>) -> chrono::DateTime<Utc> {
+        store.leases().await.unwrap()[0].expires_at
+    }
+
+    /// The keeper renews while the lease is ours; once another instance holds the lease the
+    /// next renewal is refused and the monitor's detach token is cancelled.
+    #[tokio::test]
     async fn keeper_renews_then_detaches_when_the_lease_is_taken() {
         let (store, _dir) = store();
         let a = leases(&store, "a");
         assert!(a.acquire("rtc_k").await.unwrap());
+        let first = expiry(&store).await;
         let detach = CancellationToken::new();
         let keeper = {
             let (a, detach) = (a.clone(), detach.clone());
             tokio::spawn(async move { a.keep("rtc_k", detach).await })
         };
-        // Two renewals go through (paused time jumps to each tick).
-        for _ in 0..2 {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            tokio::task::yield_now().await;
+        // A renewal moves the expiry forward.
+        while expiry(&store).await <= first {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!detach.is_cancelled());
-        let held = store.leases().await.unwrap();
-        assert_eq!(held.len(), 1);
-        assert_eq!(held[0].owner, "a");
         // Another owner takes the lease (as after an expiry): the next renewal fails.
         store.release_lease("rtc_k", "a").await.unwrap();
         assert!(leases(&store, "b").acquire("rtc_k").await.unwrap());
@@ -235,17 +238,27 @@ mod tests {
         assert_eq!(store.leases().await.unwrap()[0].owner, "b");
     }
 
-    /// A cancelled detach token (shutdown) stops the keeper without touching the lease.
-    #[tokio::test(start_paused = true)]
-    async fn keeper_stops_on_detach() {
+    /// A cancelled detach token (shutdown) stops the keeper; handing the lease back keeps it
+    /// under its owner but lets anyone take it; release removes it.
+    #[tokio::test]
+    async fn keeper_stops_on_detach_and_hand_back_frees_the_lease() {
         let (store, _dir) = store();
         let a = leases(&store, "a");
         assert!(a.acquire("rtc_s").await.unwrap());
         let detach = CancellationToken::new();
         detach.cancel();
         a.keep("rtc_s", detach).await;
-        assert_eq!(store.leases().await.unwrap().len(), 1);
+        assert!(!leases(&store, "b").acquire("rtc_s").await.unwrap());
+        a.hand_back("rtc_s").await;
+        let held = store.leases().await.unwrap();
+        assert_eq!(held[0].owner, "a");
+        // Expired by now: b takes it (a 1 ms lease is over once b's clock reads past it).
+        while !leases(&store, "b").acquire("rtc_s").await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         a.release("rtc_s").await;
+        assert_eq!(store.leases().await.unwrap()[0].owner, "b");
+        leases(&store, "b").release("rtc_s").await;
         assert!(store.leases().await.unwrap().is_empty());
     }
 }
