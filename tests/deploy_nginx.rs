@@ -9,6 +9,7 @@
 //! Needs `nginx` and `openssl` (`tools/setup.d/20-nginx.sh` installs them). Without them the test
 //! fails when `CI` is set and otherwise prints a skip notice and passes.
 
+mod media_bridge_common;
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
@@ -384,6 +385,125 @@ async fn nginx_site_terminates_tls_and_proxies_signed_webhooks() {
     assert!(
         passed <= allowance,
         "{passed} passed, at most {allowance} allowed"
+    );
+    drop(nginx);
+}
+
+/// A TLS connector for the phone's `wss://` upgrade that trusts only the test certificate.
+fn wss_connector(cert: &Path) -> tokio_tungstenite::Connector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config))
+}
+
+/// The Twilio path through nginx: the voice webhook and the Media Streams WebSocket upgrade
+/// (`wss://`), both signed over the public URL that the controller rebuilds from nginx's
+/// `X-Forwarded-Proto` / `X-Forwarded-Host` (no `[twilio] public_url` here); then audio flows both
+/// ways through the proxy and the call ends cleanly. An upgrade signed for another URL is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_site_upgrades_the_twilio_media_websocket() {
+    use media_bridge_common::{CALLER, PCMU_LINE, call_sid};
+    use voxmachina::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
+
+    let Some(nginx_bin) = find_nginx().filter(|_| has_openssl()) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nginx or openssl missing on CI: tools/setup.d/20-nginx.sh should have installed them"
+        );
+        eprintln!("SKIPPED deploy_nginx: nginx or openssl not installed");
+        return;
+    };
+    let m = media_bridge_common::start(|c| c.twilio.public_url = String::new()).await;
+    m.h.emulator.push_model_script(
+        Script::new()
+            .greeting("Hello, you are through the proxy.")
+            .caller("Thanks, bye."),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let (https, http) = (free_port(), free_port());
+    let site = render_site(https, http, &cert, &key, &m.h.server.addr.to_string());
+    let nginx = start_nginx(&nginx_bin, dir.path(), &site, https);
+    let web = client(&cert, None);
+    // What Twilio signs: the public URL, which has no port (nginx's `$host` drops it, as a
+    // public site on 443 has none).
+    let public = "https://127.0.0.1";
+
+    let sid = call_sid(77);
+    let params = m.twilio.voice_params(&sid, CALLER, PCMU_LINE);
+    let signature = voxmachina::twilio::signature::sign(
+        &m.twilio.auth_token(),
+        &format!("{public}/twilio/voice"),
+        &params,
+    );
+    let resp = web
+        .post(format!("https://127.0.0.1:{https}/twilio/voice"))
+        .header("x-twilio-signature", signature)
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", nginx.error_log());
+    let twiml = resp.text().await.unwrap();
+    let (stream_url, parameters) = stream_of_twiml(&twiml).expect("<Connect><Stream> TwiML");
+    assert_eq!(stream_url, "wss://127.0.0.1/twilio/media", "{twiml}");
+
+    let phone_config = |signed_url: &str| PhoneConfig {
+        url: format!("wss://127.0.0.1:{https}/twilio/media"),
+        signed_url: signed_url.to_string(),
+        auth_token: m.twilio.auth_token(),
+        account_sid: support::fake_twilio::ACCOUNT_SID.to_string(),
+        call_sid: sid.clone(),
+        parameters: parameters.clone(),
+    };
+    // Signed for the controller's own address instead of the public one: refused (HTTP 403
+    // from the controller, passed through nginx).
+    let refused = Phone::connect_with(
+        phone_config(&format!("ws://{}/twilio/media", m.h.server.addr)),
+        Some(wss_connector(&cert)),
+    )
+    .await
+    .err()
+    .expect("an upgrade signed for another URL must be refused");
+    assert!(refused.to_string().contains("403"), "{refused}");
+
+    let phone = Phone::connect_with(phone_config(&stream_url), Some(wss_connector(&cert)))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade through nginx: {e}\n{}", nginx.error_log()));
+    let session = m.session(1).await;
+    let log = phone
+        .wait_until(Duration::from_secs(10), |l| {
+            !l.frames.is_empty() && !l.marks_echoed.is_empty()
+        })
+        .await
+        .expect("agent audio and marks through the proxy");
+    assert!(log.invalid.is_empty(), "{:?}", log.invalid);
+    // Caller audio reaches the model through the proxy.
+    phone.say(&media_bridge_common::fixture_speech());
+    m.h.emulator
+        .wait_for(&session, Duration::from_secs(10), |v| {
+            v.caller_lines.len() == 1
+        })
+        .await
+        .expect("the model heard the caller");
+    assert!(m.h.emulator.media(&session).unwrap().appends > 0);
+    phone.stop();
+    let record = m.h.wait_final(&sid).await;
+    assert_eq!(record.state, CallState::Ended, "{record:#?}");
+    assert_eq!(
+        record.media.unwrap().stream_sid.as_deref(),
+        Some(log.stream_sid.as_str())
     );
     drop(nginx);
 }

@@ -44,6 +44,7 @@ use tracing::{Instrument, info, warn};
 use super::outbound::{OutboundRequest, place_call};
 use super::{MEDIA_PATH, STATUS_PATH, TwilioContext, VOICE_PATH, params};
 use crate::app::AppState;
+use crate::calls::persist::{append, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState, MediaInfo};
 use crate::prompts::{Admission, Profile, RejectReason};
 use crate::sip::{CallParties, E164, SipHeader};
@@ -286,9 +287,7 @@ async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Respo
         record.state = CallState::Rejected;
         record.ended_at = Some(Utc::now());
         record.end_reason = Some(reason.as_str().into());
-        if let Err(e) = app.store.update_call(&record).await {
-            warn!(error = %e, "cannot store call record");
-        }
+        save(&app, &record).await;
         append(
             &app,
             CallEvent::new(
@@ -422,9 +421,7 @@ async fn status(
             rec.media
                 .get_or_insert_with(MediaInfo::default)
                 .twilio_status = Some(call_status.to_string());
-            if let Err(e) = app.store.update_call(&rec).await {
-                warn!(error = %e, "cannot store call record");
-            }
+            save(&app, &rec).await;
             info!(call_id = %call_sid, status = call_status, "call ended before its stream started");
             metrics::counter!(names::CALLS_ENDED, "state" => state.as_str(), "reason" => reason)
                 .increment(1);
@@ -461,13 +458,6 @@ pub async fn outbound(
                 &e.to_string(),
             )
         }
-    }
-}
-
-async fn append(app: &AppState, event: CallEvent) {
-    if let Err(e) = app.store.append_event(&event).await {
-        warn!(error = %e, "cannot store call event");
-        metrics::counter!(names::STORE_ERRORS, "op" => "append_event").increment(1);
     }
 }
 

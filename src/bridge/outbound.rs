@@ -15,7 +15,7 @@ use tracing::info;
 use super::STATUS_PATH;
 use super::http::connect_twiml;
 use crate::app::AppState;
-use crate::calls::record::{Api, CallEvent, CallRecord, MediaInfo};
+use crate::calls::record::{Api, CallRecord, MediaInfo};
 use crate::sip::E164;
 use crate::store::CreateOutcome;
 use crate::telemetry::mask_number;
@@ -132,13 +132,12 @@ pub async fn place_call(
             record
         }
     };
-    let event = CallEvent::new(
+    crate::calls::persist::event(
+        app,
         &stored.call_id,
         "outbound_call_placed",
         json!({ "profile": profile.name, "twilio_status": call.status }),
-    );
-    if let Err(e) = app.store.append_event(&event).await {
-        tracing::warn!(error = %e, "cannot store call event");
-    }
+    )
+    .await;
     Ok(stored)
 }

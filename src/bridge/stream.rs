@@ -45,8 +45,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self as tung};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -62,6 +60,7 @@ use super::stats::{Direction, FrameStats};
 use crate::app::AppState;
 use crate::calls::link::{Link, LinkEvent};
 use crate::calls::monitor::{self, Attach};
+use crate::calls::persist::{append, event, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState, MediaInfo};
 use crate::config::Secret;
 use crate::media::MediaError;
@@ -86,31 +85,19 @@ type ModelSink = SplitSink<ModelStream, tung::Message>;
 /// same base URL as the sideband, openai.md §6: without `call_id`, with `model`).
 ///
 /// # Errors
-/// [`SidebandError::Unauthorized`] for 401/403, [`SidebandError::Transport`] otherwise.
+/// [`SidebandError::Unauthorized`] for 401/403, [`SidebandError::Transport`] otherwise
+/// (see [`crate::openai::sideband::open`]: same socket settings as the sideband).
 pub async fn connect_model(
     base_url: &str,
     model: &str,
     api_key: &Secret,
 ) -> Result<ModelStream, SidebandError> {
-    let mut url =
-        reqwest::Url::parse(base_url).map_err(|e| SidebandError::Transport(e.to_string()))?;
-    url.query_pairs_mut().append_pair("model", model);
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| SidebandError::Transport(e.to_string()))?;
-    let auth = HeaderValue::from_str(&format!("Bearer {}", api_key.expose()))
-        .map_err(|_| SidebandError::Transport("API key is not a valid header value".into()))?;
-    request.headers_mut().insert("authorization", auth);
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((stream, _)) => Ok(stream),
-        Err(tung::Error::Http(resp)) => match resp.status() {
-            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                Err(SidebandError::Unauthorized(s.as_u16()))
-            }
-            s => Err(SidebandError::Transport(format!("upgrade answered {s}"))),
-        },
-        Err(e) => Err(SidebandError::Transport(e.to_string())),
+    match crate::openai::sideband::open(base_url, ("model", model), api_key).await {
+        // No call to be gone: a 404 here is a wrong URL.
+        Err(SidebandError::CallNotFound) => Err(SidebandError::Transport(
+            "upgrade answered 404 Not Found".into(),
+        )),
+        other => other,
     }
 }
 
@@ -881,22 +868,4 @@ async fn write_all(sink: &mut TwilioSink, texts: Vec<String>) -> bool {
         }
     }
     true
-}
-
-async fn save(app: &AppState, record: &CallRecord) {
-    if let Err(e) = app.store.update_call(record).await {
-        warn!(error = %e, "cannot store call record");
-        metrics::counter!(names::STORE_ERRORS, "op" => "update_call").increment(1);
-    }
-}
-
-async fn event(app: &AppState, call_id: &str, kind: &str, detail: serde_json::Value) {
-    append(app, CallEvent::new(call_id, kind, detail)).await;
-}
-
-async fn append(app: &AppState, event: CallEvent) {
-    if let Err(e) = app.store.append_event(&event).await {
-        warn!(error = %e, "cannot store call event");
-        metrics::counter!(names::STORE_ERRORS, "op" => "append_event").increment(1);
-    }
 }

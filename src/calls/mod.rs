@@ -5,5 +5,6 @@ pub mod after_call;
 pub mod lease;
 pub mod link;
 pub mod monitor;
+pub(crate) mod persist;
 pub mod record;
 pub mod registry;

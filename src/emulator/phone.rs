@@ -135,13 +135,26 @@ impl Phone {
     /// # Errors
     /// The upgrade failed (e.g. HTTP 403 for a bad signature).
     pub async fn connect(cfg: PhoneConfig) -> Result<Phone, tokio_tungstenite::tungstenite::Error> {
+        Self::connect_with(cfg, None).await
+    }
+
+    /// [`Phone::connect`] with a TLS connector for `wss://` URLs (e.g. one trusting a test
+    /// certificate); `None` = the default (webpki roots).
+    ///
+    /// # Errors
+    /// The upgrade failed (e.g. HTTP 403 for a bad signature, a TLS handshake failure).
+    pub async fn connect_with(
+        cfg: PhoneConfig,
+        connector: Option<tokio_tungstenite::Connector>,
+    ) -> Result<Phone, tokio_tungstenite::tungstenite::Error> {
         let mut req = cfg.url.as_str().into_client_request()?;
         let sig = signature::sign(&cfg.auth_token, &cfg.signed_url, &[]);
         req.headers_mut().insert(
             "x-twilio-signature",
             sig.parse().expect("base64 is a header value"),
         );
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector).await?;
         let stream_sid = format!("MZ{:032x}", rand::random::<u128>());
         let connected = TwilioMessage::Connected(Connected {
             protocol: "Call".into(),

@@ -47,9 +47,24 @@ pub async fn connect(
     call_id: &str,
     api_key: &Secret,
 ) -> Result<SidebandStream, SidebandError> {
+    open(sideband_url, ("call_id", call_id), api_key).await
+}
+
+/// Opens a Realtime WebSocket at `base_url` with one query parameter (`call_id` for a SIP call's
+/// sideband, `model` for a model session of the Twilio media bridge), `Authorization: Bearer`,
+/// [`ws_config`] and `TCP_NODELAY`.
+///
+/// # Errors
+/// [`SidebandError::CallNotFound`] for 404, [`SidebandError::Unauthorized`] for 401/403,
+/// [`SidebandError::Transport`] otherwise (bad URL, other statuses, network errors).
+pub(crate) async fn open(
+    base_url: &str,
+    (name, value): (&str, &str),
+    api_key: &Secret,
+) -> Result<SidebandStream, SidebandError> {
     let mut url =
-        reqwest::Url::parse(sideband_url).map_err(|e| SidebandError::Transport(e.to_string()))?;
-    url.query_pairs_mut().append_pair("call_id", call_id);
+        reqwest::Url::parse(base_url).map_err(|e| SidebandError::Transport(e.to_string()))?;
+    url.query_pairs_mut().append_pair(name, value);
     let mut request = url
         .as_str()
         .into_client_request()

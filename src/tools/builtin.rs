@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `transfer_to_human` | escalates (the monitor runs the hand-off); offered whenever escalation is enabled |
 //! | `end_call` | hangs up after the goodbye; always offered |
-//! | `send_dtmf` | **unsupported on the SIP path**: OpenAI documents no sideband event that injects DTMF into a SIP call (openai.md §6.2 lists every client event), so the model gets `{"error":{"code":"unsupported",...}}`. The Twilio media path may support it later |
+//! | `send_dtmf` | **unsupported on both paths**, so the model gets `{"error":{"code":"unsupported",...}}`. SIP: OpenAI documents no sideband event that injects DTMF into a SIP call (openai.md §6.2 lists every client event). Twilio media path: DTMF cannot be sent over the Media Streams socket; only a REST call update with `<Play digits>` can (twilio.md "DTMF", §5.1), and replacing the call's TwiML ends the `<Connect><Stream>` and with it the AI leg |
 //! | `create_ticket` | HubSpot (when `[hubspot] enabled` and `HUBSPOT_TOKEN` is set): finds or creates the contact with the caller's number, creates a ticket associated with it |
 //! | `lookup_call_history` | the caller's previous calls in our store (newest first): date, profile, outcome and summary. Reads the newest 1000 records with `list_calls` and filters them in memory — there is no by-caller index yet |
 
@@ -157,7 +157,11 @@ pub(crate) async fn run(
             "unsupported",
             "Sending key tones is not possible on this call. Do not try again; tell the caller \
              what to press themselves if they need to, or continue without it.",
-            Some("no sideband event injects DTMF into a SIP call".into()),
+            Some(
+                "no sideband event injects DTMF into a SIP call; on Twilio only a TwiML update \
+                 (<Play digits>) can, which would end the media stream"
+                    .into(),
+            ),
         ),
         Builtin::CreateTicket => create_ticket(args, call, services).await,
         Builtin::LookupCallHistory => lookup_call_history(args, call, services).await,

@@ -31,6 +31,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::app::AppState;
 use crate::calls::monitor::{self, Attach};
+use crate::calls::persist::{append, event, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState};
 use crate::openai::CallControlError;
 use crate::prompts::Admission;
@@ -289,22 +290,4 @@ async fn decision_failed(
         REALTIME_CALL_INCOMING,
         "accept_failed",
     )
-}
-
-async fn save(app: &AppState, record: &CallRecord) {
-    if let Err(e) = app.store.update_call(record).await {
-        warn!(error = %e, "cannot store call record");
-        metrics::counter!(names::STORE_ERRORS, "op" => "update_call").increment(1);
-    }
-}
-
-async fn event(app: &AppState, call_id: &str, kind: &str, detail: serde_json::Value) {
-    append(app, CallEvent::new(call_id, kind, detail)).await;
-}
-
-async fn append(app: &AppState, event: CallEvent) {
-    if let Err(e) = app.store.append_event(&event).await {
-        warn!(error = %e, "cannot store call event");
-        metrics::counter!(names::STORE_ERRORS, "op" => "append_event").increment(1);
-    }
 }
