@@ -1,5 +1,6 @@
-//! Calls: the stored call record ([`record`]), the registry of monitored calls ([`registry`]) and
-//! the per-call sideband monitor ([`monitor`]).
+//! Calls: the stored call record ([`record`]), the registry of monitored calls ([`registry`]),
+//! the per-call sideband monitor ([`monitor`]) and the call leases that give each call exactly
+//! one monitor across instances ([`lease`]).
 
 pub mod after_call;
 pub mod lease;
