@@ -1,5 +1,6 @@
 //! Handover token latency: `mint_token` and `redeem_token`, p50/p99 over sequential operations,
-//! plus a burst of concurrent mints, on SQLite (a real file, WAL) and on DynamoDB through the
+//! the Connect Lambda handler (`escalation::connect::handle_json`, by token and by caller
+//! number), plus a burst of concurrent mints, on SQLite (a real file, WAL) and on DynamoDB through the
 //! local engine named by `VOXMACHINA_TEST_DYNAMODB_ENDPOINT` (skipped when unset).
 //!
 //! Run: `source tools/setup.d/10-dynamodb.sh` (starts moto; needs `cleanup_hooks=()` first
@@ -14,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{Duration, Utc};
+use serde_json::json;
+use voxmachina::escalation::connect::{self, LambdaOptions};
 use voxmachina::store::{DynamoStore, HandoverPayload, SqliteStore, Store};
 
 fn payload(i: usize) -> HandoverPayload {
@@ -86,6 +89,31 @@ async fn bench(name: &str, store: Arc<dyn Store>, n: usize) {
     report(&format!("{name} mint_token"), mint);
     report(&format!("{name} redeem_token"), redeem);
     report(&format!("{name} latest_for_caller(hit)"), latest);
+
+    // The Connect Lambda handler (without the Lambda runtime): by keyed-in token, and by the
+    // caller's number (lookup + redeem).
+    let opts = LambdaOptions::default();
+    let mut by_token = Vec::with_capacity(200);
+    let mut by_number = Vec::with_capacity(200);
+    for i in 0..n.min(200) {
+        let mut p = payload(i);
+        p.caller_number = Some(format!("+1415666{:04}", i % 10_000));
+        let t = store.mint_token(&p, ttl, now).await.expect("mint");
+        let event = json!({ "Details": { "ContactData": {}, "Parameters": { "token": t } } });
+        let start = Instant::now();
+        let out = connect::handle_json(store.as_ref(), &event, now, &opts).await;
+        by_token.push(start.elapsed());
+        assert_eq!(out["success"], "true");
+        store.mint_token(&p, ttl, now).await.expect("mint");
+        let event = json!({ "Details": { "ContactData": {
+            "CustomerEndpoint": { "Address": p.caller_number, "Type": "TELEPHONE_NUMBER" } } } });
+        let start = Instant::now();
+        let out = connect::handle_json(store.as_ref(), &event, now, &opts).await;
+        by_number.push(start.elapsed());
+        assert_eq!(out["success"], "true", "{out:?}");
+    }
+    report(&format!("{name} lambda(token)"), by_token);
+    report(&format!("{name} lambda(caller number)"), by_number);
 
     // A burst: 200 concurrent mints.
     let start = Instant::now();

@@ -216,6 +216,14 @@ pub async fn start_with_store(
         tools,
         after_call,
         leases: Arc::new(Leases::new(store.clone(), &config.cluster)),
+        live: crate::openai::live::LiveControl::new(
+            &config.openai.live_base_url,
+            &config.openai.live_sideband_url,
+            secrets.openai_api_key.clone(),
+            Duration::from_millis(config.openai.request_timeout_ms),
+        )
+        .map_err(|e| StartError::Http(e.to_string()))?,
+        hubspot: config.hubspot.clone(),
     });
     let listener = TcpListener::bind(config.server.listen)
         .await

@@ -41,8 +41,8 @@ pub enum Command {
     /// Inspect or redeem a handover token in the configured store.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Place an outbound call through a running controller (Twilio Media Streams path), wait
-    /// for it to end and print its transcript and record.
+    /// Place an outbound call through a running controller (Twilio Media Streams path, or
+    /// GPT-Live SIP with `--api live`), wait for it to end and print its transcript and record.
     Call(CallArgs),
 }
 
@@ -119,6 +119,12 @@ pub struct CallArgs {
     /// Stop waiting after this many seconds (the call itself goes on).
     #[arg(long, default_value_t = 3600)]
     pub timeout_secs: u64,
+    /// Which path places the call: `twilio` (Twilio REST + Media Streams bridge,
+    /// `POST /v1/calls/outbound`) or `live` (GPT-Live SIP through `[openai.live_trunk]`,
+    /// `POST /v1/calls`; `--profile` must name an `api = "live"` profile). A GPT-Live create is
+    /// sent once and never retried.
+    #[arg(long, default_value = "twilio", value_parser = ["twilio", "live"])]
+    pub api: String,
 }
 
 /// Arguments of `voxmachina trigger`.
@@ -245,13 +251,28 @@ async fn call(config_path: Option<PathBuf>, args: CallArgs) -> anyhow::Result<Ex
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    let (url, body) = if args.api == "live" {
+        let profile = args
+            .profile
+            .as_deref()
+            .context("--profile is required with --api live (a profile with api = \"live\")")?;
+        (
+            format!("{base}/v1/calls"),
+            serde_json::json!({ "api": "live", "to": args.to, "profile": profile }),
+        )
+    } else {
+        (
+            format!("{base}/v1/calls/outbound"),
+            serde_json::json!({ "to": args.to, "profile": args.profile }),
+        )
+    };
     let resp = http
-        .post(format!("{base}/v1/calls/outbound"))
+        .post(&url)
         .bearer_auth(&token)
-        .json(&serde_json::json!({ "to": args.to, "profile": args.profile }))
+        .json(&body)
         .send()
         .await
-        .with_context(|| format!("POST {base}/v1/calls/outbound"))?;
+        .with_context(|| format!("POST {url} (not retried)"))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if status.as_u16() != 201 {

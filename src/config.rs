@@ -252,12 +252,25 @@ impl Default for TwilioConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct HubSpotConfig {
-    /// Create/find the caller's contact and a ticket on escalation.
+    /// Use HubSpot (with `HUBSPOT_TOKEN`): the `create_ticket` tool, and the contact and ticket
+    /// on escalation when `on_escalation` is also set.
     pub enabled: bool,
     /// API base URL, `https://api.hubapi.com` by default.
     pub base_url: String,
     /// Request timeout, milliseconds.
     pub request_timeout_ms: u64,
+    /// On every escalation, find or create the caller's contact by phone and open a ticket with
+    /// the conversation summary, associated with it (default true; needs `enabled`). A failure
+    /// is recorded on the call record (`escalation.crm.error`) and never stops the hand-off.
+    pub on_escalation: bool,
+    /// How long a `connect_refer` hand-off waits for the contact and ticket ids before minting
+    /// the handover token without them, milliseconds (default 2000). Plain REFER hand-offs never
+    /// wait: their CRM work runs beside the transfer.
+    pub escalation_wait_ms: u64,
+    /// Pipeline id of escalation tickets; unset = the stock default pipeline `"0"`.
+    pub ticket_pipeline: Option<String>,
+    /// Stage **id** of escalation tickets (required with `ticket_pipeline`); unset = `"1"`.
+    pub ticket_stage: Option<String>,
 }
 
 impl Default for HubSpotConfig {
@@ -266,6 +279,10 @@ impl Default for HubSpotConfig {
             enabled: false,
             base_url: "https://api.hubapi.com".into(),
             request_timeout_ms: 5_000,
+            on_escalation: true,
+            escalation_wait_ms: 2_000,
+            ticket_pipeline: None,
+            ticket_stage: None,
         }
     }
 }
@@ -304,6 +321,33 @@ pub struct OpenAiConfig {
     /// Total time budget for retrying `/accept` on 5xx or timeouts, milliseconds. The INVITE is
     /// held while we decide, so keep this to a few seconds.
     pub accept_retry_budget_ms: u64,
+    /// GPT-Live REST base URL, `https://api.openai.com/v1` by default: call control is
+    /// `{live_base_url}/live/sessions/{session_id}/...`, outbound calls `POST
+    /// {live_base_url}/live/sessions` (openai.md §7).
+    pub live_base_url: String,
+    /// GPT-Live WebSocket base, `wss://api.openai.com/v1` by default: the attach sideband is
+    /// `{live_sideband_url}/live/sessions/{session_id}/attach` (openai.md §7.1 step 4).
+    pub live_sideband_url: String,
+    /// `[openai.live_trunk]`: the SIP trunk GPT-Live dials outbound calls through
+    /// (`voxmachina call --api live`); `None` = outbound calls are off.
+    pub live_trunk: Option<LiveTrunkConfig>,
+}
+
+/// `[openai.live_trunk]`: the `transport.trunk` of `POST /live/sessions` (openai.md §7.2). The
+/// trunk must support TLS signalling, Opus and SDES-SRTP.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LiveTrunkConfig {
+    /// `sips:host[:port][;transport=tcp]` (no userinfo, path, headers or other parameters;
+    /// public hosts only). Checked by OpenAI on the create request.
+    pub provider_url: String,
+    /// Digest auth user name.
+    pub username: String,
+    /// Name of the secret holding the digest password (`[tools] secrets_dir/<name>`, then
+    /// `$CREDENTIALS_DIRECTORY/<name>`, then `VOXMACHINA_SECRET_<NAME>`), read per call; never
+    /// in this file.
+    pub password_secret: String,
+    /// The caller number presented, E.164.
+    pub caller_number: String,
 }
 
 impl Default for OpenAiConfig {
@@ -313,6 +357,9 @@ impl Default for OpenAiConfig {
             sideband_url: "wss://api.openai.com/v1/realtime".into(),
             request_timeout_ms: 2_000,
             accept_retry_budget_ms: 4_000,
+            live_base_url: "https://api.openai.com/v1".into(),
+            live_sideband_url: "wss://api.openai.com/v1".into(),
+            live_trunk: None,
         }
     }
 }
@@ -621,6 +668,16 @@ impl Config {
                 &self.openai.sideband_url,
                 &["ws", "wss"][..],
             ),
+            (
+                "openai.live_base_url",
+                &self.openai.live_base_url,
+                &["http", "https"][..],
+            ),
+            (
+                "openai.live_sideband_url",
+                &self.openai.live_sideband_url,
+                &["ws", "wss"][..],
+            ),
         ] {
             let parsed = reqwest::Url::parse(url)
                 .map_err(|e| ConfigError::Invalid(format!("{key} = {url:?}: {e}")))?;
@@ -645,6 +702,12 @@ impl Config {
                     m.model
                 )));
             }
+        }
+        if self.hubspot.ticket_pipeline.is_some() && self.hubspot.ticket_stage.is_none() {
+            return Err(ConfigError::Invalid(
+                "hubspot.ticket_pipeline needs hubspot.ticket_stage (a stage id belongs to one pipeline)"
+                    .into(),
+            ));
         }
         if self.tools.default_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

@@ -19,6 +19,9 @@
 //! | `sms_followups_total` | counter | `status` | SMS follow-ups: `sent`, `skipped`, `opted_out`, `failed` |
 //! | `call_cost_micros_total` | counter | `model`, `currency` | estimated model cost of ended calls, millionths |
 //! | `leases_total` | counter | `event` | call monitor leases: `acquired`, `taken_over`, `renewed`, `lost`, `released` ([`crate::calls::lease`]) |
+//! | `handover_tokens_total` | counter | `event` | handover tokens: `minted`, `mint_failed` (controller); `redeemed`, `expired`, `redeem_failed` (where they are redeemed: the Connect Lambda, `demo --connect`) |
+//! | `handovers_total` | counter | `action`, `outcome` | finished hand-offs by escalation action (`refer`, `connect_refer`) and outcome (`transferred`, `transfer_failed`, `abandoned`) |
+//! | `escalation_crm_total` | counter | `outcome` | HubSpot work on escalation: `ok`, `failed`, `skipped` (no caller number), `late` (not done when the call ended) |
 //! | `build_info` | gauge | `version` | always 1 |
 
 use std::io::IsTerminal;
@@ -59,6 +62,13 @@ pub mod names {
     pub const CALL_COST_MICROS: &str = "voxmachina_call_cost_micros_total";
     /// Counter: call monitor lease events by `event` ([`crate::calls::lease::events`]).
     pub const LEASES: &str = "voxmachina_leases_total";
+    /// Counter: handover tokens by `event` (`minted`, `mint_failed`, `redeemed`, `expired`,
+    /// `redeem_failed`).
+    pub const HANDOVER_TOKENS: &str = "voxmachina_handover_tokens_total";
+    /// Counter: finished hand-offs by `action` and `outcome`.
+    pub const HANDOVERS: &str = "voxmachina_handovers_total";
+    /// Counter: HubSpot work on escalation by `outcome`.
+    pub const ESCALATION_CRM: &str = "voxmachina_escalation_crm_total";
     /// Gauge: build information.
     pub const BUILD_INFO: &str = "voxmachina_build_info";
 }

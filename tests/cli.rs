@@ -29,6 +29,35 @@ fn demo_plays_a_call_that_ends_transferred() {
 }
 
 #[test]
+fn demo_connect_hands_over_and_the_lambda_redeems_the_token() {
+    let out = voxmachina().args(["demo", "--connect"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo --connect failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\"action\": \"connect_refer\"")
+            && stdout.contains("\"target\": \"tel:+18885550123\""),
+        "{stdout}"
+    );
+    for needle in [
+        "contact attributes the agent sees:",
+        "success              true",
+        "matched_by           token",
+        "caller_phone         +14155550188",
+        "route_to_queue       billing",
+        "intent               billing",
+        "summary              Caller request: Hi, I called earlier this week about a double charge",
+        "second redemption of the same code: success=false reason=invalid_token",
+        "demo ok",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
+    }
+}
+
+#[test]
 fn check_accepts_the_shipped_config_and_profiles() {
     let out = voxmachina()
         .args(["--config", "config/voxmachina.toml", "check"])

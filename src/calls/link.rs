@@ -59,6 +59,12 @@ pub trait Link: Send {
     async fn reconnect(&mut self) -> Result<(), ReconnectError>;
     /// Closes the connection without touching the call (detach).
     async fn close(&mut self);
+    /// After the monitor ended the call, waits (bounded) for the peer's authoritative end event
+    /// and returns it as a JSON text frame. Only GPT-Live has one (`session.closed` with the
+    /// final usage, openai.md §7.1 step 6); the default returns `None` at once.
+    async fn await_end(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Transfers and hang-ups of the call itself.
@@ -109,18 +115,36 @@ impl SidebandLink {
     }
 
     async fn connect_with_retry(&self) -> Result<SidebandStream, SidebandError> {
-        let cfg = &self.config;
-        (|| sideband::connect(&self.url, &self.call_id, &self.api_key))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(cfg.reconnect_initial_delay_ms))
-                    .with_max_delay(Duration::from_millis(cfg.reconnect_max_delay_ms))
-                    .with_max_times(cfg.reconnect_max_attempts),
-            )
-            .when(|e: &SidebandError| !e.is_permanent())
-            .notify(|e, delay| debug!(error = %e, ?delay, "sideband connect retry"))
-            .await
+        connect_with_backoff(&self.config, || {
+            sideband::connect(&self.url, &self.call_id, &self.api_key)
+        })
+        .await
     }
+}
+
+/// Runs `connect` with bounded exponential backoff (`[monitor] reconnect_*` settings); permanent
+/// errors (404, 401/403) are not retried. Shared by the Realtime and GPT-Live sidebands.
+///
+/// # Errors
+/// The last attempt's [`SidebandError`].
+pub(crate) async fn connect_with_backoff<F, Fut>(
+    config: &MonitorConfig,
+    connect: F,
+) -> Result<SidebandStream, SidebandError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<SidebandStream, SidebandError>>,
+{
+    connect
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(config.reconnect_initial_delay_ms))
+                .with_max_delay(Duration::from_millis(config.reconnect_max_delay_ms))
+                .with_max_times(config.reconnect_max_attempts),
+        )
+        .when(|e: &SidebandError| !e.is_permanent())
+        .notify(|e, delay| debug!(error = %e, ?delay, "sideband connect retry"))
+        .await
 }
 
 #[async_trait]

@@ -6,6 +6,7 @@ pub mod after_call;
 pub mod lease;
 pub mod link;
 pub mod monitor;
+pub mod outbound;
 pub(crate) mod persist;
 pub mod record;
 pub mod registry;

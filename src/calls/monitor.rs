@@ -27,6 +27,11 @@
 //!   answered 404 means the call is over (`caller_hangup`), a successful upgrade resumes
 //!   monitoring (no second greeting);
 //! - while a relayed REFER awaits its outcome, the sideband closing means the transfer worked;
+//! - GPT-Live calls (`api = live`, [`crate::openai::live::LiveLink`]): `session.closed` is the
+//!   authoritative end (its reason maps to the end reason, its usage is summed into the record);
+//!   after the monitor hangs up it waits briefly for `session.closed` ([`Link::await_end`]);
+//!   outbound calls ([`Attach::Outbound`]) greet on `transport.answered` and end on
+//!   `transport.failed`;
 //! - on shutdown the monitor detaches without touching the call, which stays live in the store so
 //!   the next start reattaches;
 //! - the monitor holds the call's lease ([`crate::calls::lease`]) while it runs: it takes it
@@ -52,12 +57,14 @@ use crate::calls::link::{
     CallActions, Link, LinkEvent, OpenAiActions, ReconnectError, SidebandLink,
 };
 use crate::calls::record::{
-    CallEvent, CallRecord, CallState, CostEstimate, EscalationSummary, Speaker, TranscriptLine,
+    Api, CallEvent, CallRecord, CallState, CostEstimate, EscalationSummary, Speaker, TranscriptLine,
 };
+use crate::calls::record::{CrmRecord, HandoverRecord};
 use crate::calls::registry::{CallRegistry, Command};
-use crate::config::{MonitorConfig, Secret, SummaryMode};
-use crate::escalation::{Handoff, Outcome, Step, Trigger};
+use crate::config::{HubSpotConfig, MonitorConfig, Secret, SummaryMode};
+use crate::escalation::{Action, Handoff, Outcome, Step, Trigger, connect};
 use crate::openai::CallControl;
+use crate::openai::live::{LiveActions, LiveControl, LiveLink};
 use crate::openai::sideband::{ServerEvent, SidebandError, client};
 use crate::prompts::{Profile, TOOL_END_CALL, TOOL_TRANSFER_TO_HUMAN};
 use crate::store::Store;
@@ -89,6 +96,10 @@ pub struct MonitorContext {
     pub after_call: Arc<AfterCallServices>,
     /// This instance's call leases (one monitor per call across instances).
     pub leases: Arc<Leases>,
+    /// GPT-Live call control and attach sideband (calls whose record says `api = live`).
+    pub live: LiveControl,
+    /// `[hubspot]`: CRM work on escalation (the client is `tools.hubspot`).
+    pub hubspot: HubSpotConfig,
 }
 
 /// How the monitor attaches.
@@ -98,11 +109,14 @@ pub enum Attach {
     Fresh,
     /// After a controller restart: reattach silently.
     Resume,
+    /// An outbound GPT-Live call just created: greet once `transport.answered` arrives.
+    Outbound,
 }
 
 /// Spawns the monitor of a SIP call `record` (already accepted) on `profile`: attaches to the
-/// Realtime sideband and acts through OpenAI call control. Returns `None` when this call is
-/// already monitored on this instance.
+/// Realtime sideband and acts through OpenAI call control, or for `api = live` records to the
+/// GPT-Live attach sideband and Live call control. Returns `None` when this call is already
+/// monitored on this instance.
 pub fn spawn(
     ctx: Arc<MonitorContext>,
     record: CallRecord,
@@ -122,12 +136,35 @@ pub fn spawn_registered(
     attach: Attach,
     commands: mpsc::Receiver<Command>,
 ) -> tokio::task::JoinHandle<CallRecord> {
+    let c = ctx.clone();
+    let call_id = record.call_id.clone();
+    if record.api == Api::Live {
+        let actions = Arc::new(LiveActions {
+            control: ctx.live.clone(),
+            session_id: call_id.clone(),
+        });
+        return start(
+            ctx,
+            record,
+            profile,
+            attach,
+            actions,
+            commands,
+            async move {
+                LiveLink::connect(&c.live, &call_id, &c.config)
+                    .await
+                    .map(|l| Box::new(l) as Box<dyn Link>)
+                    .map_err(|e| {
+                        let gone = matches!(e, SidebandError::CallNotFound);
+                        (e.to_string(), gone)
+                    })
+            },
+        );
+    }
     let actions = Arc::new(OpenAiActions {
         call_control: ctx.call_control.clone(),
         call_id: record.call_id.clone(),
     });
-    let c = ctx.clone();
-    let call_id = record.call_id.clone();
     start(
         ctx,
         record,
@@ -200,6 +237,8 @@ fn start(
         want_response: false,
         closing: None,
         summary_response: None,
+        greet_on_answer: attach == Attach::Outbound,
+        crm: None,
     };
     tokio::spawn(
         async move {
@@ -324,6 +363,10 @@ struct Monitor {
     closing: Option<Closing>,
     /// The response id of the summary request.
     summary_response: Option<String>,
+    /// An outbound call: say the greeting when the callee answers.
+    greet_on_answer: bool,
+    /// The HubSpot contact/ticket task started on escalation, until its result is recorded.
+    crm: Option<tokio::task::JoinHandle<CrmRecord>>,
 }
 
 impl Monitor {
@@ -391,9 +434,58 @@ impl Monitor {
                 () = tokio::time::sleep_until(timer) => self.on_timer(link, max_deadline).await,
             };
             if let Flow::End(state, reason) = flow {
+                if let Some(text) = link.await_end().await {
+                    // GPT-Live's session.closed after our hang-up: its final usage.
+                    if let Ok(ServerEvent::SessionClosed { reason, usage }) =
+                        ServerEvent::parse(&text)
+                    {
+                        self.session_closed_seen(&reason, &usage).await;
+                    }
+                }
                 return self.finish(state, reason).await;
             }
         }
+    }
+
+    /// Records GPT-Live's `session.closed`: its usage (summed into the record) and reason.
+    async fn session_closed_seen(&mut self, reason: &str, usage: &Value) {
+        let u = &mut self.record.usage;
+        let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+        u.input_tokens += n("input_tokens");
+        u.output_tokens += n("output_tokens");
+        u.total_tokens += n("total_tokens");
+        self.event(
+            "session_closed",
+            json!({ "reason": reason, "usage": usage }),
+        )
+        .await;
+    }
+
+    /// GPT-Live `session.closed`: the authoritative end of the call (openai.md §7.3).
+    async fn on_session_closed(
+        &mut self,
+        link: &mut dyn Link,
+        reason: &str,
+        usage: &Value,
+    ) -> Flow {
+        info!(reason, "session closed");
+        self.session_closed_seen(reason, usage).await;
+        if let Some(c) = self.closing {
+            return Flow::End(c.state, c.reason);
+        }
+        if let Some(h) = self.handoff.as_mut().filter(|h| h.is_awaiting_outcome()) {
+            let outcome = h.sideband_closed().expect("awaiting outcome");
+            return self.conclude_handoff(link, outcome).await;
+        }
+        let reason = match reason {
+            "remote_hangup" => "caller_hangup",
+            "close_requested" => "call_ended",
+            "expired" => "session_expired",
+            "content" => "content_filter",
+            "connection_lost" => "connection_lost",
+            _ => "session_closed",
+        };
+        Flow::End(CallState::Ended, reason)
     }
 
     /// The link ended. `clean` = a close frame was received.
@@ -458,7 +550,9 @@ impl Monitor {
                     .find(&transcript)
                     .map(str::to_string);
                 if let Some(phrase) = phrase.filter(|_| self.escalation_available()) {
-                    return self.escalate(link, Trigger::CallerPhrase(phrase)).await;
+                    return self
+                        .escalate(link, Trigger::CallerPhrase(phrase), None)
+                        .await;
                 }
             }
             ServerEvent::OutputTranscriptDone {
@@ -547,7 +641,7 @@ impl Monitor {
                 if let Some(key) = key.filter(|k| Some(*k) == self.profile.escalation.dtmf_key)
                     && self.escalation_available()
                 {
-                    return self.escalate(link, Trigger::Dtmf(key)).await;
+                    return self.escalate(link, Trigger::Dtmf(key), None).await;
                 }
             }
             ServerEvent::Error { error } => {
@@ -573,6 +667,29 @@ impl Monitor {
             }
             ServerEvent::SessionCreated { session } => {
                 debug!(model = ?session.get("model"), "session.created");
+            }
+            ServerEvent::SessionClosed { reason, usage } => {
+                return self.on_session_closed(link, &reason, &usage).await;
+            }
+            ServerEvent::TransportRinging => self.event("ringing", json!({})).await,
+            ServerEvent::TransportAnswered => {
+                info!("outbound call answered");
+                self.event("answered", json!({})).await;
+                if std::mem::take(&mut self.greet_on_answer) {
+                    if let Some(greeting) = self.profile.greeting.clone() {
+                        self.send(link, client::response_create(Some(&greeting)))
+                            .await;
+                    }
+                }
+            }
+            ServerEvent::TransportFailed { error } => {
+                warn!(code = ?error.code, "outbound call failed");
+                self.event(
+                    "transport_failed",
+                    json!({ "type": error.kind, "code": error.code, "message": error.message }),
+                )
+                .await;
+                return Flow::End(CallState::Ended, "transport_failed");
             }
             ServerEvent::Other => {}
         }
@@ -651,12 +768,10 @@ impl Monitor {
         self.count_tool(name, "ok", Duration::ZERO);
         match name {
             TOOL_TRANSFER_TO_HUMAN if self.escalation_available() => {
-                self.send(
-                    link,
-                    client::function_call_output(fc_id, &json!({ "status": "transferring" })),
-                )
-                .await;
-                self.escalate(link, Trigger::Tool(reason)).await
+                // The output ({"status":"transferring"}, plus the handover code of a
+                // connect_refer hand-off) is sent by `escalate`.
+                self.escalate(link, Trigger::Tool(reason), Some(fc_id))
+                    .await
             }
             TOOL_TRANSFER_TO_HUMAN => {
                 let out = json!({ "error": "transfer is not available right now; keep helping the caller" });
@@ -923,7 +1038,7 @@ impl Monitor {
         match cmd {
             Command::Transfer(note) => {
                 if self.escalation_available() {
-                    self.escalate(link, Trigger::Operator(note)).await
+                    self.escalate(link, Trigger::Operator(note), None).await
                 } else {
                     self.event("escalation_unavailable", json!({ "trigger": "operator" }))
                         .await;
@@ -989,13 +1104,27 @@ impl Monitor {
         Duration::from_millis(self.ctx.config.handoff_line_timeout_ms)
     }
 
-    async fn escalate(&mut self, link: &mut dyn Link, trigger: Trigger) -> Flow {
-        let settings = &self.profile.escalation;
+    /// Starts the hand-off. `tool_call` is the `transfer_to_human` function call id, answered
+    /// here once the hand-off is prepared. For `connect_refer`: waits (at most `[hubspot]
+    /// escalation_wait_ms`) for the HubSpot ids, mints the handover token, tells the model the
+    /// code (system message and tool output) and adds it to the handoff line when `read_code`.
+    async fn escalate(
+        &mut self,
+        link: &mut dyn Link,
+        trigger: Trigger,
+        tool_call: Option<&str>,
+    ) -> Flow {
+        let profile = self.profile.clone();
+        let settings = &profile.escalation;
         let target = settings
             .target
             .clone()
             .expect("escalation_available checked the target");
-        info!(trigger = trigger.kind(), "escalation triggered");
+        info!(
+            trigger = trigger.kind(),
+            action = settings.action.label(),
+            "escalation triggered"
+        );
         metrics::counter!(names::ESCALATIONS, "trigger" => trigger.kind(), "outcome" => "triggered").increment(1);
         self.record.escalation = Some(EscalationSummary {
             trigger: trigger.kind().to_string(),
@@ -1003,24 +1132,227 @@ impl Monitor {
             target: target.as_uri(),
             outcome: "pending".into(),
             at: Utc::now(),
+            action: settings.action.label().to_string(),
+            handover: None,
+            crm: None,
         });
         self.record.state = CallState::Transferring;
         self.want_response = false;
         self.save().await;
         self.event(
             "escalation_triggered",
-            json!({ "trigger": trigger.kind(), "detail": trigger.detail() }),
+            json!({
+                "trigger": trigger.kind(),
+                "detail": trigger.detail(),
+                "action": settings.action.label(),
+            }),
         )
         .await;
+        let reason = match trigger.detail() {
+            d if d.trim().is_empty() => trigger.kind().to_string(),
+            d => format!("{}: {}", trigger.kind(), d.trim()),
+        };
+        let crm_wanted = self.crm_client().is_some();
+        let connect_settings = match &settings.action {
+            Action::ConnectRefer(c) => Some(c),
+            Action::Refer => None,
+        };
+        let summary = if crm_wanted || connect_settings.is_some() {
+            let transcript = match self.ctx.store.transcript(&self.record.call_id).await {
+                Ok(t) => t,
+                Err(e) => {
+                    store_error("transcript", &e);
+                    Vec::new()
+                }
+            };
+            connect::conversation_summary(&transcript, &reason, HANDOVER_SUMMARY_CHARS)
+        } else {
+            String::new()
+        };
+        self.start_crm(&summary, &reason).await;
+        let mut output = json!({ "status": "transferring" });
+        let mut line = settings.handoff_line.clone();
+        if let Some(c) = connect_settings {
+            let wait = Duration::from_millis(self.ctx.hubspot.escalation_wait_ms);
+            let crm = self.wait_crm(wait).await;
+            let now = Utc::now();
+            let payload =
+                connect::handover_payload(&self.record, c, summary, reason, crm.as_ref(), now);
+            let ttl = chrono::Duration::from_std(c.token_ttl)
+                .unwrap_or_else(|_| chrono::Duration::minutes(10));
+            let handover = match self.ctx.store.mint_token(&payload, ttl, now).await {
+                Ok(token) => {
+                    metrics::counter!(names::HANDOVER_TOKENS, "event" => "minted").increment(1);
+                    self.event(
+                        "handover_token_minted",
+                        json!({
+                            "expires_at": now + ttl,
+                            "hubspot_contact_id": payload.hubspot_contact_id,
+                            "hubspot_ticket_id": payload.hubspot_ticket_id,
+                        }),
+                    )
+                    .await;
+                    output["handover_code"] = json!(token);
+                    self.send(
+                        link,
+                        client::system_message(&connect::code_instruction(&token)),
+                    )
+                    .await;
+                    if c.read_code {
+                        line = format!(
+                            "{line} If you are asked for a reference code, it is {}.",
+                            connect::speakable_code(&token)
+                        );
+                    }
+                    HandoverRecord {
+                        token: Some(token),
+                        expires_at: Some(now + ttl),
+                        error: None,
+                    }
+                }
+                Err(e) => {
+                    // The caller still goes to the contact centre, without context.
+                    metrics::counter!(names::HANDOVER_TOKENS, "event" => "mint_failed")
+                        .increment(1);
+                    store_error("mint_token", &e);
+                    self.event("handover_token_failed", json!({ "error": e.to_string() }))
+                        .await;
+                    HandoverRecord {
+                        error: Some(e.to_string()),
+                        ..HandoverRecord::default()
+                    }
+                }
+            };
+            if let Some(esc) = self.record.escalation.as_mut() {
+                esc.handover = Some(handover);
+            }
+            self.save().await;
+        }
+        if let Some(fc_id) = tool_call {
+            self.send(link, client::function_call_output(fc_id, &output))
+                .await;
+        }
         let (handoff, step) = Handoff::start(
             trigger,
             target,
             settings.fallback_target.clone(),
-            &settings.handoff_line,
+            &line,
             &settings.apology,
         );
         self.handoff = Some(handoff);
         self.run_step(link, step).await
+    }
+
+    /// The HubSpot client when `[hubspot] enabled`, `on_escalation` and a token are set.
+    fn crm_client(&self) -> Option<crate::hubspot::HubSpot> {
+        self.ctx
+            .tools
+            .hubspot
+            .clone()
+            .filter(|_| self.ctx.hubspot.on_escalation)
+    }
+
+    /// Starts the escalation's HubSpot work on its own task (find or create the contact by the
+    /// caller's number, open a ticket with `summary`, association type 16): it never holds up
+    /// the hand-off. Without a caller number it is skipped and recorded as such.
+    async fn start_crm(&mut self, summary: &str, reason: &str) {
+        let Some(hubspot) = self.crm_client() else {
+            return;
+        };
+        let Some(caller) = self.record.caller.clone().filter(|c| !c.is_empty()) else {
+            self.record_crm(CrmRecord {
+                error: Some("skipped: no caller number".into()),
+                ..CrmRecord::default()
+            })
+            .await;
+            return;
+        };
+        let subject = format!("Escalated call from {caller}");
+        let content = format!(
+            "{summary}\n\n— escalated by the voice agent on call {} ({reason})",
+            self.record.call_id
+        );
+        let cfg = self.ctx.hubspot.clone();
+        self.crm = Some(tokio::spawn(
+            async move {
+                match hubspot
+                    .ticket_for_caller(
+                        &caller,
+                        &subject,
+                        &content,
+                        cfg.ticket_pipeline.as_deref(),
+                        cfg.ticket_stage.as_deref(),
+                    )
+                    .await
+                {
+                    Ok(t) => {
+                        debug!(contact_id = %t.contact_id, ticket_id = %t.ticket_id, "escalation ticket opened");
+                        CrmRecord {
+                            contact_id: Some(t.contact_id),
+                            ticket_id: Some(t.ticket_id),
+                            error: None,
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "escalation ticket failed");
+                        CrmRecord {
+                            contact_id: e.contact_id,
+                            ticket_id: None,
+                            error: Some(e.error.to_string()),
+                        }
+                    }
+                }
+            }
+            .instrument(tracing::Span::current()),
+        ));
+    }
+
+    /// Waits at most `wait` for the CRM task and records its result. Returns the recorded
+    /// result (also when it was recorded earlier), `None` while the task still runs or when
+    /// there is none.
+    async fn wait_crm(&mut self, wait: Duration) -> Option<CrmRecord> {
+        if let Some(done) = self.record.escalation.as_ref().and_then(|e| e.crm.clone()) {
+            return Some(done);
+        }
+        let handle = self.crm.as_mut()?;
+        match tokio::time::timeout(wait, handle).await {
+            Ok(joined) => {
+                self.crm = None;
+                let rec = joined.unwrap_or_else(|e| CrmRecord {
+                    error: Some(format!("CRM task failed: {e}")),
+                    ..CrmRecord::default()
+                });
+                self.record_crm(rec.clone()).await;
+                Some(rec)
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn record_crm(&mut self, rec: CrmRecord) {
+        let outcome = match (&rec.error, &rec.ticket_id) {
+            (None, Some(_)) => "ok",
+            (Some(e), _) if e.starts_with("skipped") => "skipped",
+            (Some(e), _) if e.starts_with("late") => "late",
+            _ => "failed",
+        };
+        metrics::counter!(names::ESCALATION_CRM, "outcome" => outcome).increment(1);
+        if let Some(e) = &rec.error {
+            warn!(error = %e, "HubSpot work on escalation did not complete; the hand-off goes on");
+        }
+        self.event(
+            "crm_ticket",
+            json!({
+                "outcome": outcome,
+                "contact_id": rec.contact_id,
+                "ticket_id": rec.ticket_id,
+                "error": rec.error,
+            }),
+        )
+        .await;
+        if let Some(esc) = self.record.escalation.as_mut() {
+            esc.crm = Some(rec);
+        }
     }
 
     /// Executes hand-off steps until one has to wait for the sideband or a timer.
@@ -1107,6 +1439,12 @@ impl Monitor {
             .unwrap_or("unknown");
         metrics::counter!(names::ESCALATIONS, "trigger" => trigger, "outcome" => outcome.label())
             .increment(1);
+        metrics::counter!(
+            names::HANDOVERS,
+            "action" => self.profile.escalation.action.label(),
+            "outcome" => outcome.label()
+        )
+        .increment(1);
         if let Some(esc) = self.record.escalation.as_mut() {
             esc.outcome = outcome.label().to_string();
         }
@@ -1189,6 +1527,24 @@ impl Monitor {
             .filter(|e| e.outcome == "pending")
         {
             esc.outcome = "abandoned".into();
+            metrics::counter!(
+                names::HANDOVERS,
+                "action" => self.profile.escalation.action.label(),
+                "outcome" => "abandoned"
+            )
+            .increment(1);
+        }
+        if self.crm.is_some() {
+            let wait = Duration::from_millis(self.ctx.hubspot.escalation_wait_ms);
+            if self.wait_crm(wait).await.is_none() {
+                // The task goes on detached; its result is only logged (debug).
+                self.crm = None;
+                self.record_crm(CrmRecord {
+                    error: Some("late: HubSpot work not finished when the call ended".into()),
+                    ..CrmRecord::default()
+                })
+                .await;
+            }
         }
         self.after_call_work().await;
         // Event first: whoever sees the final record also sees the whole event log.
@@ -1314,6 +1670,9 @@ impl Monitor {
         }
     }
 }
+
+/// Longest conversation summary put in a handover token and an escalation ticket, characters.
+const HANDOVER_SUMMARY_CHARS: usize = 1_500;
 
 /// Placeholder for "a response was requested and its `response.created` has not arrived yet".
 const REQUESTED: &str = "requested";

@@ -39,9 +39,47 @@ pub enum CallState {
     TransferFailed,
     /// The call ended without a transfer (caller hung up, `end_call`, max duration, operator).
     Ended,
+    /// Another API owns this SIP call: the delivery came from the API the profile does not use
+    /// (one SIP call fires `realtime.call.incoming` and `live.transport.incoming` when the project
+    /// subscribes to both, openai.md §1), or GPT-Live answered `decision_already_made`. It was
+    /// acknowledged and left alone; `sip_call_id` links it to the owning record.
+    Ignored,
 }
 
 impl CallState {
+    /// Every state, in life-cycle order (store backends build state filters from it).
+    pub const ALL: [CallState; 10] = [
+        Self::Accepting,
+        Self::AcceptFailed,
+        Self::Missed,
+        Self::Rejected,
+        Self::Active,
+        Self::Transferring,
+        Self::Transferred,
+        Self::TransferFailed,
+        Self::Ended,
+        Self::Ignored,
+    ];
+    const _ALL_COMPLETE: () = assert!(Self::ALL.len() == Self::Ignored.all_index() + 1);
+
+    /// Position in [`CallState::ALL`]; an exhaustive match, so adding a state fails to compile
+    /// until it is listed.
+    #[allow(dead_code)]
+    const fn all_index(self) -> usize {
+        match self {
+            Self::Accepting => 0,
+            Self::AcceptFailed => 1,
+            Self::Missed => 2,
+            Self::Rejected => 3,
+            Self::Active => 4,
+            Self::Transferring => 5,
+            Self::Transferred => 6,
+            Self::TransferFailed => 7,
+            Self::Ended => 8,
+            Self::Ignored => 9,
+        }
+    }
+
     /// The stored name, e.g. `"transfer_failed"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -54,6 +92,7 @@ impl CallState {
             Self::Transferred => "transferred",
             Self::TransferFailed => "transfer_failed",
             Self::Ended => "ended",
+            Self::Ignored => "ignored",
         }
     }
 
@@ -69,6 +108,7 @@ impl CallState {
             "transferred" => Self::Transferred,
             "transfer_failed" => Self::TransferFailed,
             "ended" => Self::Ended,
+            "ignored" => Self::Ignored,
             _ => return None,
         })
     }
@@ -82,7 +122,12 @@ impl CallState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Self::Missed | Self::Rejected | Self::Transferred | Self::TransferFailed | Self::Ended
+            Self::Missed
+                | Self::Rejected
+                | Self::Transferred
+                | Self::TransferFailed
+                | Self::Ended
+                | Self::Ignored
         )
     }
 }
@@ -115,10 +160,53 @@ pub struct EscalationSummary {
     pub detail: String,
     /// The last `Refer-To` target tried (`tel:+E164` or `sip:...`).
     pub target: String,
-    /// `pending`, `transferred` or `transfer_failed`.
+    /// `pending`, `transferred`, `transfer_failed` or `abandoned`.
     pub outcome: String,
     /// When the escalation was triggered.
     pub at: DateTime<Utc>,
+    /// The profile's escalation action: `refer` or `connect_refer` (`refer` in records written
+    /// before actions existed).
+    #[serde(default = "default_action")]
+    pub action: String,
+    /// The Amazon Connect handover token of a `connect_refer` hand-off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<HandoverRecord>,
+    /// The HubSpot contact and ticket opened for the escalation (`[hubspot] on_escalation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm: Option<CrmRecord>,
+}
+
+fn default_action() -> String {
+    "refer".into()
+}
+
+/// The handover token minted for a `connect_refer` hand-off
+/// (`crate::escalation::connect`). Shown on the admin API only; never logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRecord {
+    /// The 10-digit one-time token, when minting succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// When the token stops being redeemable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Why no token was minted (a store failure); the caller is transferred all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// HubSpot work done on escalation. Ids are set for whatever succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmRecord {
+    /// The caller's contact id (found by phone or created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_id: Option<String>,
+    /// The escalation ticket's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<String>,
+    /// Why the CRM work failed or was skipped (`no caller number`, a HubSpot error, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One call as stored. `call_id` is OpenAI's opaque id (`rtc_...` for Realtime), or Twilio's

@@ -27,9 +27,12 @@
 //! ([`CallView`]), [`Emulator::requests`] lists every REST request, [`Emulator::events`] is a live
 //! feed of [`EmulatorEvent`]s, and [`Emulator::wait_for`] waits for a call to reach a state.
 //!
+//! GPT-Live is emulated by [`live::LiveEmulator`], a separate server with its own port.
+//!
 //! The servers stop when the last [`Emulator`] handle is dropped (or on [`Emulator::shutdown`]):
 //! live sideband sockets are then dropped without a close frame.
 
+pub mod live;
 pub mod phone;
 pub mod rest;
 pub mod script;

@@ -14,11 +14,62 @@
 //! 4. when every target failed, the agent says the apology ([`Step::Say`]), the call is hung up
 //!    ([`Step::Hangup`]) and the outcome is [`Outcome::Failed`].
 
+pub mod connect;
 pub mod phrases;
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use crate::sip::TransferTarget;
+
+/// What an escalation does (`[escalation] action` of a profile).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Action {
+    /// `refer` (default): SIP REFER to the target, then to the fallback.
+    #[default]
+    Refer,
+    /// `connect_refer`: mint a handover token for an Amazon Connect contact flow ([`connect`]),
+    /// then REFER to the Connect number (the target, `tel:+E164`), then to the fallback.
+    ConnectRefer(ConnectHandover),
+}
+
+impl Action {
+    /// `refer` or `connect_refer` (record field and metric label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Refer => "refer",
+            Self::ConnectRefer(_) => "connect_refer",
+        }
+    }
+}
+
+/// `[escalation.connect]`: what a `connect_refer` hand-off puts in the token's payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectHandover {
+    /// `queue`: the queue the contact flow should route to (`route_to_queue`).
+    pub queue: Option<String>,
+    /// `intent`: the intent label for routing (e.g. `billing`).
+    pub intent: Option<String>,
+    /// `priority`: the priority label (e.g. `high`).
+    pub priority: Option<String>,
+    /// `token_ttl_secs`: how long the token can be redeemed (default 600 s).
+    pub token_ttl: Duration,
+    /// `read_code`: the handoff line ends with the code read out digit by digit, for callers
+    /// whose number the contact centre cannot match (default true).
+    pub read_code: bool,
+}
+
+impl Default for ConnectHandover {
+    fn default() -> Self {
+        Self {
+            queue: None,
+            intent: None,
+            priority: None,
+            token_ttl: Duration::from_secs(crate::store::tokens::DEFAULT_TOKEN_TTL_SECS),
+            read_code: true,
+        }
+    }
+}
 
 /// What started an escalation.
 #[derive(Debug, Clone, PartialEq, Eq)]

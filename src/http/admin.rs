@@ -4,6 +4,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/calls?state=&limit=&before=` | `{"calls":[CallRecord...]}`, newest first |
+//! | `POST /v1/calls` `{"api":"live","to":"+E164","profile":"name"}` | 201 `{"call":CallRecord}` (GPT-Live outbound call placed, monitor attached); 400 bad request or `api` not `live`; 503 no trunk configured; 502 OpenAI refused (`code`) or the outcome is unknown (`"retried":false`) |
 //! | `GET /v1/calls/{call_id}` | `{"call":CallRecord,"transcript":[...],"events":[...]}` or 404 |
 //! | `POST /v1/calls/{call_id}/transfer` `{"note":"..."}` (optional) | 202 escalation started; 404 unknown; 409 not live here |
 //! | `POST /v1/calls/{call_id}/hangup` `{"note":"..."}` (optional) | 202; 404; 409 |
@@ -34,7 +35,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// The `/v1` router (to be nested).
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
-        .route("/calls", get(list_calls))
+        .route("/calls", get(list_calls).post(place_call))
         .route("/calls/outbound", post(crate::bridge::http::outbound))
         .route("/calls/{call_id}", get(get_call))
         .route("/calls/{call_id}/transfer", post(transfer))
@@ -62,6 +63,58 @@ async fn require_token(State(app): State<Arc<AppState>>, req: Request, next: Nex
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
         resp
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PlaceBody {
+    api: String,
+    to: String,
+    profile: String,
+}
+
+async fn place_call(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    use crate::calls::outbound::{PlaceError, place_live_call};
+    use crate::openai::live::OutboundError;
+    let body: PlaceBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")),
+    };
+    if body.api != "live" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "outbound calls are only supported on GPT-Live (\"api\": \"live\")",
+        );
+    }
+    match place_live_call(&app, &body.profile, &body.to).await {
+        Ok(record) => (StatusCode::CREATED, Json(json!({ "call": record }))).into_response(),
+        Err(PlaceError::Invalid(m)) => error(StatusCode::BAD_REQUEST, &m),
+        Err(PlaceError::NotConfigured(m)) => error(StatusCode::SERVICE_UNAVAILABLE, &m),
+        Err(PlaceError::OpenAi(OutboundError::Invalid(m))) => error(StatusCode::BAD_REQUEST, &m),
+        Err(PlaceError::OpenAi(OutboundError::Refused {
+            status,
+            code,
+            message,
+        })) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({
+                "error": format!("OpenAI refused the call: {message}"),
+                "openai_status": status,
+                "code": code,
+                "retried": false,
+            })),
+        )
+            .into_response(),
+        Err(PlaceError::OpenAi(e @ OutboundError::Ambiguous(_))) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({
+                "error": e.to_string(),
+                "outcome": "unknown",
+                "retried": false,
+                "hint": "a session may exist; check before placing the call again",
+            })),
+        )
+            .into_response(),
     }
 }
 

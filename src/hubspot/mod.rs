@@ -410,6 +410,64 @@ impl HubSpot {
     }
 }
 
+/// The contact and ticket opened by [`HubSpot::ticket_for_caller`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerTicket {
+    /// The caller's contact id (found or created).
+    pub contact_id: String,
+    /// The new ticket's id.
+    pub ticket_id: String,
+}
+
+/// [`HubSpot::ticket_for_caller`] failed; `contact_id` is set when the contact step succeeded
+/// and only the ticket failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CallerTicketError {
+    /// The contact id, when it was found or created before the failure.
+    pub contact_id: Option<String>,
+    /// What failed.
+    pub error: HubSpotError,
+}
+
+impl HubSpot {
+    /// Finds or creates the contact with `phone` ([`HubSpot::find_or_create_contact`], §6.1,
+    /// §6.2), then opens a ticket associated with it ([`HubSpot::create_ticket`], §6.3, type id
+    /// 16). 429s are retried per the [`RetryPolicy`].
+    ///
+    /// # Errors
+    /// [`CallerTicketError`] with the contact id when only the ticket failed.
+    pub async fn ticket_for_caller(
+        &self,
+        phone: &str,
+        subject: &str,
+        content: &str,
+        pipeline: Option<&str>,
+        stage: Option<&str>,
+    ) -> Result<CallerTicket, CallerTicketError> {
+        let contact_id =
+            self.find_or_create_contact(phone)
+                .await
+                .map_err(|error| CallerTicketError {
+                    contact_id: None,
+                    error,
+                })?;
+        match self
+            .create_ticket(subject, content, &contact_id, pipeline, stage)
+            .await
+        {
+            Ok(ticket_id) => Ok(CallerTicket {
+                contact_id,
+                ticket_id,
+            }),
+            Err(error) => Err(CallerTicketError {
+                contact_id: Some(contact_id),
+                error,
+            }),
+        }
+    }
+}
+
 fn reject_conflict(status: u16, json: &Value) -> Result<(), HubSpotError> {
     if status == 409 {
         Err(api_error(status, json))

@@ -30,6 +30,13 @@ pub enum CallControlError {
         /// `error.message` from the body, or the start of the raw body.
         message: String,
     },
+    /// GPT-Live only: another accept or reject decision already won for this session
+    /// (`error.code` `decision_already_made`, openai.md §7.1).
+    #[error("decision already made (HTTP {status})")]
+    DecisionAlreadyMade {
+        /// The HTTP status it came with.
+        status: u16,
+    },
     /// No answer within the per-request timeout.
     #[error("request timed out")]
     Timeout,
@@ -50,7 +57,7 @@ impl CallControlError {
         match self {
             Self::Status { status, .. } => *status >= 500 || *status == 429,
             Self::Timeout | Self::Transport(_) => true,
-            Self::NotFound { .. } => false,
+            Self::NotFound { .. } | Self::DecisionAlreadyMade { .. } => false,
         }
     }
 
@@ -59,6 +66,7 @@ impl CallControlError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::NotFound { .. } => "not_found",
+            Self::DecisionAlreadyMade { .. } => "decision_already_made",
             Self::Status { status, .. } if *status >= 500 => "status_5xx",
             Self::Status { .. } => "status_4xx",
             Self::Timeout => "timeout",
@@ -99,12 +107,13 @@ impl CallControl {
         })
     }
 
-    fn url(&self, call_id: &str, action: &str) -> String {
-        // call_id is opaque; percent-encode it as a path segment.
+    /// `{base_url}/seg/seg/...`; every segment (ids are opaque) is percent-encoded as one path
+    /// segment.
+    pub(crate) fn url_of(&self, segments: &[&str]) -> String {
         let mut url = reqwest::Url::parse(&self.base_url).expect("validated in config");
         url.path_segments_mut()
             .expect("http(s) base")
-            .extend(["realtime", "calls", call_id, action]);
+            .extend(segments);
         url.to_string()
     }
 
@@ -114,9 +123,27 @@ impl CallControl {
         action: &str,
         body: Option<&Value>,
     ) -> Result<(), CallControlError> {
+        self.post_to(&["realtime", "calls", call_id, action], body)
+            .await
+            .map(drop)
+    }
+
+    /// `POST {base_url}/{segments...}` with the bearer key and an optional JSON body, sent once.
+    /// Returns the response body text on 2xx (OpenAI's call-control endpoints answer an empty
+    /// body; `POST /live/sessions` answers JSON). Shared by the Realtime and GPT-Live clients.
+    ///
+    /// # Errors
+    /// [`CallControlError`] classified from the status and the standard error body
+    /// `{"error":{"message","type","param","code"}}`; any status whose `error.code` is
+    /// `decision_already_made` is [`CallControlError::DecisionAlreadyMade`].
+    pub(crate) async fn post_to(
+        &self,
+        segments: &[&str],
+        body: Option<&Value>,
+    ) -> Result<String, CallControlError> {
         let mut req = self
             .http
-            .post(self.url(call_id, action))
+            .post(self.url_of(segments))
             .bearer_auth(self.api_key.expose())
             .header(reqwest::header::ACCEPT, "*/*");
         if let Some(body) = body {
@@ -125,7 +152,7 @@ impl CallControl {
         let resp = req.send().await.map_err(map_reqwest)?;
         let status = resp.status();
         if status.is_success() {
-            return Ok(());
+            return resp.text().await.map_err(map_reqwest);
         }
         let text = resp.text().await.unwrap_or_default();
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
@@ -134,6 +161,11 @@ impl CallControl {
             .and_then(|e| e.get("code"))
             .and_then(Value::as_str)
             .map(str::to_string);
+        if code.as_deref() == Some("decision_already_made") {
+            return Err(CallControlError::DecisionAlreadyMade {
+                status: status.as_u16(),
+            });
+        }
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(CallControlError::NotFound { code });
         }
@@ -166,22 +198,7 @@ impl CallControl {
         session: &Value,
         budget: Duration,
     ) -> (u32, Result<(), CallControlError>) {
-        let started = Instant::now();
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let result = (|| async {
-            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.accept(call_id, session).await
-        })
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(1))
-                .with_jitter()
-                .without_max_times(),
-        )
-        .when(|e: &CallControlError| e.is_retryable() && started.elapsed() < budget)
-        .await;
-        (attempts.into_inner(), result)
+        retry_within(budget, || self.accept(call_id, session)).await
     }
 
     /// `POST /realtime/calls/{call_id}/reject` with `{"status_code": status}` (§5.2).
@@ -212,6 +229,35 @@ impl CallControl {
     }
 }
 
+/// Runs `op` once, then again with exponential backoff (100 ms doubling to 1 s, jittered) while
+/// it fails retryably ([`CallControlError::is_retryable`]) and `budget` has not elapsed. Returns
+/// the number of attempts with the last result. Used for accept decisions of both APIs.
+pub(crate) async fn retry_within<F, Fut>(
+    budget: Duration,
+    mut op: F,
+) -> (u32, Result<(), CallControlError>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), CallControlError>>,
+{
+    let started = Instant::now();
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let result = (|| {
+        attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        op()
+    })
+    .retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times(),
+    )
+    .when(|e: &CallControlError| e.is_retryable() && started.elapsed() < budget)
+    .await;
+    (attempts.into_inner(), result)
+}
+
 fn map_reqwest(e: reqwest::Error) -> CallControlError {
     if e.is_timeout() {
         CallControlError::Timeout
@@ -234,7 +280,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            cc.url("rtc_a/b?c", "accept"),
+            cc.url_of(&["realtime", "calls", "rtc_a/b?c", "accept"]),
             "http://127.0.0.1:9/v1/realtime/calls/rtc_a%2Fb%3Fc/accept"
         );
     }

@@ -65,8 +65,17 @@ pub(crate) async fn open(
     let mut url =
         reqwest::Url::parse(base_url).map_err(|e| SidebandError::Transport(e.to_string()))?;
     url.query_pairs_mut().append_pair(name, value);
+    connect_url(url.as_str(), api_key).await
+}
+
+/// Opens a sideband WebSocket at exactly `url` with `Authorization: Bearer <api_key>`,
+/// [`ws_config`] and `TCP_NODELAY` (the Realtime forms above, or GPT-Live's
+/// `/live/sessions/{id}/attach`).
+///
+/// # Errors
+/// [`SidebandError`] as classified from the upgrade response.
+pub async fn connect_url(url: &str, api_key: &Secret) -> Result<SidebandStream, SidebandError> {
     let mut request = url
-        .as_str()
         .into_client_request()
         .map_err(|e| SidebandError::Transport(e.to_string()))?;
     let auth = HeaderValue::from_str(&format!("Bearer {}", api_key.expose()))
@@ -244,6 +253,31 @@ pub enum ServerEvent {
         #[serde(default)]
         error: ApiError,
     },
+    /// GPT-Live `session.closed` (openai.md §7.3): the authoritative end of a Live call, with
+    /// its final usage. Never sent by Realtime.
+    #[serde(rename = "session.closed")]
+    SessionClosed {
+        /// `close_requested`, `expired`, `content`, `remote_hangup`, `connection_lost`, or a
+        /// newer value.
+        #[serde(default)]
+        reason: String,
+        /// The session's usage object, as sent.
+        #[serde(default)]
+        usage: Value,
+    },
+    /// GPT-Live outbound `transport.ringing` (openai.md §7.2): ringing or early media.
+    #[serde(rename = "transport.ringing")]
+    TransportRinging,
+    /// GPT-Live outbound `transport.answered`: answered, media is up.
+    #[serde(rename = "transport.answered")]
+    TransportAnswered,
+    /// GPT-Live outbound `transport.failed`, with `error.type` `call_error`.
+    #[serde(rename = "transport.failed")]
+    TransportFailed {
+        /// Why the call failed.
+        #[serde(default)]
+        error: ApiError,
+    },
     /// Any other event type.
     #[serde(other)]
     Other,
@@ -282,6 +316,20 @@ pub mod client {
         json!({
             "type": "response.create",
             "response": { "instructions": instructions, "tool_choice": "none" }
+        })
+        .to_string()
+    }
+
+    /// `conversation.item.create` with a system message (`content:[{type:"input_text",text}]`,
+    /// §6.2): context for the model that is not a caller turn. Adds no response by itself.
+    pub fn system_message(text: &str) -> String {
+        json!({
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "system",
+                "content": [ { "type": "input_text", "text": text } ]
+            }
         })
         .to_string()
     }

@@ -14,6 +14,7 @@ pub(crate) struct RawProfile {
     pub name: Option<Spanned<String>>,
     pub description: Option<String>,
     pub default: Option<Spanned<bool>>,
+    pub api: Option<Spanned<String>>,
     #[serde(default)]
     pub priority: i32,
     pub instructions: Option<Spanned<String>>,
@@ -122,6 +123,18 @@ pub(crate) struct RawEscalation {
     pub dtmf_key: Option<Spanned<String>>,
     pub enabled: Option<bool>,
     pub fallback: Option<RawFallback>,
+    pub action: Option<Spanned<String>>,
+    pub connect: Option<Spanned<RawConnect>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConnect {
+    pub queue: Option<Spanned<String>>,
+    pub intent: Option<Spanned<String>>,
+    pub priority: Option<Spanned<String>>,
+    pub token_ttl_secs: Option<Spanned<i64>>,
+    pub read_code: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

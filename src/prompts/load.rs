@@ -386,7 +386,26 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
             ),
         );
     }
-    let session = session(&mut cx, raw.session.unwrap_or_default());
+    let api = match &raw.api {
+        None => crate::calls::record::Api::Realtime,
+        Some(a) => match a.get_ref().as_str() {
+            "realtime" => crate::calls::record::Api::Realtime,
+            "live" => crate::calls::record::Api::Live,
+            other => {
+                cx.err(a, format!("api {other:?} must be \"realtime\" or \"live\""));
+                crate::calls::record::Api::Realtime
+            }
+        },
+    };
+    let raw_session = raw.session.unwrap_or_default();
+    let live_model_unset = raw_session.model.is_none();
+    if api == crate::calls::record::Api::Live {
+        live_only_checks(&mut cx, &raw_session);
+    }
+    let mut session = session(&mut cx, raw_session);
+    if api == crate::calls::record::Api::Live && live_model_unset {
+        session.model = crate::openai::live::DEFAULT_LIVE_MODEL.into();
+    }
     let escalation = match raw.escalation {
         Some(e) => {
             let span = e.span();
@@ -438,6 +457,7 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
         instructions_path,
         is_default,
         priority: raw.priority,
+        api,
         instructions,
         greeting,
         max_call_duration,
@@ -526,6 +546,30 @@ fn match_rules(cx: &mut Ctx<'_>, m: RawMatch) -> MatchRules {
         caller,
         caller_prefix,
         sip_header,
+    }
+}
+
+/// `api = "live"`: GPT-Live decides when to speak and has no transcription or audio tuning
+/// settings (openai.md §7.4), so the Realtime-only `[session]` keys are errors rather than
+/// silently ignored.
+fn live_only_checks(cx: &mut Ctx<'_>, s: &RawSession) {
+    let msg = |key: &str| {
+        format!("session.{key} is a Realtime setting; GPT-Live (api = \"live\") has none")
+    };
+    if let Some(v) = &s.speed {
+        cx.err(v, msg("speed"));
+    }
+    if let Some(v) = &s.transcription_model {
+        cx.err(v, msg("transcription_model"));
+    }
+    if let Some(v) = &s.language {
+        cx.err(v, msg("language"));
+    }
+    if let Some(v) = &s.turn_detection {
+        cx.err(v, msg("turn_detection"));
+    }
+    if s.noise_reduction.is_some() {
+        cx.err_at(None, msg("noise_reduction"));
     }
 }
 
@@ -674,7 +718,9 @@ fn escalation(cx: &mut Ctx<'_>, e: RawEscalation, span: Range<usize>) -> Escalat
         ),
         None => (None, None),
     };
+    let action = escalation_action(cx, e.action, e.connect, target.as_ref());
     EscalationSettings {
+        action,
         enabled,
         target,
         handoff_line,
@@ -686,6 +732,92 @@ fn escalation(cx: &mut Ctx<'_>, e: RawEscalation, span: Range<usize>) -> Escalat
         dtmf_key,
         fallback_target,
         apology: apology.unwrap_or_else(|| DEFAULT_APOLOGY.into()),
+    }
+}
+
+/// `action` and `[escalation.connect]`: `connect_refer` needs a `tel:` target (the Connect
+/// number); `[escalation.connect]` is only for `connect_refer`; its labels must be safe to route
+/// on in a contact flow (letters, digits, `-`, `_`; `../shared/reference/connect-dynamodb-hubspot.md`
+/// §2.2).
+fn escalation_action(
+    cx: &mut Ctx<'_>,
+    action: Option<Spanned<String>>,
+    connect: Option<Spanned<super::file::RawConnect>>,
+    target: Option<&TransferTarget>,
+) -> crate::escalation::Action {
+    use crate::escalation::{Action, ConnectHandover};
+    let name = action.as_ref().map(|a| a.get_ref().trim().to_string());
+    match name.as_deref() {
+        None | Some("refer") => {
+            if let Some(c) = &connect {
+                cx.err(
+                    c,
+                    "escalation.connect is only used with action = \"connect_refer\"",
+                );
+            }
+            Action::Refer
+        }
+        Some("connect_refer") => {
+            let a = action.as_ref().expect("named");
+            if target.is_some_and(|t| !matches!(t, TransferTarget::Tel(_))) {
+                cx.err(
+                    a,
+                    "escalation: action \"connect_refer\" needs a tel:+E164 target (the Amazon Connect number)",
+                );
+            }
+            let mut settings = ConnectHandover::default();
+            if let Some(c) = connect {
+                let c = c.into_inner();
+                let mut label = |v: Option<Spanned<String>>, key: &str| {
+                    let v = v?;
+                    let t = v.get_ref().trim();
+                    if t.is_empty()
+                        || t.len() > 64
+                        || !t
+                            .chars()
+                            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                    {
+                        cx.err(
+                            &v,
+                            format!(
+                                "{key} {t:?}: 1 to 64 letters, digits, '-' or '_' (a contact flow routes on it)"
+                            ),
+                        );
+                        None
+                    } else {
+                        Some(t.to_string())
+                    }
+                };
+                settings.queue = label(c.queue, "escalation.connect.queue");
+                settings.intent = label(c.intent, "escalation.connect.intent");
+                settings.priority = label(c.priority, "escalation.connect.priority");
+                if let Some(ttl) = c.token_ttl_secs {
+                    match u64::try_from(*ttl.get_ref()) {
+                        Ok(secs) if (30..=86_400).contains(&secs) => {
+                            settings.token_ttl = std::time::Duration::from_secs(secs);
+                        }
+                        _ => cx.err(
+                            &ttl,
+                            format!(
+                                "escalation.connect.token_ttl_secs {} must be 30..=86400",
+                                ttl.get_ref()
+                            ),
+                        ),
+                    }
+                }
+                if let Some(r) = c.read_code {
+                    settings.read_code = r;
+                }
+            }
+            Action::ConnectRefer(settings)
+        }
+        Some(other) => {
+            cx.err(
+                action.as_ref().expect("named"),
+                format!("escalation.action {other:?}: one of \"refer\", \"connect_refer\""),
+            );
+            Action::Refer
+        }
     }
 }
 

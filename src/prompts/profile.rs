@@ -47,6 +47,10 @@ pub struct Profile {
     pub is_default: bool,
     /// Higher wins when several profiles match.
     pub priority: i32,
+    /// `api = "realtime" | "live"` (default `realtime`): which OpenAI API answers this
+    /// profile's calls. When a project subscribes to both, the delivery of the other API is
+    /// acknowledged and left alone.
+    pub api: crate::calls::record::Api,
     /// The session instructions (the Markdown file, surrounding whitespace trimmed).
     pub instructions: String,
     /// Instructions for the first `response.create` after the call starts; `None` = the agent
@@ -415,6 +419,9 @@ pub struct EscalationSettings {
     pub fallback_target: Option<TransferTarget>,
     /// Spoken before hanging up when every target failed.
     pub apology: String,
+    /// `action`: plain REFER, or an Amazon Connect hand-over (`connect_refer`, with
+    /// `[escalation.connect]`).
+    pub action: crate::escalation::Action,
 }
 
 impl EscalationSettings {
@@ -428,6 +435,7 @@ impl EscalationSettings {
             dtmf_key: None,
             fallback_target: None,
             apology: DEFAULT_APOLOGY.into(),
+            action: crate::escalation::Action::Refer,
         }
     }
 }
@@ -633,6 +641,33 @@ impl Profile {
             "audio": { "input": input, "output": output },
             "tools": self.tools.session_tools(builtin_tools(self.escalation.enabled)),
             "tool_choice": "auto",
+        })
+    }
+
+    /// The GPT-Live session for `POST /live/sessions/{id}/accept` (wrapped in `{"session":...}`
+    /// by the client) and outbound creates (openai.md §7.1, §7.2): `type` `"live"`, `model`,
+    /// `instructions`, `audio.output.voice` (no `audio.format` for SIP) and `delegation`.
+    ///
+    /// Tools: the only tool-call loop the reference documents for Live is Responses delegation
+    /// (calls arrive in `response.event`, answered with `response.item.create`), limited to
+    /// `function` tools, so a profile with tools (declared or built-in) gets
+    /// `{"type":"responses","responses":{"tools":[...],"tool_choice":"auto"}}`, where the
+    /// controller runs every call; a profile without tools gets `{"type":"client"}`.
+    pub fn live_session(&self) -> Value {
+        let tools = self
+            .tools
+            .session_tools(builtin_tools(self.escalation.enabled));
+        let delegation = if !tools.is_empty() {
+            json!({ "type": "responses", "responses": { "tools": tools, "tool_choice": "auto" } })
+        } else {
+            json!({ "type": "client" })
+        };
+        json!({
+            "type": "live",
+            "model": self.session.model,
+            "instructions": self.instructions,
+            "audio": { "output": { "voice": self.session.voice } },
+            "delegation": delegation,
         })
     }
 }

@@ -74,7 +74,7 @@ const DEFAULT: &str = "default = true\n";
 fn shipped_example_profiles_load() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts");
     let set = load_ok(&dir);
-    assert_eq!(set.len(), 5);
+    assert_eq!(set.len(), 6);
     let names: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
@@ -82,9 +82,22 @@ fn shipped_example_profiles_load() {
             "connect-support",
             "default",
             "hinglish-support",
+            "live-frontdesk",
             "restaurant-concierge",
             "support"
         ]
+    );
+    let live = set.get("live-frontdesk").unwrap();
+    assert_eq!(live.api, crate::calls::record::Api::Live);
+    assert_eq!(live.session.model, "gpt-live-1");
+    let body = live.live_session();
+    assert_eq!(body["type"], "live");
+    assert!(body["audio"].get("input").is_none());
+    assert_eq!(body["delegation"]["type"], "responses");
+    assert!(
+        set.iter()
+            .filter(|p| p.name != "live-frontdesk")
+            .all(|p| p.api == crate::calls::record::Api::Realtime)
     );
     let hinglish = set.get("hinglish-support").unwrap();
     assert_eq!(hinglish.tools.len(), 5);

@@ -1421,18 +1421,8 @@ impl TableSpec {
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
-/// Every [`CallState`] (the SQLite store keeps the same list with an exhaustiveness guard).
-const ALL_STATES: [CallState; 9] = [
-    CallState::Accepting,
-    CallState::AcceptFailed,
-    CallState::Missed,
-    CallState::Rejected,
-    CallState::Active,
-    CallState::Transferring,
-    CallState::Transferred,
-    CallState::TransferFailed,
-    CallState::Ended,
-];
+/// Every [`CallState`] ([`CallState::ALL`]).
+const ALL_STATES: [CallState; 10] = CallState::ALL;
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())

@@ -193,16 +193,12 @@ async fn create_ticket(args: &Value, call: &CallInfo, services: &Services) -> To
         "{description}\n\n— opened by the voice agent on call {} from {caller}",
         call.call_id
     );
-    let result = async {
-        let contact = hubspot.find_or_create_contact(caller).await?;
-        hubspot
-            .create_ticket(subject, &content, &contact, None, None)
-            .await
-    }
-    .await;
+    let result = hubspot
+        .ticket_for_caller(caller, subject, &content, None, None)
+        .await;
     match result {
-        Ok(id) => ToolResult::ok(json!({ "ticket_id": id, "status": "created" })),
-        Err(e) => ToolResult::error(
+        Ok(t) => ToolResult::ok(json!({ "ticket_id": t.ticket_id, "status": "created" })),
+        Err(crate::hubspot::CallerTicketError { error: e, .. }) => ToolResult::error(
             Outcome::Failed,
             "ticket_failed",
             "The ticket could not be created. Apologise and offer to transfer the caller.",

@@ -8,6 +8,14 @@ use crate::sip::SipHeader;
 /// The event type of an incoming Realtime SIP call.
 pub const REALTIME_CALL_INCOMING: &str = "realtime.call.incoming";
 
+/// The event type of an incoming GPT-Live SIP call (openai.md §3.2).
+pub const LIVE_TRANSPORT_INCOMING: &str = "live.transport.incoming";
+
+/// The deprecated GPT-Live incoming-call event (openai.md §3.3): same shape without `data.type`,
+/// still delivered to subscriptions made before the rename, handled like
+/// [`LIVE_TRANSPORT_INCOMING`].
+pub const LIVE_CALL_INCOMING: &str = "live.call.incoming";
+
 /// The envelope every OpenAI webhook event shares: `{object, id, type, created_at, data}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Envelope {
@@ -37,6 +45,39 @@ pub struct RealtimeCallIncoming {
     pub sip_media_security: Option<String>,
 }
 
+/// `data` of `live.transport.incoming` and the deprecated `live.call.incoming`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LiveTransportIncoming {
+    /// `live_...`, opaque; not the Realtime `rtc_...` id of the same SIP call.
+    pub session_id: String,
+    /// `"sip"` on `live.transport.incoming`; absent on `live.call.incoming`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// INVITE headers without authorization headers. Untrusted.
+    #[serde(default)]
+    pub sip_headers: Vec<SipHeader>,
+    /// `rtp` or `srtp` when known (Live requires SRTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_media_security: Option<String>,
+}
+
+/// Builds a `live.transport.incoming` (or, with `kind` [`LIVE_CALL_INCOMING`], the deprecated)
+/// event body in the reference shape.
+pub fn live_incoming(
+    kind: &str,
+    event_id: &str,
+    created_at: i64,
+    data: &LiveTransportIncoming,
+) -> Value {
+    json!({
+        "object": "event",
+        "id": event_id,
+        "type": kind,
+        "created_at": created_at,
+        "data": data,
+    })
+}
+
 /// Builds a `realtime.call.incoming` event body in the reference shape, used by
 /// `voxmachina trigger`.
 pub fn realtime_call_incoming(
@@ -56,6 +97,27 @@ pub fn realtime_call_incoming(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_live_shapes() {
+        let body = r#"{"object":"event","id":"evt_1","type":"live.transport.incoming","created_at":1719168000,
+            "data":{"type":"sip","session_id":"live_1","sip_media_security":"srtp","sip_headers":[{"name":"From","value":"x"}]}}"#;
+        let env: Envelope = serde_json::from_str(body).unwrap();
+        assert_eq!(env.kind, LIVE_TRANSPORT_INCOMING);
+        let data: LiveTransportIncoming = serde_json::from_value(env.data).unwrap();
+        assert_eq!(data.session_id, "live_1");
+        assert_eq!(data.transport.as_deref(), Some("sip"));
+        let old = r#"{"object":"event","id":"evt_2","type":"live.call.incoming","created_at":1,
+            "data":{"session_id":"live_2","sip_headers":[]}}"#;
+        let env: Envelope = serde_json::from_str(old).unwrap();
+        let data: LiveTransportIncoming = serde_json::from_value(env.data).unwrap();
+        assert_eq!(
+            (data.session_id.as_str(), data.transport.as_deref()),
+            ("live_2", None)
+        );
+        let rebuilt = live_incoming(LIVE_CALL_INCOMING, "evt_2", 1, &data);
+        assert!(rebuilt["data"].get("type").is_none());
+    }
 
     #[test]
     fn parses_reference_example() {

@@ -1,5 +1,12 @@
 //! `POST /openai/webhook`: verify, dedupe, decide, accept or reject, then start the monitor.
 //!
+//! Handles `realtime.call.incoming` (Realtime, `rtc_...` ids) and `live.transport.incoming` plus
+//! the deprecated `live.call.incoming` (GPT-Live, `live_...` ids) with one flow. When a project
+//! subscribes to both APIs one SIP call fires one webhook of each, with different ids; the
+//! selected profile's `api` is the single decision owner: the matching delivery is decided,
+//! the other acknowledged and left alone (openai.md §1: "the first successful Realtime or Live
+//! accept endpoint selects the runtime surface"). Both records carry the SIP `Call-ID`.
+//!
 //! Order follows `../shared/reference/openai.md` §5.6 and §11: call `/accept`, answer the
 //! delivery 200 only after it returned, attach the sideband in the background.
 //!
@@ -11,6 +18,8 @@
 //! | during shutdown | 503 | nothing (OpenAI retries) |
 //! | duplicate `webhook-id` | 200 | nothing |
 //! | unknown event type | 200 | ignored |
+//! | the profile's `api` is the other API (one SIP call fires both webhooks) | 200 | record `ignored` with the SIP `Call-ID`, call left alone (never rejected) |
+//! | GPT-Live answers `decision_already_made` | 200 | record `ignored` |
 //! | call already handled (another delivery) | 200 | nothing |
 //! | reject rule | 200 after `/reject` | record `rejected` |
 //! | accept 200 | 200 | record `active`, monitor started |
@@ -34,12 +43,60 @@ use crate::calls::monitor::{self, Attach};
 use crate::calls::persist::{append, event, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState};
 use crate::openai::CallControlError;
+use crate::openai::live::LiveAccept;
 use crate::prompts::Admission;
-use crate::sip::CallParties;
+use crate::sip::{CallParties, SipHeader};
 use crate::store::CreateOutcome;
+use crate::store::api_name as api_label;
 use crate::telemetry::{mask_number, names};
-use crate::webhook::event::{Envelope, REALTIME_CALL_INCOMING, RealtimeCallIncoming};
+use crate::webhook::event::{
+    Envelope, LIVE_CALL_INCOMING, LIVE_TRANSPORT_INCOMING, LiveTransportIncoming,
+    REALTIME_CALL_INCOMING, RealtimeCallIncoming,
+};
 use crate::webhook::signature::DeliveryHeaders;
+
+/// An incoming-call event of either API, reduced to what the decision needs.
+struct Incoming {
+    /// The API that sent it.
+    api: Api,
+    /// `rtc_...` (Realtime `call_id`) or `live_...` (Live `session_id`).
+    id: String,
+    sip_headers: Vec<SipHeader>,
+    media_security: Option<String>,
+    /// The event type, for metrics.
+    event: &'static str,
+}
+
+impl Incoming {
+    fn parse(kind: &str, data: serde_json::Value) -> Option<Result<Self, serde_json::Error>> {
+        Some(match kind {
+            REALTIME_CALL_INCOMING => {
+                serde_json::from_value::<RealtimeCallIncoming>(data).map(|d| Self {
+                    api: Api::Realtime,
+                    id: d.call_id,
+                    sip_headers: d.sip_headers,
+                    media_security: d.sip_media_security,
+                    event: REALTIME_CALL_INCOMING,
+                })
+            }
+            LIVE_TRANSPORT_INCOMING | LIVE_CALL_INCOMING => {
+                let event = if kind == LIVE_CALL_INCOMING {
+                    LIVE_CALL_INCOMING
+                } else {
+                    LIVE_TRANSPORT_INCOMING
+                };
+                serde_json::from_value::<LiveTransportIncoming>(data).map(|d| Self {
+                    api: Api::Live,
+                    id: d.session_id,
+                    sip_headers: d.sip_headers,
+                    media_security: d.sip_media_security,
+                    event,
+                })
+            }
+            _ => return None,
+        })
+    }
+}
 
 fn reply(status: StatusCode, event: &str, outcome: &'static str) -> Response {
     metrics::counter!(names::WEBHOOKS, "event" => event.to_string(), "outcome" => outcome)
@@ -78,18 +135,23 @@ pub async fn receive(
             "shutting_down",
         );
     }
-    if envelope.kind != REALTIME_CALL_INCOMING {
-        info!(webhook_id = %verified.webhook_id, event_type = %envelope.kind, "event type not handled; acknowledged");
-        return reply(StatusCode::OK, "other", "ignored");
-    }
-    let data: RealtimeCallIncoming = match serde_json::from_value(envelope.data) {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(webhook_id = %verified.webhook_id, error = %e, "realtime.call.incoming without call_id/sip_headers");
-            return reply(StatusCode::BAD_REQUEST, REALTIME_CALL_INCOMING, "bad_body");
+    let data = match Incoming::parse(&envelope.kind, envelope.data) {
+        None => {
+            info!(webhook_id = %verified.webhook_id, event_type = %envelope.kind, "event type not handled; acknowledged");
+            return reply(StatusCode::OK, "other", "ignored");
+        }
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            warn!(webhook_id = %verified.webhook_id, event_type = %envelope.kind, error = %e, "incoming-call event without its id/sip_headers");
+            let ev = if envelope.kind == REALTIME_CALL_INCOMING {
+                REALTIME_CALL_INCOMING
+            } else {
+                LIVE_TRANSPORT_INCOMING
+            };
+            return reply(StatusCode::BAD_REQUEST, ev, "bad_body");
         }
     };
-    let span = info_span!("call", call_id = %data.call_id);
+    let span = info_span!("call", call_id = %data.id, api = api_label(data.api));
     incoming_call(app, verified.webhook_id, data, received)
         .instrument(span)
         .await
@@ -98,21 +160,28 @@ pub async fn receive(
 async fn incoming_call(
     app: Arc<AppState>,
     webhook_id: String,
-    data: RealtimeCallIncoming,
+    data: Incoming,
     received: std::time::Instant,
 ) -> Response {
-    const EV: &str = REALTIME_CALL_INCOMING;
+    let ev = data.event;
     let now = Utc::now();
     let ttl =
         chrono::Duration::hours(i64::try_from(app.config.webhook.dedupe_ttl_hours).unwrap_or(72));
     let parties = CallParties::from_headers(&data.sip_headers);
     let profiles = app.profiles.load();
     let profile = profiles.select(&parties, &data.sip_headers).clone();
-    let mut record = CallRecord::new(&data.call_id, Api::Realtime, &webhook_id, now);
+    let mut record = CallRecord::new(&data.id, data.api, &webhook_id, now);
     record.profile = profile.name.clone();
     record.caller = parties.caller.as_ref().map(|n| n.as_str().to_string());
     record.dialed = parties.dialed.as_ref().map(|n| n.as_str().to_string());
     record.sip_call_id = parties.sip_call_id.clone();
+    let other_owns = profile.api != data.api;
+    if other_owns {
+        // The other API's delivery of this SIP call owns the decision: record, never decide.
+        record.state = CallState::Ignored;
+        record.ended_at = Some(now);
+        record.end_reason = Some(format!("owned_by_{}", api_label(profile.api)));
+    }
 
     // Dedupe by webhook-id and guard by call_id in one round trip: both writes are conditional
     // and independent, so they run together (and share one commit in the SQLite store).
@@ -145,10 +214,10 @@ async fn incoming_call(
             if !retry {
                 if first_delivery {
                     info!(state = %existing.state, "call already handled by another delivery");
-                    return reply(StatusCode::OK, EV, "call_exists");
+                    return reply(StatusCode::OK, ev, "call_exists");
                 }
                 info!(%webhook_id, "duplicate delivery");
-                return reply(StatusCode::OK, EV, "duplicate");
+                return reply(StatusCode::OK, ev, "duplicate");
             }
             record.created_at = existing.created_at;
         }
@@ -156,29 +225,56 @@ async fn incoming_call(
             warn!(error = %e, "cannot create call record; deciding without it");
             metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
             if !first_delivery || app.registry().contains(&record.call_id) {
-                return reply(StatusCode::OK, EV, "duplicate");
+                return reply(StatusCode::OK, ev, "duplicate");
             }
         }
+    }
+    if other_owns {
+        info!(
+            %webhook_id,
+            sip_call_id = ?record.sip_call_id,
+            profile = %profile.name,
+            owner_api = api_label(profile.api),
+            "delivery of the API this profile does not use: acknowledged, call left alone"
+        );
+        event(
+            &app,
+            &record.call_id,
+            "left_alone",
+            json!({
+                "webhook_id": webhook_id,
+                "profile": profile.name,
+                "owner_api": api_label(profile.api),
+                "sip_call_id": record.sip_call_id,
+            }),
+        )
+        .await;
+        metrics::counter!(names::CALLS_ENDED, "state" => "ignored", "reason" => "other_api")
+            .increment(1);
+        return reply(StatusCode::OK, ev, "left_alone");
     }
     info!(
         %webhook_id,
         caller = %record.caller.as_deref().map(mask_number).unwrap_or_default(),
         dialed = %record.dialed.as_deref().map(mask_number).unwrap_or_default(),
         profile = %profile.name,
-        media_security = ?data.sip_media_security,
+        media_security = ?data.media_security,
         "incoming call"
     );
     let received_event = CallEvent::new(
         &record.call_id,
         "webhook_received",
-        json!({ "webhook_id": webhook_id, "profile": profile.name }),
+        json!({ "webhook_id": webhook_id, "profile": profile.name, "api": api_label(data.api), "sip_call_id": record.sip_call_id }),
     );
 
     let active = app.registry().count_for_profile(&profile.name);
     if let Admission::Reject { status, reason } = profile.admission(&parties, now, active) {
         info!(reason = reason.as_str(), status, "rejecting call");
         append(&app, received_event.clone()).await;
-        let result = app.call_control.reject(&record.call_id, status).await;
+        let result = match data.api {
+            Api::Live => app.monitors.live.reject(&record.call_id, status).await,
+            _ => app.call_control.reject(&record.call_id, status).await,
+        };
         match &result {
             Ok(()) | Err(CallControlError::NotFound { .. }) => {
                 record.state = CallState::Rejected;
@@ -193,21 +289,43 @@ async fn incoming_call(
                 )
                 .await;
                 metrics::counter!(names::CALLS_ENDED, "state" => "rejected", "reason" => reason.as_str()).increment(1);
-                return reply(StatusCode::OK, EV, "rejected");
+                return reply(StatusCode::OK, ev, "rejected");
+            }
+            Err(CallControlError::DecisionAlreadyMade { .. }) => {
+                return already_decided(&app, record, received_event, ev).await;
             }
             Err(e) => {
                 warn!(error = %e, "reject failed; asking OpenAI to redeliver");
-                return decision_failed(&app, record, &webhook_id, e).await;
+                return decision_failed(&app, record, &webhook_id, e, ev).await;
             }
         }
     }
 
-    let session = profile.realtime_session();
     let budget = std::time::Duration::from_millis(app.config.openai.accept_retry_budget_ms);
-    let (attempts, result) = app
-        .call_control
-        .accept_with_retry(&record.call_id, &session, budget)
-        .await;
+    let (attempts, result) = match data.api {
+        Api::Live => {
+            let session = profile.live_session();
+            match app
+                .monitors
+                .live
+                .accept_with_retry(&record.call_id, &session, budget)
+                .await
+            {
+                LiveAccept::Accepted { attempts } => (attempts, Ok(())),
+                LiveAccept::AlreadyDecided { attempts } => (
+                    attempts,
+                    Err(CallControlError::DecisionAlreadyMade { status: 409 }),
+                ),
+                LiveAccept::Failed { attempts, error } => (attempts, Err(error)),
+            }
+        }
+        _ => {
+            let session = profile.realtime_session();
+            app.call_control
+                .accept_with_retry(&record.call_id, &session, budget)
+                .await
+        }
+    };
     let latency = received.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
@@ -223,7 +341,7 @@ async fn incoming_call(
             // Register now (capacity counts and the operator API see the call at once), answer
             // OpenAI, and persist then attach in the background, in that order.
             let Some(commands) = app.registry().register(&record.call_id, &profile.name) else {
-                return reply(StatusCode::OK, EV, "call_exists");
+                return reply(StatusCode::OK, ev, "call_exists");
             };
             let app2 = app.clone();
             tokio::spawn(
@@ -241,7 +359,7 @@ async fn incoming_call(
                 }
                 .instrument(tracing::Span::current()),
             );
-            reply(StatusCode::OK, EV, "accepted")
+            reply(StatusCode::OK, ev, "accepted")
         }
         Err(CallControlError::NotFound { code }) => {
             metrics::histogram!(names::ACCEPT_LATENCY, "outcome" => "missed").record(latency);
@@ -254,13 +372,18 @@ async fn incoming_call(
             event(&app, &record.call_id, "missed", json!({ "code": code })).await;
             metrics::counter!(names::CALLS_ENDED, "state" => "missed", "reason" => "accept_404")
                 .increment(1);
-            reply(StatusCode::OK, EV, "missed")
+            reply(StatusCode::OK, ev, "missed")
+        }
+        Err(CallControlError::DecisionAlreadyMade { .. }) => {
+            metrics::histogram!(names::ACCEPT_LATENCY, "outcome" => "already_decided")
+                .record(latency);
+            already_decided(&app, record, received_event, ev).await
         }
         Err(e) => {
             metrics::histogram!(names::ACCEPT_LATENCY, "outcome" => "failed").record(latency);
             warn!(error = %e, attempts, "accept failed");
             append(&app, received_event).await;
-            decision_failed(&app, record, &webhook_id, &e).await
+            decision_failed(&app, record, &webhook_id, &e, ev).await
         }
     }
 }
@@ -272,6 +395,7 @@ async fn decision_failed(
     mut record: CallRecord,
     webhook_id: &str,
     e: &CallControlError,
+    ev: &str,
 ) -> Response {
     record.state = CallState::AcceptFailed;
     save(app, &record).await;
@@ -285,9 +409,25 @@ async fn decision_failed(
     if let Err(err) = app.store.release_webhook(webhook_id).await {
         warn!(error = %err, "cannot release webhook id; a retry will be treated as a duplicate");
     }
-    reply(
-        StatusCode::SERVICE_UNAVAILABLE,
-        REALTIME_CALL_INCOMING,
-        "accept_failed",
-    )
+    reply(StatusCode::SERVICE_UNAVAILABLE, ev, "accept_failed")
+}
+
+/// GPT-Live said `decision_already_made` to our first decision: another owner decided (the
+/// Realtime surface, another instance). Recorded, nothing else touched.
+async fn already_decided(
+    app: &AppState,
+    mut record: CallRecord,
+    received_event: CallEvent,
+    ev: &str,
+) -> Response {
+    info!("decision already made elsewhere; leaving the session alone");
+    record.state = CallState::Ignored;
+    record.ended_at = Some(Utc::now());
+    record.end_reason = Some("decision_already_made".into());
+    save(app, &record).await;
+    append(app, received_event).await;
+    event(app, &record.call_id, "decision_already_made", json!({})).await;
+    metrics::counter!(names::CALLS_ENDED, "state" => "ignored", "reason" => "decision_already_made")
+        .increment(1);
+    reply(StatusCode::OK, ev, "already_decided")
 }

@@ -22,7 +22,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use voxmachina::calls::record::{
     AfterCall, Api, BridgeStats, CallEvent, CallRecord, CallState, CallSummary, CostEstimate,
-    EscalationSummary, MediaInfo, SmsFollowUp, Speaker, TokenDetail, TranscriptLine, Usage,
+    CrmRecord, EscalationSummary, HandoverRecord, MediaInfo, SmsFollowUp, Speaker, TokenDetail,
+    TranscriptLine, Usage,
 };
 use voxmachina::store::tokens::is_token;
 use voxmachina::store::{
@@ -481,6 +482,17 @@ pub async fn update_call_round_trips_every_field(store: Arc<dyn Store>) {
             target: "sip:billing@pbx.example.com;transport=tls".to_string(),
             outcome: "transfer_failed".to_string(),
             at: t + secs(80) + Duration::milliseconds(999),
+            action: "connect_refer".to_string(),
+            handover: Some(HandoverRecord {
+                token: Some("0012345678".to_string()),
+                expires_at: Some(t + secs(680) + Duration::milliseconds(1)),
+                error: None,
+            }),
+            crm: Some(CrmRecord {
+                contact_id: Some("5101".to_string()),
+                ticket_id: None,
+                error: Some("HubSpot answered 400 (VALIDATION_ERROR): bad stage".to_string()),
+            }),
         }),
         usage: Usage {
             responses: 12,

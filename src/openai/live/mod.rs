@@ -1,0 +1,17 @@
+//! GPT-Live (Live API) SIP: call control and outbound calls over REST ([`control`]), the attach
+//! sideband translated into the monitor's events ([`link`]), and transcript stitching
+//! ([`stitch`]). Source: `../shared/reference/openai.md` §7.
+//!
+//! A Live call runs through the same [`crate::calls::monitor`] as a Realtime call: only the
+//! [`crate::calls::link::Link`] ([`LiveLink`]) and [`crate::calls::link::CallActions`]
+//! ([`LiveActions`]) differ.
+
+pub mod control;
+pub mod link;
+pub mod stitch;
+
+pub use control::{LiveAccept, LiveControl, OutboundError};
+pub use link::{LiveActions, LiveLink};
+
+/// Default GPT-Live model (openai.md §1).
+pub const DEFAULT_LIVE_MODEL: &str = "gpt-live-1";
