@@ -1,5 +1,6 @@
 //! Wiring: the shared [`AppState`], server start-up ([`start`]), profile reload, reattaching live
-//! calls after a restart, and graceful shutdown.
+//! calls after a restart, taking over the calls of instances that died ([`takeover_once`]), and
+//! graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::calls::after_call::AfterCallServices;
+use crate::calls::lease::{self, Leases};
 use crate::calls::monitor::{self, Attach, MonitorContext};
 use crate::calls::record::{Api, CallState};
 use crate::calls::registry::CallRegistry;
@@ -215,6 +217,7 @@ pub async fn start_with_store(
         after_call,
         hubspot: config.hubspot.clone(),
         twilio: twilio.as_ref().map(|t| t.rest.clone()),
+        leases: Arc::new(Leases::new(store.clone(), &config.cluster)),
         live: crate::openai::live::LiveControl::new(
             &config.openai.live_base_url,
             &config.openai.live_sideband_url,
@@ -255,9 +258,10 @@ pub async fn start_with_store(
             error!(error = %e, "http server failed");
         }
     });
-    info!(%addr, "listening");
+    info!(%addr, instance_id = %state.monitors.leases.owner(), "listening");
     spawn_retention_purge(&state, http_shutdown.clone());
     reattach_live_calls(&state).await;
+    spawn_takeover_scan(&state, state.monitors.shutdown.clone());
     Ok(Running {
         addr,
         state,
@@ -356,42 +360,145 @@ pub fn hubspot_client(
     }
 }
 
-/// Spawns monitors for calls the store says are live (after a restart or crash). Calls that
-/// ended meanwhile are closed out by their monitor when the sideband answers 404. Twilio media
-/// calls cannot be reattached (their stream socket died with the process): they are closed out
-/// as `ended` / `bridge_lost_on_restart`.
+/// Reattaches, at start, the live calls this instance may monitor ([`reattach_orphans`] with
+/// its own leases included: a lease left by this instance's previous process is taken back at
+/// once). Calls whose lease another instance holds are left to it. Returns how many monitors
+/// were started.
 pub async fn reattach_live_calls(state: &Arc<AppState>) -> usize {
-    let live = match state.store.live_calls().await {
-        Ok(live) => live,
-        Err(e) => {
-            warn!(error = %e, "cannot list live calls; none reattached");
-            return 0;
-        }
-    };
-    let profiles = state.profiles.load();
-    let mut n = 0;
-    for mut record in live {
-        if record.api == Api::TwilioMedia {
-            // A Twilio media stream dies with the process that bridged it and cannot be
-            // reattached; close the record out.
-            record.state = CallState::Ended;
-            record.ended_at = Some(chrono::Utc::now());
-            record.end_reason = Some("bridge_lost_on_restart".into());
-            if let Err(e) = state.store.update_call(&record).await {
-                warn!(call_id = %record.call_id, error = %e, "cannot close out a media call");
-            }
-            continue;
-        }
-        let profile = profiles
-            .get(&record.profile)
-            .cloned()
-            .unwrap_or_else(|| profiles.default_profile().clone());
-        if monitor::spawn(state.monitors.clone(), record, profile, Attach::Resume).is_some() {
-            n += 1;
-        }
-    }
+    let n = reattach_orphans(state, true).await;
     if n > 0 {
         info!(calls = n, "reattached live calls");
     }
     n
+}
+
+/// One takeover scan: reattaches live calls whose lease expired, or that have had no lease for
+/// longer than the lease TTL (counted from `accepted_at`, else `created_at`, so a call being
+/// accepted right now is left to its instance). Each lease is taken with a conditional write,
+/// so of several instances scanning at once exactly one reattaches a call. Returns how many
+/// monitors were started.
+pub async fn takeover_once(state: &Arc<AppState>) -> usize {
+    let n = reattach_orphans(state, false).await;
+    if n > 0 {
+        info!(calls = n, "took over calls from another instance");
+    }
+    n
+}
+
+/// How often [`takeover_once`] runs: `[cluster] takeover_scan_interval_ms`, first one interval
+/// after start (the start itself ran [`reattach_live_calls`]), until `stop` is cancelled.
+fn spawn_takeover_scan(state: &Arc<AppState>, stop: CancellationToken) {
+    let state = state.clone();
+    let every = state.config.cluster.takeover_scan_interval();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => { takeover_once(&state).await; }
+            }
+        }
+    });
+}
+
+/// Live calls not monitored here whose lease is free to take (absent for longer than the TTL,
+/// expired, or — when `own` — held by this instance id), leased and reattached.
+async fn reattach_orphans(state: &Arc<AppState>, own: bool) -> usize {
+    let (live, leases) = tokio::join!(state.store.live_calls(), state.store.leases());
+    let (live, leases) = match (live, leases) {
+        (Ok(live), Ok(leases)) => (live, leases),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(error = %e, "cannot list live calls or leases; none reattached");
+            metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "takeover_scan").increment(1);
+            return 0;
+        }
+    };
+    let leases: std::collections::HashMap<String, crate::store::Lease> =
+        leases.into_iter().map(|l| (l.call_id.clone(), l)).collect();
+    let me = state.monitors.leases.owner().to_string();
+    let ttl =
+        chrono::Duration::from_std(state.monitors.leases.ttl()).unwrap_or(chrono::Duration::MAX);
+    let now = chrono::Utc::now();
+    let mut n = 0;
+    for record in live {
+        if state.registry().contains(&record.call_id) {
+            continue;
+        }
+        let free = match leases.get(&record.call_id) {
+            Some(l) if own && l.owner == me => true,
+            Some(l) => l.expires_at <= now,
+            None => record.accepted_at.unwrap_or(record.created_at) + ttl <= now,
+        };
+        if !free {
+            continue;
+        }
+        let previous = leases.get(&record.call_id).map(|l| l.owner.clone());
+        let span = tracing::info_span!("call", call_id = %record.call_id);
+        if reattach_one(state, &record.call_id, previous.as_deref(), own)
+            .instrument(span)
+            .await
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Takes the lease of `call_id` and spawns its monitor with [`Attach::Resume`], after
+/// re-reading the record (strongly consistent) to make sure it is still live. A Twilio media
+/// call cannot be reattached (its stream socket died with the process that bridged it): it is
+/// closed out as `ended` / `bridge_lost_on_restart`. Returns whether a monitor was started.
+async fn reattach_one(
+    state: &Arc<AppState>,
+    call_id: &str,
+    previous_owner: Option<&str>,
+    at_start: bool,
+) -> bool {
+    let leases = &state.monitors.leases;
+    match leases.acquire(call_id).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            warn!(error = %e, "cannot take a call lease; not reattaching");
+            metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "acquire_lease").increment(1);
+            return false;
+        }
+    }
+    let mut record = match state.store.get_call(call_id).await {
+        Ok(Some(record)) if record.state.is_live() => record,
+        Ok(_) => {
+            // Ended meanwhile (the live list is eventually consistent).
+            leases.release(call_id).await;
+            return false;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read a call to reattach");
+            leases.release(call_id).await;
+            return false;
+        }
+    };
+    let taken_over = previous_owner.is_some_and(|p| p != leases.owner()) || !at_start;
+    lease::count(if taken_over {
+        lease::events::TAKEN_OVER
+    } else {
+        lease::events::ACQUIRED
+    });
+    info!(previous_owner = ?previous_owner, "reattaching call");
+    if record.api == Api::TwilioMedia {
+        record.state = CallState::Ended;
+        record.ended_at = Some(chrono::Utc::now());
+        record.end_reason = Some("bridge_lost_on_restart".into());
+        if let Err(e) = state.store.update_call(&record).await {
+            warn!(error = %e, "cannot close out a media call");
+        }
+        leases.release(call_id).await;
+        return false;
+    }
+    let profiles = state.profiles.load();
+    let profile = profiles
+        .get(&record.profile)
+        .cloned()
+        .unwrap_or_else(|| profiles.default_profile().clone());
+    monitor::spawn(state.monitors.clone(), record, profile, Attach::Resume).is_some()
 }

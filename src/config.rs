@@ -76,6 +76,8 @@ pub struct Config {
     pub after_call: AfterCallConfig,
     /// Per-model token prices for the call cost estimate.
     pub pricing: PricingConfig,
+    /// Several instances on one store: instance id and call monitor leases.
+    pub cluster: ClusterConfig,
 }
 
 /// `[tools]`: how the controller runs the tools declared in prompt profiles (`[[tools]]`).
@@ -451,7 +453,7 @@ impl Default for StoreConfig {
 #[serde(default)]
 pub struct DynamoDbConfig {
     /// Table name prefix: the tables are `{prefix}_calls`, `{prefix}_transcripts`,
-    /// `{prefix}_events`, `{prefix}_webhooks` and `{prefix}_tokens`. Letters, digits, `_`, `-`
+    /// `{prefix}_events`, `{prefix}_webhooks`, `{prefix}_tokens` and `{prefix}_leases`. Letters, digits, `_`, `-`
     /// and `.`, at most 200 characters.
     pub table_prefix: String,
     /// AWS region, e.g. `eu-west-1`. When unset, the AWS default chain decides (`AWS_REGION`,
@@ -469,6 +471,73 @@ impl Default for DynamoDbConfig {
             region: None,
             endpoint_url: None,
         }
+    }
+}
+
+/// `[cluster]`: running several controller instances on one store (`crate::calls::lease`).
+///
+/// Each live call has exactly one monitor: the instance holding the call's lease in the store.
+/// The holder renews it every `lease_renew_interval_ms`; a lease not renewed for
+/// `lease_ttl_ms` (its holder died or lost the store) is taken over by the first instance whose
+/// takeover scan sees it expired, which reattaches the call's sideband.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// This instance's id, the owner name written into leases. Must be unique among running
+    /// instances and stable across restarts of one instance (so a restart takes its own leases
+    /// back at once). Unset: the host name ([`ClusterConfig::instance_id`]).
+    pub instance_id: Option<String>,
+    /// How long a lease lasts without renewal, milliseconds. A dead owner's calls are taken over
+    /// after at most this plus `takeover_scan_interval_ms`. Must exceed the renew interval plus
+    /// the clock skew between instances.
+    pub lease_ttl_ms: u64,
+    /// How often an owner renews the leases of its calls, milliseconds (less than
+    /// `lease_ttl_ms`; a third of it leaves room for two failed renewals).
+    pub lease_renew_interval_ms: u64,
+    /// How often every instance looks for live calls whose lease expired (or that have none
+    /// for longer than `lease_ttl_ms`), milliseconds.
+    pub takeover_scan_interval_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: None,
+            lease_ttl_ms: 15_000,
+            lease_renew_interval_ms: 5_000,
+            takeover_scan_interval_ms: 5_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The configured `instance_id`, else the host name (`/proc/sys/kernel/hostname`, then
+    /// `$HOSTNAME`), else `"voxmachina"`.
+    pub fn instance_id(&self) -> String {
+        if let Some(id) = self.instance_id.as_deref().filter(|s| !s.trim().is_empty()) {
+            return id.trim().to_string();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "voxmachina".to_string())
+    }
+
+    /// `lease_ttl_ms` as a [`Duration`].
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// `lease_renew_interval_ms` as a [`Duration`].
+    pub fn lease_renew_interval(&self) -> Duration {
+        Duration::from_millis(self.lease_renew_interval_ms)
+    }
+
+    /// `takeover_scan_interval_ms` as a [`Duration`].
+    pub fn takeover_scan_interval(&self) -> Duration {
+        Duration::from_millis(self.takeover_scan_interval_ms)
     }
 }
 
@@ -680,6 +749,19 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "store.backend = {:?}: supported backends are \"sqlite\" and \"dynamodb\"",
                 self.store.backend
+            )));
+        }
+        let cluster = &self.cluster;
+        if cluster.lease_renew_interval_ms == 0
+            || cluster.takeover_scan_interval_ms == 0
+            || cluster.lease_renew_interval_ms >= cluster.lease_ttl_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster: need 0 < lease_renew_interval_ms ({}) < lease_ttl_ms ({}) and \
+                 takeover_scan_interval_ms ({}) > 0",
+                cluster.lease_renew_interval_ms,
+                cluster.lease_ttl_ms,
+                cluster.takeover_scan_interval_ms
             )));
         }
         let ddb = &self.store.dynamodb;
@@ -930,6 +1012,44 @@ mod tests {
             let err =
                 Config::load_with_env(None, [(key.to_string(), value.to_string())]).unwrap_err();
             assert!(err.to_string().contains(needle), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn cluster_defaults_env_overrides_and_validation() {
+        let cfg = Config::load_with_env(None, []).unwrap();
+        assert_eq!(cfg.cluster.lease_ttl(), Duration::from_secs(15));
+        assert_eq!(cfg.cluster.lease_renew_interval(), Duration::from_secs(5));
+        assert_eq!(cfg.cluster.takeover_scan_interval(), Duration::from_secs(5));
+        assert!(
+            !cfg.cluster.instance_id().is_empty(),
+            "defaults to the host name"
+        );
+        let env = |pairs: &[(&str, &str)]| {
+            Config::load_with_env(
+                None,
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let cfg = env(&[
+            ("VOXMACHINA_CLUSTER__INSTANCE_ID", " vm-b "),
+            ("VOXMACHINA_CLUSTER__LEASE_TTL_MS", "1500"),
+            ("VOXMACHINA_CLUSTER__LEASE_RENEW_INTERVAL_MS", "300"),
+            ("VOXMACHINA_CLUSTER__TAKEOVER_SCAN_INTERVAL_MS", "200"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.cluster.instance_id(), "vm-b");
+        assert_eq!(cfg.cluster.lease_ttl(), Duration::from_millis(1500));
+        for bad in [
+            &[("VOXMACHINA_CLUSTER__LEASE_RENEW_INTERVAL_MS", "15000")][..],
+            &[("VOXMACHINA_CLUSTER__LEASE_RENEW_INTERVAL_MS", "0")][..],
+            &[("VOXMACHINA_CLUSTER__TAKEOVER_SCAN_INTERVAL_MS", "0")][..],
+        ] {
+            let err = env(bad).unwrap_err();
+            assert!(err.to_string().contains("lease_ttl_ms"), "{bad:?}: {err}");
         }
     }
 

@@ -18,6 +18,7 @@
 //! | `call_summaries_total` | counter | `source` | summaries stored: `model` or `transcript` |
 //! | `sms_followups_total` | counter | `status` | SMS follow-ups: `sent`, `skipped`, `opted_out`, `failed` |
 //! | `call_cost_micros_total` | counter | `model`, `currency` | estimated model cost of ended calls, millionths |
+//! | `leases_total` | counter | `event` | call monitor leases: `acquired`, `taken_over`, `renewed`, `lost`, `released` ([`crate::calls::lease`]) |
 //! | `handover_tokens_total` | counter | `event` | handover tokens: `minted`, `mint_failed` (controller); `redeemed`, `expired`, `redeem_failed` (where they are redeemed: the Connect Lambda, `demo --connect`) |
 //! | `handovers_total` | counter | `action`, `outcome` | finished hand-offs by escalation action (`refer`, `connect_refer`, `twilio_dial`) and outcome (`transferred`, `transfer_failed`, `abandoned`) |
 //! | `escalation_crm_total` | counter | `outcome` | HubSpot work on escalation: `ok`, `failed`, `skipped` (no caller number), `late` (not done when the call ended) |
@@ -59,6 +60,8 @@ pub mod names {
     pub const SMS_FOLLOWUPS: &str = "voxmachina_sms_followups_total";
     /// Counter: estimated model cost in millionths of the currency, by `model` and `currency`.
     pub const CALL_COST_MICROS: &str = "voxmachina_call_cost_micros_total";
+    /// Counter: call monitor lease events by `event` ([`crate::calls::lease::events`]).
+    pub const LEASES: &str = "voxmachina_leases_total";
     /// Counter: handover tokens by `event` (`minted`, `mint_failed`, `redeemed`, `expired`,
     /// `redeem_failed`).
     pub const HANDOVER_TOKENS: &str = "voxmachina_handover_tokens_total";

@@ -58,10 +58,15 @@ async fn create_tables_is_idempotent_and_enables_ttl() {
         with_ttl,
         [
             store.tables().webhooks.as_str(),
-            store.tables().tokens.as_str()
+            store.tables().tokens.as_str(),
+            store.tables().leases.as_str(),
         ]
     );
-    for table in [&store.tables().webhooks, &store.tables().tokens] {
+    for table in [
+        &store.tables().webhooks,
+        &store.tables().tokens,
+        &store.tables().leases,
+    ] {
         let ttl = store
             .client()
             .describe_time_to_live()
@@ -415,7 +420,7 @@ async fn cli_create_tables_and_token_commands() {
         stdout.contains(&format!("{prefix}_tokens created, TTL on expires_at")),
         "{stdout}"
     );
-    assert!(stdout.contains("5 table(s) ready"), "{stdout}");
+    assert!(stdout.contains("6 table(s) ready"), "{stdout}");
     let (code, stdout, _) = run(&["dynamodb", "create-tables"]);
     assert_eq!(code, Some(0));
     assert!(

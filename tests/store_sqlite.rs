@@ -116,6 +116,7 @@ async fn open_creates_parent_dirs_sets_wal_and_schema_version() {
         tables,
         [
             "call_events",
+            "call_leases",
             "calls",
             "handover_tokens",
             "transcript_lines",
@@ -344,4 +345,45 @@ async fn reads_see_prior_writes_under_load() {
         done.unwrap();
     }
     assert!(store.live_calls().await.unwrap().is_empty());
+}
+
+/// A version-5 file (before call leases) migrates to 6: its live call is kept and can be
+/// leased; purge drops expired leases of calls that are no longer live and keeps the others.
+#[tokio::test]
+async fn v5_file_migrates_to_leases_and_purge_drops_stale_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_call(&record("rtc_v4_live", CallState::Active, t0()))
+            .await
+            .unwrap();
+        store
+            .create_call(&record("rtc_v4_done", CallState::Ended, t0()))
+            .await
+            .unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE call_leases; PRAGMA user_version = 5;")
+        .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(store.get_call("rtc_v4_live").await.unwrap().is_some());
+    let ttl = Duration::seconds(15);
+    for id in ["rtc_v4_live", "rtc_v4_done"] {
+        assert!(store.acquire_lease(id, "vm-a", ttl, t0()).await.unwrap());
+    }
+    // Far later: both leases expired; only the one of the ended call goes.
+    let later = t0() + Duration::days(1);
+    store.purge(later, t0() - Duration::days(30)).await.unwrap();
+    let left: Vec<String> = store
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.call_id)
+        .collect();
+    assert_eq!(left, ["rtc_v4_live"]);
 }

@@ -104,7 +104,8 @@ async fn opening_a_version_2_file_adds_the_token_table() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE handover_tokens; ALTER TABLE calls DROP COLUMN media;
-         ALTER TABLE calls DROP COLUMN twilio_call_sid; PRAGMA user_version = 2;",
+         ALTER TABLE calls DROP COLUMN twilio_call_sid; DROP TABLE call_leases;
+         PRAGMA user_version = 2;",
     )
     .unwrap();
     drop(conn);

@@ -1,7 +1,9 @@
-//! Calls: the stored call record ([`record`]), the registry of monitored calls ([`registry`]) and
-//! the per-call sideband monitor ([`monitor`]).
+//! Calls: the stored call record ([`record`]), the registry of monitored calls ([`registry`]),
+//! the per-call sideband monitor ([`monitor`]) and the call leases that give each call exactly
+//! one monitor across instances ([`lease`]).
 
 pub mod after_call;
+pub mod lease;
 pub mod link;
 pub mod monitor;
 pub mod outbound;

@@ -33,7 +33,11 @@
 //!   outbound calls ([`Attach::Outbound`]) greet on `transport.answered` and end on
 //!   `transport.failed`;
 //! - on shutdown the monitor detaches without touching the call, which stays live in the store so
-//!   the next start reattaches.
+//!   the next start reattaches;
+//! - the monitor holds the call's lease ([`crate::calls::lease`]) while it runs: it takes it
+//!   first (a call leased by another instance is not monitored here), renews it, detaches
+//!   without touching the call when the store refuses a renewal (another instance took over),
+//!   releases it when the call ends and hands it back when it detaches on shutdown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::calls::after_call::{self, AfterCallServices, SUMMARY_METADATA};
+use crate::calls::lease::{self, Leases};
 use crate::calls::link::{
     CallActions, Link, LinkEvent, OpenAiActions, ReconnectError, SidebandLink,
 };
@@ -91,6 +96,8 @@ pub struct MonitorContext {
     pub tools: Arc<tools::Services>,
     /// Summary, cost estimate and SMS follow-up settings and clients.
     pub after_call: Arc<AfterCallServices>,
+    /// This instance's call leases (one monitor per call across instances).
+    pub leases: Arc<Leases>,
     /// `[hubspot]`: CRM work on escalation (the client is `tools.hubspot`).
     pub hubspot: HubSpotConfig,
     /// The Twilio REST client of the account, when Twilio is configured: `twilio_dial`
@@ -212,7 +219,9 @@ fn start(
 ) -> tokio::task::JoinHandle<CallRecord> {
     let span = info_span!("call", call_id = %record.call_id, profile = %profile.name);
     metrics::gauge!(names::ACTIVE_CALLS).increment(1.0);
+    let detach = ctx.shutdown.child_token();
     let monitor = Monitor {
+        detach: detach.clone(),
         ctx,
         record,
         profile,
@@ -241,7 +250,41 @@ fn start(
         async move {
             let call_id = monitor.record.call_id.clone();
             let registry = monitor.ctx.registry.clone();
+            let leases = monitor.ctx.leases.clone();
+            let shutdown = monitor.ctx.shutdown.clone();
+            // Taken again on reattach (idempotent for this owner): the lease must be ours.
+            match leases.acquire(&call_id).await {
+                Ok(true) => {
+                    if attach == Attach::Fresh {
+                        lease::count(lease::events::ACQUIRED);
+                    }
+                }
+                Ok(false) => {
+                    warn!("another instance holds this call's lease; not monitoring it here");
+                    registry.remove(&call_id);
+                    metrics::gauge!(names::ACTIVE_CALLS).decrement(1.0);
+                    return monitor.record;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot take the call lease; monitoring without it");
+                    metrics::counter!(names::STORE_ERRORS, "op" => "acquire_lease").increment(1);
+                }
+            }
+            let keeper = {
+                let (leases, call_id, detach) = (leases.clone(), call_id.clone(), detach.clone());
+                tokio::spawn(
+                    async move { leases.keep(&call_id, detach).await }
+                        .instrument(tracing::Span::current()),
+                )
+            };
             let record = monitor.run(link, attach).await;
+            keeper.abort();
+            if shutdown.is_cancelled() && record.state.is_live() {
+                // Detached on shutdown: the call goes on, free for whoever reattaches first.
+                leases.hand_back(&call_id).await;
+            } else if !detach.is_cancelled() {
+                leases.release(&call_id).await;
+            }
             registry.remove(&call_id);
             metrics::gauge!(names::ACTIVE_CALLS).decrement(1.0);
             record
@@ -294,6 +337,9 @@ struct Closing {
 
 struct Monitor {
     ctx: Arc<MonitorContext>,
+    /// Cancelled on shutdown (a child of `ctx.shutdown`) or when the call's lease is lost:
+    /// detach, leave the call live.
+    detach: CancellationToken,
     record: CallRecord,
     profile: Arc<Profile>,
     commands: mpsc::Receiver<Command>,
@@ -379,8 +425,11 @@ impl Monitor {
             .min()
             .unwrap_or(max_deadline);
             let flow = tokio::select! {
-                () = self.ctx.shutdown.cancelled() => {
-                    info!("shutdown: detaching from call, it stays live for the next start");
+                () = self.detach.cancelled() => {
+                    info!(
+                        shutdown = self.ctx.shutdown.is_cancelled(),
+                        "detaching from call (shutdown or lease lost); it stays live"
+                    );
                     link.close().await;
                     return self.record;
                 }

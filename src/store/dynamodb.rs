@@ -6,7 +6,7 @@
 //! (`expires_ms` against the caller's `now`); DynamoDB TTL only cleans up, lazily (§3.1).
 //!
 //! # Tables and keys
-//! Five tables, named `{prefix}_{name}` (prefix from `[store.dynamodb] table_prefix`, default
+//! Six tables, named `{prefix}_{name}` (prefix from `[store.dynamodb] table_prefix`, default
 //! `voxmachina`), all `PAY_PER_REQUEST`. `S` = string, `N` = number. Timestamps are Unix
 //! **milliseconds** (`N`), like the SQLite store, except the TTL attributes (`expires_at`,
 //! Unix **seconds**, rounded up, as DynamoDB TTL requires).
@@ -18,6 +18,7 @@
 //! | `{prefix}_events` | `call_id` S (hash), `seq` N (range) | — | — |
 //! | `{prefix}_webhooks` | `webhook_id` S (hash) | — | `expires_at` |
 //! | `{prefix}_tokens` | `pk` S (hash) = the token | GSI `by_caller`: `caller_key` S (hash), `minted_at` N (range), ALL | `expires_at` |
+//! | `{prefix}_leases` | `call_id` S (hash) | — | `expires_at` |
 //!
 //! **Calls.** One item per call: the [`CallRecord`] fields (`escalation` and `usage` as JSON
 //! strings, absent options omitted) plus two index attributes: `list_pk = "CALL"` and
@@ -51,6 +52,13 @@
 //! `attribute_not_exists(pk) OR expires_ms <= :now`; redeeming is `DeleteItem` with
 //! `attribute_exists(pk) AND expires_ms > :now` and `ReturnValues=ALL_OLD` (§3.4).
 //!
+//! **Leases.** One item per monitored call: `owner` (instance id), `expires_ms` (logic) and
+//! `expires_at` (TTL). Acquiring is `PutItem` with `attribute_not_exists(call_id) OR owner =
+//! :owner OR expires_ms <= :now`; renewing is `UpdateItem SET expires_ms` with `owner = :owner
+//! AND expires_ms > :now`; releasing is `DeleteItem` with `owner = :owner`. Listing is a
+//! consistent `Scan` (the table holds one small item per live call). Leases live in their own
+//! table because [`Store::update_call`] replaces the whole call item.
+//!
 //! Create the tables with `voxmachina dynamodb create-tables` ([`DynamoStore::create_tables`]);
 //! `README.md` lists the same schema for CloudFormation or the AWS CLI.
 
@@ -71,7 +79,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::tokens::{self, HandoverPayload};
 use super::{
-    CallQuery, CreateOutcome, PurgeStats, Store, StoreError, api_name, parse_api, parse_speaker,
+    CallQuery, CreateOutcome, Lease, PurgeStats, Store, StoreError, api_name, lease_ttl_ms,
+    parse_api, parse_speaker,
 };
 use crate::calls::record::{
     AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, TranscriptLine, Usage,
@@ -112,6 +121,8 @@ pub struct TableNames {
     pub webhooks: String,
     /// `{prefix}_tokens`: handover tokens (TTL).
     pub tokens: String,
+    /// `{prefix}_leases`: call monitor leases (TTL).
+    pub leases: String,
 }
 
 impl TableNames {
@@ -123,17 +134,19 @@ impl TableNames {
             events: format!("{prefix}_events"),
             webhooks: format!("{prefix}_webhooks"),
             tokens: format!("{prefix}_tokens"),
+            leases: format!("{prefix}_leases"),
         }
     }
 
-    /// All five names, in creation order.
-    pub fn all(&self) -> [&str; 5] {
+    /// All six names, in creation order.
+    pub fn all(&self) -> [&str; 6] {
         [
             &self.calls,
             &self.transcripts,
             &self.events,
             &self.webhooks,
             &self.tokens,
+            &self.leases,
         ]
     }
 }
@@ -226,9 +239,9 @@ impl DynamoStore {
         &self.client
     }
 
-    /// Creates the five tables (`PAY_PER_REQUEST`, keys and indexes as in the module docs),
+    /// Creates the six tables (`PAY_PER_REQUEST`, keys and indexes as in the module docs),
     /// waits until they and their indexes are `ACTIVE` (at most `timeout` in all), and enables
-    /// TTL on `expires_at` for webhooks and tokens. Idempotent: an existing table with the
+    /// TTL on `expires_at` for webhooks, tokens and leases. Idempotent: an existing table with the
     /// expected keys and indexes is kept, and TTL already enabled on `expires_at` is fine.
     ///
     /// # Errors
@@ -297,7 +310,7 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// Deletes the five tables, ignoring ones that do not exist (for tests and teardown).
+    /// Deletes the six tables, ignoring ones that do not exist (for tests and teardown).
     ///
     /// # Errors
     /// [`StoreError::Backend`] when a `DeleteTable` call fails otherwise.
@@ -998,6 +1011,114 @@ impl Store for DynamoStore {
         Ok(stats)
     }
 
+    async fn acquire_lease(
+        &self,
+        call_id: &str,
+        owner: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let expires = ms(now) + lease_ttl_ms(ttl)?;
+        let table = &self.tables.leases;
+        let put = self
+            .client
+            .put_item()
+            .table_name(table)
+            .item("call_id", s(call_id))
+            .item("owner", s(owner))
+            .item("expires_ms", n(expires))
+            .item(TTL_ATTRIBUTE, n(ttl_secs(expires)))
+            .condition_expression("attribute_not_exists(#id) OR #owner = :owner OR #exp <= :now")
+            .expression_attribute_names("#id", "call_id")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#exp", "expires_ms")
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":now", n(ms(now)))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) => Err(sdk_err("PutItem", table, e)),
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        call_id: &str,
+        owner: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let expires = ms(now) + lease_ttl_ms(ttl)?;
+        let table = &self.tables.leases;
+        let update = self
+            .client
+            .update_item()
+            .table_name(table)
+            .key("call_id", s(call_id))
+            .update_expression("SET #exp = :exp, #ttl = :ttl")
+            .condition_expression("#owner = :owner AND #exp > :now")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#exp", "expires_ms")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":now", n(ms(now)))
+            .expression_attribute_values(":exp", n(expires))
+            .expression_attribute_values(":ttl", n(ttl_secs(expires)))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) => Err(sdk_err("UpdateItem", table, e)),
+        }
+    }
+
+    async fn release_lease(&self, call_id: &str, owner: &str) -> Result<bool, StoreError> {
+        let table = &self.tables.leases;
+        let del = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .key("call_id", s(call_id))
+            .condition_expression("#owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner))
+            .send()
+            .await;
+        match del {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) => Err(sdk_err("DeleteItem", table, e)),
+        }
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let table = &self.tables.leases;
+        let items: Vec<Item> = self
+            .client
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| sdk_err("Scan", table, e))?;
+        items
+            .iter()
+            .map(|item| {
+                Ok(Lease {
+                    call_id: get_s(item, "call_id")?,
+                    owner: get_s(item, "owner")?,
+                    expires_at: from_ms(get_n(item, "expires_ms")?, "lease expires_ms")?,
+                })
+            })
+            .collect()
+    }
+
     async fn mint_token(
         &self,
         payload: &HandoverPayload,
@@ -1157,6 +1278,15 @@ fn table_specs(t: &TableNames) -> Vec<TableSpec> {
             hash: "pk",
             range: None,
             gsis: vec![("by_caller", "caller_key", "minted_at")],
+            lsis: vec![],
+            ttl: true,
+        },
+        TableSpec {
+            name: t.leases.clone(),
+            attributes: vec![("call_id", S)],
+            hash: "call_id",
+            range: None,
+            gsis: vec![],
             lsis: vec![],
             ttl: true,
         },

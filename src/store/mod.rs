@@ -5,7 +5,8 @@
 //! (several controller instances sharing DynamoDB tables). The trait is shaped for both: every
 //! write that guards against duplicates is a conditional insert or compare-and-set
 //! ([`Store::claim_webhook`], [`Store::create_call`], [`Store::transition_call`],
-//! [`Store::mint_token`], [`Store::redeem_token`]), which maps to DynamoDB conditional writes,
+//! [`Store::mint_token`], [`Store::redeem_token`], the call leases [`Store::acquire_lease`],
+//! [`Store::renew_lease`], [`Store::release_lease`]), which maps to DynamoDB conditional writes,
 //! and reads never rely on a background TTL sweep.
 
 pub mod dynamodb;
@@ -78,6 +79,18 @@ pub struct PurgeStats {
     pub calls: u64,
 }
 
+/// A call's monitor lease: which controller instance monitors the call, until when
+/// (see [`crate::calls::lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The leased call.
+    pub call_id: String,
+    /// The holder's instance id (`[cluster] instance_id`).
+    pub owner: String,
+    /// The lease is free for anyone to take at and after this instant (millisecond precision).
+    pub expires_at: DateTime<Utc>,
+}
+
 /// The controller's persistence interface. All methods are safe to call concurrently.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -148,6 +161,47 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<PurgeStats, StoreError>;
 
     // -----------------------------------------------------------------------------------------
+    // Call leases (`crate::calls::lease`): exactly one instance monitors each live call.
+
+    /// Takes the lease of `call_id` for `owner` until `now + ttl` when nobody holds it, its
+    /// holder's lease has expired by `now` (`expires_at <= now`), or `owner` already holds it
+    /// (then it is extended). Returns `false` when another owner holds a live lease. Of
+    /// concurrent acquisitions by different owners, exactly one gets `true`.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] when `ttl` is not positive; [`StoreError::Backend`] when the
+    /// backend fails.
+    async fn acquire_lease(
+        &self,
+        call_id: &str,
+        owner: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends the lease of `call_id` to `now + ttl` only if `owner` holds it and it has not
+    /// expired by `now`. `false` means the lease was lost (expired, taken over or released):
+    /// the caller must stop acting for the call. Never creates a lease.
+    ///
+    /// # Errors
+    /// As [`Store::acquire_lease`].
+    async fn renew_lease(
+        &self,
+        call_id: &str,
+        owner: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes the lease of `call_id` if `owner` holds it (expired or not). Returns whether a
+    /// lease was removed; another owner's lease is left alone.
+    async fn release_lease(&self, call_id: &str, owner: &str) -> Result<bool, StoreError>;
+
+    /// Every stored lease, live or expired, in no particular order (one item per monitored
+    /// call, so the set is small). The takeover scan compares it with [`Store::live_calls`].
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    // -----------------------------------------------------------------------------------------
     // Handover tokens (`tokens` module docs; `../shared/reference/connect-dynamodb-hubspot.md` §1, §3)
 
     /// Stores `payload` under a fresh one-time token valid until `now + ttl` and returns the
@@ -191,6 +245,17 @@ pub trait Store: Send + Sync + 'static {
         caller_number: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(String, HandoverPayload)>, StoreError>;
+}
+
+/// Checks a lease TTL argument: positive, in milliseconds.
+pub(crate) fn lease_ttl_ms(ttl: chrono::Duration) -> Result<i64, StoreError> {
+    let ms = ttl.num_milliseconds();
+    if ms <= 0 {
+        return Err(StoreError::Invalid(format!(
+            "lease ttl must be positive, got {ms} ms"
+        )));
+    }
+    Ok(ms)
 }
 
 /// Stored name of an [`Api`](crate::calls::record::Api), shared by every backend.

@@ -3,7 +3,7 @@
 //! # Layout
 //! Schema version 5 (kept in `PRAGMA user_version`; [`SqliteStore::open`] migrates older files
 //! and refuses newer ones; version 2 added `calls.after_call`, version 3 `handover_tokens`,
-//! version 4 `calls.media`, version 5 `calls.twilio_call_sid`):
+//! version 4 `calls.media`, version 5 `calls.twilio_call_sid`, version 6 `call_leases`):
 //!
 //! ```sql
 //! calls(call_id TEXT PRIMARY KEY, api TEXT, state TEXT, profile TEXT, caller TEXT NULL,
@@ -22,7 +22,13 @@
 //! handover_tokens(token TEXT PRIMARY KEY, caller_number TEXT NULL, minted_at INTEGER,
 //!       expires_at INTEGER, payload TEXT -- JSON HandoverPayload)
 //!       + INDEX (caller_number, minted_at) WHERE caller_number IS NOT NULL
+//! call_leases(call_id TEXT PRIMARY KEY, owner TEXT, expires_at INTEGER)   -- v5
 //! ```
+//!
+//! Call leases: acquiring is an upsert whose `DO UPDATE ... WHERE` only fires when the stored
+//! lease has expired or belongs to the same owner; renewing and releasing are single
+//! statements conditional on the owner, so the writer thread makes each one atomic. Expired
+//! leases of calls that are no longer live are removed by [`Store::purge`].
 //!
 //! Handover tokens: minting is an upsert that only replaces an *expired* row (so a live token
 //! is never overwritten), redemption is one `DELETE ... WHERE expires_at > now RETURNING`
@@ -59,7 +65,8 @@ use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
 use super::tokens::{self, HandoverPayload};
 use super::{
-    CallQuery, CreateOutcome, PurgeStats, Store, StoreError, api_name, parse_api, parse_speaker,
+    CallQuery, CreateOutcome, Lease, PurgeStats, Store, StoreError, api_name, lease_ttl_ms,
+    parse_api, parse_speaker,
 };
 use crate::calls::record::{
     AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, MediaInfo, TranscriptLine,
@@ -67,7 +74,7 @@ use crate::calls::record::{
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Most records [`Store::list_calls`] returns, whatever the query's `limit`.
 pub const LIST_LIMIT_CAP: usize = 1000;
@@ -161,6 +168,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE calls ADD COLUMN media TEXT;",
     // 4 -> 5: the parent Twilio CallSid of SIP calls dialed in through Twilio (twilio_dial).
     "ALTER TABLE calls ADD COLUMN twilio_call_sid TEXT;",
+    // 5 -> 6: call monitor leases (several controllers on one store; `crate::calls::lease`).
+    "
+    CREATE TABLE call_leases (
+        call_id    TEXT PRIMARY KEY NOT NULL,
+        owner      TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    ",
 ];
 
 const CALL_COLUMNS: &str = "call_id, api, state, profile, caller, dialed, sip_call_id, \
@@ -914,6 +929,15 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             tx.execute("DELETE FROM handover_tokens WHERE expires_at <= ?1", [now])
                 .map_err(backend)?;
+            let live = state_list(CallState::is_live);
+            tx.execute(
+                &format!(
+                    "DELETE FROM call_leases WHERE expires_at <= ?1 AND call_id NOT IN
+                        (SELECT call_id FROM calls WHERE state IN ({live}))"
+                ),
+                [now],
+            )
+            .map_err(backend)?;
             tx.execute(
                 &format!("DELETE FROM transcript_lines WHERE call_id IN ({doomed})"),
                 [before],
@@ -935,6 +959,93 @@ impl Store for SqliteStore {
                 webhooks: webhooks as u64,
                 calls: calls as u64,
             })
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        call_id: &str,
+        owner: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let expires = ms(now) + lease_ttl_ms(ttl)?;
+        let (id, owner, now) = (call_id.to_string(), owner.to_string(), ms(now));
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO call_leases (call_id, owner, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (call_id) DO UPDATE
+                        SET owner = excluded.owner, expires_at = excluded.expires_at
+                        WHERE call_leases.owner = excluded.owner
+                           OR call_leases.expires_at <= ?4",
+                )
+                .and_then(|mut s| s.execute(params![id, owner, expires, now]))
+                .map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        call_id: &str,
+        owner: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let expires = ms(now) + lease_ttl_ms(ttl)?;
+        let (id, owner, now) = (call_id.to_string(), owner.to_string(), ms(now));
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE call_leases SET expires_at = ?3
+                     WHERE call_id = ?1 AND owner = ?2 AND expires_at > ?4",
+                )
+                .and_then(|mut s| s.execute(params![id, owner, expires, now]))
+                .map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, call_id: &str, owner: &str) -> Result<bool, StoreError> {
+        let (id, owner) = (call_id.to_string(), owner.to_string());
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached("DELETE FROM call_leases WHERE call_id = ?1 AND owner = ?2")
+                .and_then(|mut s| s.execute(params![id, owner]))
+                .map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT call_id, owner, expires_at FROM call_leases")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (call_id, owner, expires) = row.map_err(backend)?;
+                out.push(Lease {
+                    call_id,
+                    owner,
+                    expires_at: from_ms(expires, "lease expires_at")?,
+                });
+            }
+            Ok(out)
         })
         .await
     }

@@ -26,7 +26,9 @@ use voxmachina::calls::record::{
     TranscriptLine, Usage,
 };
 use voxmachina::store::tokens::is_token;
-use voxmachina::store::{CallQuery, CreateOutcome, HandoverPayload, PurgeStats, Store, StoreError};
+use voxmachina::store::{
+    CallQuery, CreateOutcome, HandoverPayload, Lease, PurgeStats, Store, StoreError,
+};
 
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$fresh`
 /// (an `async fn() -> (Arc<dyn Store>, G)`), and `all_cases_share_one_store`, which runs every
@@ -73,6 +75,12 @@ macro_rules! store_conformance_tests {
             token_expiry_is_checked_on_every_read,
             token_invalid_inputs,
             token_latest_for_caller,
+            lease_competing_owners_one_wins,
+            lease_concurrent_acquire_exactly_one,
+            lease_expiry_allows_takeover,
+            lease_renew_only_by_live_owner,
+            lease_release_only_by_owner,
+            lease_invalid_ttl,
         );
     };
     (@fresh required $fresh:path) => {
@@ -1420,4 +1428,174 @@ pub async fn token_latest_for_caller(store: Arc<dyn Store>) {
         None,
         "a expired at t + 10 min"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Call leases
+
+/// The stored lease of `call_id`, from [`Store::leases`].
+async fn lease_of(store: &Arc<dyn Store>, call_id: &str) -> Option<Lease> {
+    store
+        .leases()
+        .await
+        .expect("leases")
+        .into_iter()
+        .find(|l| l.call_id == call_id)
+}
+
+/// A free lease goes to the first owner; a second owner is refused while it is live; the
+/// holder re-acquiring extends it. `leases` lists it with owner and expiry.
+pub async fn lease_competing_owners_one_wins(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("rtc-lease");
+    assert_eq!(lease_of(&store, &id).await, None);
+    assert!(store.acquire_lease(&id, "a", secs(15), t).await.unwrap());
+    assert!(!store.acquire_lease(&id, "b", secs(15), t).await.unwrap());
+    assert!(
+        !store
+            .acquire_lease(&id, "b", secs(15), t + secs(15) - Duration::milliseconds(1))
+            .await
+            .unwrap(),
+        "1 ms before expiry the lease is still a's"
+    );
+    assert_eq!(
+        lease_of(&store, &id).await,
+        Some(Lease {
+            call_id: id.clone(),
+            owner: "a".into(),
+            expires_at: t + secs(15),
+        })
+    );
+    // Same owner: extended.
+    assert!(
+        store
+            .acquire_lease(&id, "a", secs(15), t + secs(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        lease_of(&store, &id).await.unwrap().expires_at,
+        t + secs(20)
+    );
+}
+
+/// Of many owners acquiring one free lease at once, exactly one wins, and it is the stored owner.
+pub async fn lease_concurrent_acquire_exactly_one(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("rtc-lease-race");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (store, id) = (store.clone(), id.clone());
+        tasks.spawn(async move {
+            let owner = format!("owner-{i}");
+            let won = store.acquire_lease(&id, &owner, secs(15), t).await.unwrap();
+            (owner, won)
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (owner, won) = done.unwrap();
+        if won {
+            winners.push(owner);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(lease_of(&store, &id).await.unwrap().owner, winners[0]);
+}
+
+/// At its expiry instant a lease is free: another owner takes it over, and the previous owner
+/// can then neither renew nor take it back.
+pub async fn lease_expiry_allows_takeover(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("rtc-lease-exp");
+    assert!(store.acquire_lease(&id, "a", secs(15), t).await.unwrap());
+    let expiry = t + secs(15);
+    assert!(
+        store
+            .acquire_lease(&id, "b", secs(15), expiry)
+            .await
+            .unwrap()
+    );
+    assert_eq!(lease_of(&store, &id).await.unwrap().owner, "b");
+    assert!(!store.renew_lease(&id, "a", secs(15), expiry).await.unwrap());
+    assert!(
+        !store
+            .acquire_lease(&id, "a", secs(15), expiry + secs(1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        lease_of(&store, &id).await.unwrap(),
+        Lease {
+            call_id: id.clone(),
+            owner: "b".into(),
+            expires_at: expiry + secs(15),
+        }
+    );
+}
+
+/// Renewal extends the owner's live lease; it fails for another owner, after expiry, and for
+/// a call with no lease (renewal never creates one).
+pub async fn lease_renew_only_by_live_owner(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("rtc-lease-renew");
+    assert!(!store.renew_lease(&id, "a", secs(15), t).await.unwrap());
+    assert_eq!(lease_of(&store, &id).await, None, "renew created a lease");
+    assert!(store.acquire_lease(&id, "a", secs(15), t).await.unwrap());
+    assert!(!store.renew_lease(&id, "b", secs(15), t).await.unwrap());
+    assert_eq!(lease_of(&store, &id).await.unwrap().owner, "a");
+    assert!(
+        store
+            .renew_lease(&id, "a", secs(15), t + secs(10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        lease_of(&store, &id).await.unwrap().expires_at,
+        t + secs(25)
+    );
+    // Expired (nobody took it): the owner's renewal is refused too.
+    assert!(
+        !store
+            .renew_lease(&id, "a", secs(15), t + secs(25))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        lease_of(&store, &id).await.unwrap().expires_at,
+        t + secs(25)
+    );
+}
+
+/// Release removes only the caller's own lease (expired or not); afterwards anyone acquires.
+pub async fn lease_release_only_by_owner(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("rtc-lease-rel");
+    assert!(!store.release_lease(&id, "a").await.unwrap());
+    assert!(store.acquire_lease(&id, "a", secs(15), t).await.unwrap());
+    assert!(!store.release_lease(&id, "b").await.unwrap());
+    assert_eq!(lease_of(&store, &id).await.unwrap().owner, "a");
+    assert!(store.release_lease(&id, "a").await.unwrap());
+    assert_eq!(lease_of(&store, &id).await, None);
+    assert!(!store.release_lease(&id, "a").await.unwrap());
+    assert!(store.acquire_lease(&id, "b", secs(15), t).await.unwrap());
+    assert!(!store.renew_lease(&id, "a", secs(15), t).await.unwrap());
+}
+
+/// A lease TTL that is not positive is refused as invalid, and nothing is stored.
+pub async fn lease_invalid_ttl(store: Arc<dyn Store>) {
+    let t = window();
+    let id = uniq("rtc-lease-ttl");
+    for ttl in [Duration::zero(), secs(-5)] {
+        for result in [
+            store.acquire_lease(&id, "a", ttl, t).await,
+            store.renew_lease(&id, "a", ttl, t).await,
+        ] {
+            match result {
+                Err(StoreError::Invalid(msg)) => assert!(msg.contains("ttl"), "{msg}"),
+                other => panic!("ttl {ttl}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(lease_of(&store, &id).await, None);
 }

@@ -1,0 +1,264 @@
+//! Call monitor leases: with several controller instances on one store, each live call has
+//! exactly one monitor, run by the instance holding the call's lease.
+//!
+//! - The instance that accepts a call takes its lease when the monitor starts
+//!   ([`crate::calls::monitor`]), and renews it every `[cluster] lease_renew_interval_ms`
+//!   ([`Leases::keep`]).
+//! - A renewal the store refuses (the lease expired or another instance took it) makes the
+//!   monitor detach without touching the call: the other owner monitors it now. A store *error*
+//!   does not: the monitor keeps the call (a failing dependency never drops a call) and retries
+//!   at the next interval.
+//! - When the call ends the lease is released (deleted). When the instance shuts down
+//!   gracefully and detaches, the lease is handed back ([`Leases::hand_back`]): it stays stored
+//!   under this owner but expires at once, so another instance takes the call over at its next
+//!   scan, and this instance's next start (same id) takes it back at once.
+//! - Every instance runs a takeover scan (`crate::app`): a live call whose lease expired — or
+//!   that has had none for longer than the lease TTL — is taken over with a conditional
+//!   [`Store::acquire_lease`] (exactly one instance wins) and its sideband reattached.
+//!
+//! The guards are the store's conditional writes ([`Store::acquire_lease`],
+//! [`Store::renew_lease`], [`Store::release_lease`]), so instances need no other coordination.
+//! Instance clocks must agree to well within the lease TTL (expiry is compared with each
+//! instance's `now`). The Realtime docs do not say whether two sideband sockets may attach to
+//! one call (`../shared/reference/openai.md` §6, "Multiple connections"); leases give every side
+//! effect a single owner either way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::ClusterConfig;
+use crate::store::{Store, StoreError};
+use crate::telemetry::names;
+
+/// Values of the `event` label of `voxmachina_leases_total`.
+pub mod events {
+    /// A lease taken for a call this instance just accepted, or reattached at start.
+    pub const ACQUIRED: &str = "acquired";
+    /// A lease taken over by the scan from an owner whose lease expired (or that had none).
+    pub const TAKEN_OVER: &str = "taken_over";
+    /// A renewal the store accepted.
+    pub const RENEWED: &str = "renewed";
+    /// A renewal the store refused: the monitor detached.
+    pub const LOST: &str = "lost";
+    /// A lease released when its call ended, or handed back when the instance shut down.
+    pub const RELEASED: &str = "released";
+}
+
+/// Counts one lease event in `voxmachina_leases_total{event}`.
+pub fn count(event: &'static str) {
+    metrics::counter!(names::LEASES, "event" => event).increment(1);
+}
+
+/// This instance's lease settings and the store they live in. Cheap to share (`Arc`).
+#[derive(Clone)]
+pub struct Leases {
+    store: Arc<dyn Store>,
+    owner: String,
+    ttl: Duration,
+    renew_every: Duration,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("owner", &self.owner)
+            .field("ttl", &self.ttl)
+            .field("renew_every", &self.renew_every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Leases {
+    /// Leases in `store` owned by `config.instance_id()`, lasting `lease_ttl_ms`, renewed every
+    /// `lease_renew_interval_ms`.
+    pub fn new(store: Arc<dyn Store>, config: &ClusterConfig) -> Self {
+        Self {
+            store,
+            owner: config.instance_id(),
+            ttl: config.lease_ttl(),
+            renew_every: config.lease_renew_interval(),
+        }
+    }
+
+    /// The owner name this instance writes into leases (`[cluster] instance_id`).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The lease duration.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn chrono_ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Takes (or extends) the lease of `call_id` for this instance: [`Store::acquire_lease`]
+    /// at the current time. `Ok(false)` = another instance holds a live lease.
+    ///
+    /// # Errors
+    /// The store's error (the caller decides whether to go on without the lease).
+    pub async fn acquire(&self, call_id: &str) -> Result<bool, StoreError> {
+        self.store
+            .acquire_lease(call_id, &self.owner, self.chrono_ttl(), Utc::now())
+            .await
+    }
+
+    /// Releases this instance's lease of `call_id` (a lease held by another owner is left
+    /// alone). Failures are logged and counted; the lease then expires on its own.
+    pub async fn release(&self, call_id: &str) {
+        match self.store.release_lease(call_id, &self.owner).await {
+            Ok(true) => count(events::RELEASED),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot release the call lease; it will expire");
+                metrics::counter!(names::STORE_ERRORS, "op" => "release_lease").increment(1);
+            }
+        }
+    }
+
+    /// Hands the lease of `call_id` back on a graceful detach: renews it to expire 1 ms from
+    /// now, so it stays stored under this owner (the next start of this instance takes it back
+    /// at once) but any instance may take it over. Failures are logged and counted; the lease
+    /// then expires on its own.
+    pub async fn hand_back(&self, call_id: &str) {
+        let soon = chrono::Duration::milliseconds(1);
+        match self
+            .store
+            .renew_lease(call_id, &self.owner, soon, Utc::now())
+            .await
+        {
+            Ok(true) => count(events::RELEASED),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot hand the call lease back; it will expire");
+                metrics::counter!(names::STORE_ERRORS, "op" => "renew_lease").increment(1);
+            }
+        }
+    }
+
+    /// Renews the lease of `call_id` every renew interval until the store refuses a renewal,
+    /// then cancels `detach` and returns. Store errors are logged, counted in
+    /// `voxmachina_store_errors_total{op="renew_lease"}` and retried at the next interval
+    /// (the monitor keeps the call meanwhile). Runs until dropped/aborted otherwise.
+    pub async fn keep(&self, call_id: &str, detach: CancellationToken) {
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.renew_every,
+            self.renew_every,
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = detach.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self
+                .store
+                .renew_lease(call_id, &self.owner, self.chrono_ttl(), Utc::now())
+                .await
+            {
+                Ok(true) => count(events::RENEWED),
+                Ok(false) => {
+                    count(events::LOST);
+                    info!(
+                        owner = %self.owner,
+                        "call lease lost (expired or taken over); detaching, the call goes on"
+                    );
+                    detach.cancel();
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot renew the call lease; keeping the call, retrying");
+                    metrics::counter!(names::STORE_ERRORS, "op" => "renew_lease").increment(1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// Leases owned by `id`, renewed every 20 ms (real time: the SQLite store runs on its own
+    /// thread; nothing below asserts on durations).
+    fn leases(store: &Arc<dyn Store>, id: &str) -> Leases {
+        Leases::new(
+            store.clone(),
+            &ClusterConfig {
+                instance_id: Some(id.into()),
+                lease_ttl_ms: 15_000,
+                lease_renew_interval_ms: 20,
+                takeover_scan_interval_ms: 5_000,
+            },
+        )
+    }
+
+    fn store() -> (Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("lease.db")).unwrap();
+        (Arc::new(s), dir)
+    }
+
+    async fn expiry(store: &Arc<dyn Store>) -> chrono::DateTime<Utc> {
+        store.leases().await.unwrap()[0].expires_at
+    }
+
+    /// The keeper renews while the lease is ours; once another instance holds the lease the
+    /// next renewal is refused and the monitor's detach token is cancelled.
+    #[tokio::test]
+    async fn keeper_renews_then_detaches_when_the_lease_is_taken() {
+        let (store, _dir) = store();
+        let a = leases(&store, "a");
+        assert!(a.acquire("rtc_k").await.unwrap());
+        let first = expiry(&store).await;
+        let detach = CancellationToken::new();
+        let keeper = {
+            let (a, detach) = (a.clone(), detach.clone());
+            tokio::spawn(async move { a.keep("rtc_k", detach).await })
+        };
+        // A renewal moves the expiry forward.
+        while expiry(&store).await <= first {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!detach.is_cancelled());
+        // Another owner takes the lease (as after an expiry): the next renewal fails.
+        store.release_lease("rtc_k", "a").await.unwrap();
+        assert!(leases(&store, "b").acquire("rtc_k").await.unwrap());
+        detach.cancelled().await;
+        keeper.await.unwrap();
+        // a's release leaves b's lease alone.
+        a.release("rtc_k").await;
+        assert_eq!(store.leases().await.unwrap()[0].owner, "b");
+    }
+
+    /// A cancelled detach token (shutdown) stops the keeper; handing the lease back keeps it
+    /// under its owner but lets anyone take it; release removes it.
+    #[tokio::test]
+    async fn keeper_stops_on_detach_and_hand_back_frees_the_lease() {
+        let (store, _dir) = store();
+        let a = leases(&store, "a");
+        assert!(a.acquire("rtc_s").await.unwrap());
+        let detach = CancellationToken::new();
+        detach.cancel();
+        a.keep("rtc_s", detach).await;
+        assert!(!leases(&store, "b").acquire("rtc_s").await.unwrap());
+        a.hand_back("rtc_s").await;
+        let held = store.leases().await.unwrap();
+        assert_eq!(held[0].owner, "a");
+        // Expired by now: b takes it (a 1 ms lease is over once b's clock reads past it).
+        while !leases(&store, "b").acquire("rtc_s").await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        a.release("rtc_s").await;
+        assert_eq!(store.leases().await.unwrap()[0].owner, "b");
+        leases(&store, "b").release("rtc_s").await;
+        assert!(store.leases().await.unwrap().is_empty());
+    }
+}
