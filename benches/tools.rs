@@ -172,9 +172,29 @@ fields = ["order_id", "status", "expected_delivery", "items"]
             "{calls} tool calls (+{WARMUP} warm-up) in one call, {gap_ms} ms between turns, {:.1} s in all",
             elapsed.as_secs_f64()
         );
-        report("round trip (emulator view)", rt);
+        report("round trip (emulator view)", rt.clone());
         report("tool server handler", handler);
         report("controller overhead", overhead);
+        // Split of the overhead: the HTTP leg as the controller timed it (`tool_result`
+        // events' `duration_ms`: request sent → answer mapped), and the rest (sideband read,
+        // parse, validation, task spawn, output write, emulator wake-ups).
+        let events = server
+            .state
+            .store
+            .events(&placed.call_id)
+            .await
+            .expect("events");
+        let http: Vec<f64> = events
+            .iter()
+            .filter(|e| e.kind == "tool_result")
+            .skip(WARMUP)
+            .filter_map(|e| e.detail["duration_ms"].as_f64())
+            .collect();
+        if http.len() == rt.len() {
+            let rest: Vec<f64> = rt.iter().zip(&http).map(|(r, h)| r - h).collect();
+            report("  of which HTTP leg", http);
+            report("  of which the rest", rest);
+        }
         server.shutdown(Duration::from_secs(2)).await;
     });
 }
