@@ -2,8 +2,9 @@
 //! exactly one monitor, run by the instance holding the call's lease.
 //!
 //! - The instance that accepts a call takes its lease when the monitor starts
-//!   ([`crate::calls::monitor`]), and renews it every `[cluster] lease_renew_interval_ms`
-//!   ([`Leases::keep`]).
+//!   ([`crate::calls::monitor`]), and keeps it ([`Leases::keep`]): one keeper task per instance
+//!   renews every held lease each `[cluster] lease_renew_interval_ms` with one
+//!   [`Store::renew_leases`] (one SQLite transaction for all of them, not one write per call).
 //! - A renewal the store refuses (the lease expired or another instance took it) makes the
 //!   monitor detach without touching the call: the other owner monitors it now. A store *error*
 //!   does not: the monitor keeps the call (a failing dependency never drops a call) and retries
@@ -23,7 +24,9 @@
 //! one call (`../shared/reference/openai.md` §6, "Multiple connections"); leases give every side
 //! effect a single owner either way.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -53,6 +56,9 @@ pub fn count(event: &'static str) {
     metrics::counter!(names::LEASES, "event" => event).increment(1);
 }
 
+/// The leases this instance keeps: `call_id` → the monitor's detach token.
+type Held = Mutex<HashMap<String, CancellationToken>>;
+
 /// This instance's lease settings and the store they live in. Cheap to share (`Arc`).
 #[derive(Clone)]
 pub struct Leases {
@@ -60,6 +66,8 @@ pub struct Leases {
     owner: String,
     ttl: Duration,
     renew_every: Duration,
+    held: Arc<Held>,
+    keeper_started: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Leases {
@@ -81,6 +89,8 @@ impl Leases {
             owner: config.instance_id(),
             ttl: config.lease_ttl(),
             renew_every: config.lease_renew_interval(),
+            held: Arc::default(),
+            keeper_started: Arc::default(),
         }
     }
 
@@ -142,38 +152,82 @@ impl Leases {
         }
     }
 
-    /// Renews the lease of `call_id` every renew interval until the store refuses a renewal,
-    /// then cancels `detach` and returns. Store errors are logged, counted in
-    /// `voxmachina_store_errors_total{op="renew_lease"}` and retried at the next interval
-    /// (the monitor keeps the call meanwhile). Runs until dropped/aborted otherwise.
+    /// Keeps the lease of `call_id` until the store refuses a renewal (then cancels `detach`
+    /// and returns) or `detach` is cancelled by the monitor. The renewals are done by this
+    /// instance's keeper task (started on first use): every renew interval one
+    /// [`Store::renew_leases`] for all kept leases. Store errors are logged, counted in
+    /// `voxmachina_store_errors_total{op="renew_lease"}` and retried at the next interval (the
+    /// monitor keeps the call meanwhile). Dropping the future stops keeping the lease.
     pub async fn keep(&self, call_id: &str, detach: CancellationToken) {
-        let mut tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.renew_every,
-            self.renew_every,
-        );
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = detach.cancelled() => return,
-                _ = tick.tick() => {}
+        /// Removes the entry when `keep` returns or is dropped (aborted with its monitor).
+        struct Kept<'a>(&'a Held, &'a str);
+        impl Drop for Kept<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(self.1);
             }
-            match self
-                .store
-                .renew_lease(call_id, &self.owner, self.chrono_ttl(), Utc::now())
-                .await
-            {
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(call_id.to_string(), detach.clone());
+        let _kept = Kept(&self.held, call_id);
+        if !self.keeper_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(renew_loop(
+                self.store.clone(),
+                self.owner.clone(),
+                self.chrono_ttl(),
+                self.renew_every,
+                Arc::downgrade(&self.held),
+            ));
+        }
+        detach.cancelled().await;
+    }
+}
+
+/// The keeper: every `every`, renews all leases in `held` with one [`Store::renew_leases`];
+/// cancels the detach token of each lease the store refused. Ends when the [`Leases`] are gone.
+async fn renew_loop(
+    store: Arc<dyn Store>,
+    owner: String,
+    ttl: chrono::Duration,
+    every: Duration,
+    held: Weak<Held>,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(held) = held.upgrade() else { return };
+        let kept: Vec<(String, CancellationToken)> = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, t)| !t.is_cancelled())
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        drop(held);
+        if kept.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = kept.iter().map(|(id, _)| id.clone()).collect();
+        let answers = store.renew_leases(&ids, &owner, ttl, Utc::now()).await;
+        for ((call_id, detach), answer) in kept.iter().zip(answers) {
+            match answer {
                 Ok(true) => count(events::RENEWED),
                 Ok(false) => {
                     count(events::LOST);
                     info!(
-                        owner = %self.owner,
+                        %call_id,
+                        %owner,
                         "call lease lost (expired or taken over); detaching, the call goes on"
                     );
                     detach.cancel();
-                    return;
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot renew the call lease; keeping the call, retrying");
+                    warn!(%call_id, error = %e, "cannot renew the call lease; keeping the call, retrying");
                     metrics::counter!(names::STORE_ERRORS, "op" => "renew_lease").increment(1);
                 }
             }

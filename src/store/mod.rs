@@ -193,6 +193,28 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// [`Store::renew_lease`] for many leases of `owner` at once (the per-instance keeper in
+    /// [`crate::calls::lease`] renews every held lease each interval): one answer per entry of
+    /// `call_ids`, in order. The default runs the renewals 32 at a time; SQLite does them all in
+    /// one transaction, so 10 000 held calls cost one write per interval instead of 10 000.
+    async fn renew_leases(
+        &self,
+        call_ids: &[String],
+        owner: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Vec<Result<bool, StoreError>> {
+        let mut answers = Vec::with_capacity(call_ids.len());
+        for chunk in call_ids.chunks(32) {
+            let mut renewals = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                renewals.push(self.renew_lease(id, owner, ttl, now));
+            }
+            answers.extend(futures_util::future::join_all(renewals).await);
+        }
+        answers
+    }
+
     /// Removes the lease of `call_id` if `owner` holds it (expired or not). Returns whether a
     /// lease was removed; another owner's lease is left alone.
     async fn release_lease(&self, call_id: &str, owner: &str) -> Result<bool, StoreError>;

@@ -1010,6 +1010,42 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn renew_leases(
+        &self,
+        call_ids: &[String],
+        owner: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Vec<Result<bool, StoreError>> {
+        let expires = match lease_ttl_ms(ttl) {
+            Ok(t) => ms(now) + t,
+            Err(e) => return call_ids.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let (ids, owner, now) = (call_ids.to_vec(), owner.to_string(), ms(now));
+        let n = ids.len();
+        let done = self
+            .write(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "UPDATE call_leases SET expires_at = ?3
+                         WHERE call_id = ?1 AND owner = ?2 AND expires_at > ?4",
+                    )
+                    .map_err(backend)?;
+                ids.iter()
+                    .map(|id| {
+                        stmt.execute(params![id, owner, expires, now])
+                            .map(|changed| changed == 1)
+                            .map_err(backend)
+                    })
+                    .collect::<Result<Vec<bool>, StoreError>>()
+            })
+            .await;
+        match done {
+            Ok(renewed) => renewed.into_iter().map(Ok).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     async fn release_lease(&self, call_id: &str, owner: &str) -> Result<bool, StoreError> {
         let (id, owner) = (call_id.to_string(), owner.to_string());
         self.write(move |conn| {

@@ -79,6 +79,7 @@ macro_rules! store_conformance_tests {
             lease_concurrent_acquire_exactly_one,
             lease_expiry_allows_takeover,
             lease_renew_only_by_live_owner,
+            lease_renew_many_answers_each,
             lease_release_only_by_owner,
             lease_invalid_ttl,
         );
@@ -1565,6 +1566,51 @@ pub async fn lease_renew_only_by_live_owner(store: Arc<dyn Store>) {
         lease_of(&store, &id).await.unwrap().expires_at,
         t + secs(25)
     );
+}
+
+/// `renew_leases` answers each lease as `renew_lease` would, in order: the owner's live
+/// leases are extended; another owner's, an expired one and a missing one are refused and
+/// left as they were.
+pub async fn lease_renew_many_answers_each(store: Arc<dyn Store>) {
+    let t = window();
+    let (mine, other, expired, missing) = (
+        uniq("rtc-many-a"),
+        uniq("rtc-many-b"),
+        uniq("rtc-many-c"),
+        uniq("rtc-many-d"),
+    );
+    assert!(store.acquire_lease(&mine, "a", secs(15), t).await.unwrap());
+    assert!(store.acquire_lease(&other, "b", secs(15), t).await.unwrap());
+    assert!(
+        store
+            .acquire_lease(&expired, "a", secs(5), t)
+            .await
+            .unwrap()
+    );
+    let ids = vec![
+        mine.clone(),
+        other.clone(),
+        expired.clone(),
+        missing.clone(),
+    ];
+    let answers: Vec<bool> = store
+        .renew_leases(&ids, "a", secs(15), t + secs(10))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers, [true, false, false, false]);
+    assert_eq!(
+        lease_of(&store, &mine).await.unwrap().expires_at,
+        t + secs(25)
+    );
+    assert_eq!(lease_of(&store, &other).await.unwrap().owner, "b");
+    assert_eq!(
+        lease_of(&store, &expired).await.unwrap().expires_at,
+        t + secs(5)
+    );
+    assert_eq!(lease_of(&store, &missing).await, None);
+    assert!(store.renew_leases(&[], "a", secs(15), t).await.is_empty());
 }
 
 /// Release removes only the caller's own lease (expired or not); afterwards anyone acquires.
