@@ -590,7 +590,15 @@ arguments = { reason = "caller is done" }
     let record = h.wait_final(&id).await;
     assert_eq!(record.state, CallState::Ended);
     assert_eq!(record.end_reason.as_deref(), Some("end_call"));
-    let view = h.live.session(&id).unwrap();
+    // The output went out on the attach socket before the /hangup request; the emulator reads
+    // that socket on its own task, so under load it may see the hangup first: wait for both.
+    let view = h
+        .live
+        .wait_for(&id, std::time::Duration::from_secs(10), |v| {
+            !v.function_outputs.is_empty() && v.hangup_count == 1
+        })
+        .await
+        .expect("the function output reached the emulator");
     assert_eq!(view.function_outputs.len(), 1);
     assert_eq!(view.function_outputs[0].1, r#"{"ok":true}"#);
     assert_eq!(view.hangup_count, 1);
