@@ -13,19 +13,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::dynamodb::{REGION, endpoint, fresh_dynamo};
-use support::harness::{ADMIN_TOKEN, API_KEY, fixture_prompts, webhook_secret};
+use support::harness::{API_KEY, fixture_prompts, webhook_secret};
+use support::serve::{Controller, wait_view};
 use voxmachina::calls::record::{CallState, Speaker};
-use voxmachina::emulator::{CallView, EmuCallStatus, Emulator, EmulatorConfig, Script};
+use voxmachina::emulator::{EmuCallStatus, Emulator, EmulatorConfig, Script};
 use voxmachina::store::{DynamoStore, Store};
 
 /// A caller who asks one thing and hangs up.
@@ -125,149 +120,19 @@ level = "info,voxmachina=debug"
 }
 
 /// One `voxmachina serve` child with instance id `id`.
-struct Node {
-    id: String,
-    child: Child,
-    addr: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Node {
-    /// Starts `voxmachina serve --config <config>` as instance `id` and returns once it has
-    /// notified READY=1 (the status line names the bound address).
-    fn start(config: &Path, id: &str) -> Node {
-        let dir = config.parent().unwrap();
-        let socket_path = dir.join(format!("notify-{id}.sock"));
-        let _ = std::fs::remove_file(&socket_path);
-        let socket = UnixDatagram::bind(&socket_path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxmachina"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("VOXMACHINA_CONFIG")
-            .env_remove("AWS_PROFILE")
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env("OPENAI_API_KEY", API_KEY)
-            .env("OPENAI_WEBHOOK_SECRET", webhook_secret())
-            .env("VOXMACHINA_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("AWS_ACCESS_KEY_ID", "local")
-            .env("AWS_SECRET_ACCESS_KEY", "local")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("VOXMACHINA_") && k.contains("__") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("VOXMACHINA_CLUSTER__INSTANCE_ID", id);
-        let mut child = cmd.spawn().expect("voxmachina serve starts");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        {
-            let logs = logs.clone();
-            let stderr = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut node = Node {
-            id: id.to_string(),
-            child,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            logs,
-            stop,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut buf = vec![0u8; 4096];
-        let status = loop {
-            if let Ok(n) = socket.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if msg.lines().any(|l| l == "READY=1") {
-                    break msg
-                        .lines()
-                        .find_map(|l| l.strip_prefix("STATUS="))
-                        .expect("READY=1 comes with a STATUS= line")
-                        .to_string();
-                }
-            }
-            if let Ok(Some(status)) = node.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("{id} exited with {status}:\n{}", node.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{id} never became ready:\n{}",
-                node.log_text()
-            );
-        };
-        let addr = status
-            .strip_prefix("listening on ")
-            .and_then(|s| s.split(';').next())
-            .unwrap_or_else(|| panic!("status names the address: {status:?}"));
-        node.addr = addr.parse().unwrap();
-        node
-    }
-
-    fn webhook_url(&self) -> String {
-        format!("http://{}/openai/webhook", self.addr)
-    }
-
-    fn log_text(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    /// Log lines of this instance that carry `call_id` in their span.
-    fn call_lines(&self, call_id: &str) -> Vec<String> {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(&format!("\"call_id\":\"{call_id}\"")))
-            .cloned()
-            .collect()
-    }
-
-    /// `kill -9` and reap.
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-async fn wait_view(
-    emulator: &Emulator,
-    call_id: &str,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&CallView) -> bool,
-) -> CallView {
-    match emulator.wait_for(call_id, timeout, pred).await {
-        Some(v) => v,
-        None => panic!(
-            "emulator: {what} did not happen within {timeout:?}; call: {:#?}",
-            emulator.call(call_id)
-        ),
-    }
+/// Starts instance `id` of `voxmachina serve` on the shared config: AWS credentials for the
+/// local engine, `[cluster] instance_id = id`.
+fn node(config: &Path, id: &str) -> Controller {
+    Controller::start(
+        config,
+        id,
+        &[
+            ("AWS_ACCESS_KEY_ID", "local"),
+            ("AWS_SECRET_ACCESS_KEY", "local"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("VOXMACHINA_CLUSTER__INSTANCE_ID", id),
+        ],
+    )
 }
 
 /// Polls the store until the record of `call_id` satisfies `pred`; panics after `timeout`.
@@ -305,8 +170,8 @@ async fn duplicate_deliveries_over_two_instances_accept_each_call_once() {
     let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &emu, &endpoint, &prefix, (15_000, 5_000, 5_000));
-    let a = Node::start(&config, "vm-a");
-    let b = Node::start(&config, "vm-b");
+    let a = node(&config, "vm-a");
+    let b = node(&config, "vm-b");
     let secret = webhook_secret();
 
     let mut call_ids = Vec::new();
@@ -362,14 +227,14 @@ async fn duplicate_deliveries_over_two_instances_accept_each_call_once() {
         let accepted = events.iter().filter(|e| e.kind == "accepted").count();
         assert_eq!(accepted, 1, "{events:#?}");
         // Exactly one instance ran the monitor.
-        let monitors: Vec<&str> = [&a, &b]
+        let monitors: Vec<&str> = [("vm-a", &a), ("vm-b", &b)]
             .into_iter()
-            .filter(|n| {
+            .filter(|(_, n)| {
                 n.call_lines(call_id)
                     .iter()
                     .any(|l| l.contains("sideband_attached") || l.contains("call ended"))
             })
-            .map(|n| n.id.as_str())
+            .map(|(id, _)| id)
             .collect();
         assert_eq!(monitors.len(), 1, "{call_id} monitored by {monitors:?}");
     }
@@ -394,8 +259,8 @@ async fn kill_9_of_the_owner_lets_the_other_instance_take_over() {
     let dir = tempfile::tempdir().unwrap();
     // Short leases: the survivor takes over about 1.5 s after the kill.
     let config = write_config(dir.path(), &emu, &endpoint, &prefix, (1_500, 300, 200));
-    let mut a = Node::start(&config, "vm-a");
-    let b = Node::start(&config, "vm-b");
+    let mut a = node(&config, "vm-a");
+    let b = node(&config, "vm-b");
 
     let placed = emu
         .place_call(
