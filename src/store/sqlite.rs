@@ -995,19 +995,11 @@ impl Store for SqliteStore {
         ttl: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let expires = ms(now) + lease_ttl_ms(ttl)?;
-        let (id, owner, now) = (call_id.to_string(), owner.to_string(), ms(now));
-        self.write(move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE call_leases SET expires_at = ?3
-                     WHERE call_id = ?1 AND owner = ?2 AND expires_at > ?4",
-                )
-                .and_then(|mut s| s.execute(params![id, owner, expires, now]))
-                .map_err(backend)?;
-            Ok(changed == 1)
-        })
-        .await
+        // One statement for one lease or many: see `renew_leases`.
+        self.renew_leases(&[call_id.to_string()], owner, ttl, now)
+            .await
+            .pop()
+            .expect("one answer per lease")
     }
 
     async fn renew_leases(
