@@ -117,6 +117,44 @@ pub fn stream_url(base: &str) -> String {
     format!("wss://{rest}{MEDIA_PATH}")
 }
 
+/// A Twilio form webhook whose `X-Twilio-Signature` checked out over the public URL.
+struct SignedForm<'a> {
+    tw: &'a TwilioContext,
+    /// The public base URL (`scheme://host[/prefix]`).
+    base: String,
+    /// The `application/x-www-form-urlencoded` parameters, in order.
+    form: Vec<(String, String)>,
+}
+
+/// The common start of every Twilio form webhook (`what` names it in the log): 404 when Twilio
+/// is not configured, 400 without a host to rebuild the public URL from, 403 when the
+/// signature over `{public base}{path and query}` and the form does not verify.
+fn signed_form<'a>(
+    app: &'a AppState,
+    what: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<SignedForm<'a>, Box<Response>> {
+    let Some(tw) = app.twilio.as_ref() else {
+        return Err(Box::new(not_configured()));
+    };
+    let form = signature::parse_form(body);
+    let Some(base) = public_base(tw, headers) else {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "no Host header")));
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let url = format!("{base}{path}");
+    if !signature_ok(tw, headers, &url, &form) {
+        warn!(%url, "{what} refused: bad or missing X-Twilio-Signature");
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "invalid X-Twilio-Signature",
+        )));
+    }
+    Ok(SignedForm { tw, base, form })
+}
+
 fn signature_ok(
     tw: &TwilioContext,
     headers: &HeaderMap,
@@ -209,19 +247,11 @@ async fn voice(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(tw) = app.twilio.as_ref() else {
-        return not_configured();
-    };
-    let form = signature::parse_form(&body);
-    let Some(base) = public_base(tw, &headers) else {
-        return error(StatusCode::BAD_REQUEST, "no Host header");
-    };
-    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let url = format!("{base}{path}");
-    if !signature_ok(tw, &headers, &url, &form) {
-        warn!(%url, "voice webhook refused: bad or missing X-Twilio-Signature");
-        return error(StatusCode::FORBIDDEN, "invalid X-Twilio-Signature");
-    }
+    let SignedForm { tw, base, form } =
+        match signed_form(&app, "voice webhook", &uri, &headers, &body) {
+            Ok(signed) => signed,
+            Err(refused) => return *refused,
+        };
     if !app.accepting.load(Ordering::SeqCst) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
@@ -426,18 +456,10 @@ async fn status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(tw) = app.twilio.as_ref() else {
-        return not_configured();
+    let form = match signed_form(&app, "status callback", &uri, &headers, &body) {
+        Ok(signed) => signed.form,
+        Err(refused) => return *refused,
     };
-    let form = signature::parse_form(&body);
-    let Some(base) = public_base(tw, &headers) else {
-        return error(StatusCode::BAD_REQUEST, "no Host header");
-    };
-    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    if !signature_ok(tw, &headers, &format!("{base}{path}"), &form) {
-        warn!("status callback refused: bad or missing X-Twilio-Signature");
-        return error(StatusCode::FORBIDDEN, "invalid X-Twilio-Signature");
-    }
     let get = |name: &str| {
         form.iter()
             .find(|(n, _)| n == name)
