@@ -20,10 +20,18 @@ struct Entry {
     commands: mpsc::Sender<Command>,
 }
 
+#[derive(Debug, Default)]
+struct Inner {
+    calls: HashMap<String, Entry>,
+    /// Monitored calls per profile name, kept with `calls` so the `max_concurrent_calls` check
+    /// on every webhook is one lookup, not a scan of every live call.
+    per_profile: HashMap<String, usize>,
+}
+
 /// Registry of running monitors, keyed by `call_id`. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct CallRegistry {
-    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 /// Sending a command failed.
@@ -41,12 +49,13 @@ impl CallRegistry {
     /// Registers a monitor for `call_id` on `profile`. Returns the command receiver, or `None`
     /// when a monitor for this call is already registered (exactly one monitor per call).
     pub fn register(&self, call_id: &str, profile: &str) -> Option<mpsc::Receiver<Command>> {
-        let mut map = self.inner.lock().expect("registry lock");
-        if map.contains_key(call_id) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        if inner.calls.contains_key(call_id) {
             return None;
         }
         let (tx, rx) = mpsc::channel(8);
-        map.insert(
+        *inner.per_profile.entry(profile.to_string()).or_default() += 1;
+        inner.calls.insert(
             call_id.to_string(),
             Entry {
                 profile: profile.to_string(),
@@ -58,12 +67,21 @@ impl CallRegistry {
 
     /// Removes `call_id` (the monitor finished).
     pub fn remove(&self, call_id: &str) {
-        self.inner.lock().expect("registry lock").remove(call_id);
+        let mut inner = self.inner.lock().expect("registry lock");
+        let Some(entry) = inner.calls.remove(call_id) else {
+            return;
+        };
+        if let Some(n) = inner.per_profile.get_mut(&entry.profile) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_profile.remove(&entry.profile);
+            }
+        }
     }
 
     /// Number of monitored calls.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("registry lock").len()
+        self.inner.lock().expect("registry lock").calls.len()
     }
 
     /// True when no call is monitored.
@@ -73,12 +91,8 @@ impl CallRegistry {
 
     /// Monitored calls on `profile` (for the `max_concurrent_calls` reject rule).
     pub fn count_for_profile(&self, profile: &str) -> usize {
-        self.inner
-            .lock()
-            .expect("registry lock")
-            .values()
-            .filter(|e| e.profile == profile)
-            .count()
+        let inner = self.inner.lock().expect("registry lock");
+        inner.per_profile.get(profile).copied().unwrap_or(0)
     }
 
     /// True when `call_id` is monitored here.
@@ -86,6 +100,7 @@ impl CallRegistry {
         self.inner
             .lock()
             .expect("registry lock")
+            .calls
             .contains_key(call_id)
     }
 
@@ -95,8 +110,10 @@ impl CallRegistry {
     /// [`CommandError`] when the call is not monitored here or its monitor is ending.
     pub fn send(&self, call_id: &str, command: Command) -> Result<(), CommandError> {
         let tx = {
-            let map = self.inner.lock().expect("registry lock");
-            map.get(call_id)
+            let inner = self.inner.lock().expect("registry lock");
+            inner
+                .calls
+                .get(call_id)
                 .ok_or(CommandError::NotMonitored)?
                 .commands
                 .clone()
@@ -125,5 +142,15 @@ mod tests {
         );
         r.remove("rtc_1");
         assert_eq!(r.len(), 2);
+        assert_eq!(r.count_for_profile("support"), 1);
+        r.remove("rtc_1");
+        assert_eq!(
+            r.count_for_profile("support"),
+            1,
+            "a second remove changes nothing"
+        );
+        r.remove("rtc_2");
+        assert_eq!(r.count_for_profile("support"), 0);
+        assert_eq!(r.count_for_profile("default"), 1);
     }
 }
