@@ -428,7 +428,9 @@ async fn media(
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     match ws {
-        Ok(ws) => ws.on_upgrade(move |socket| super::stream::run(app, socket)),
+        Ok(ws) => {
+            crate::http::ws_upgrade(ws).on_upgrade(move |socket| super::stream::run(app, socket))
+        }
         Err(rejection) => rejection.into_response(),
     }
 }

@@ -841,7 +841,7 @@ async fn attach(
             "Session not found.",
         );
     }
-    ws.on_upgrade(move |socket| connection(shared, id, socket))
+    crate::http::ws_upgrade(ws).on_upgrade(move |socket| connection(shared, id, socket))
 }
 
 async fn connection(shared: Arc<Shared>, id: String, socket: WebSocket) {

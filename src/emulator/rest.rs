@@ -542,7 +542,8 @@ async fn sideband_upgrade(
             return match ws {
                 Ok(ws) => {
                     let id = sideband::open_model_session(&shared, &model);
-                    ws.on_upgrade(move |socket| sideband::run(shared, id, socket))
+                    crate::http::ws_upgrade(ws)
+                        .on_upgrade(move |socket| sideband::run(shared, id, socket))
                 }
                 Err(rejection) => rejection.into_response(),
             };
@@ -563,7 +564,8 @@ async fn sideband_upgrade(
         return ApiError::call_not_found(&call_id).into_response();
     }
     match ws {
-        Ok(ws) => ws.on_upgrade(move |socket| sideband::run(shared, call_id, socket)),
+        Ok(ws) => crate::http::ws_upgrade(ws)
+            .on_upgrade(move |socket| sideband::run(shared, call_id, socket)),
         Err(rejection) => rejection.into_response(),
     }
 }

@@ -14,6 +14,7 @@ pub mod admin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -23,6 +24,20 @@ use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
+
+/// Server-side WebSocket settings for the upgrades we accept (Twilio Media Streams here, the
+/// sideband in the emulator): the same small buffers as the client side
+/// ([`crate::openai::sideband::ws_config`]). axum's defaults allocate (and zero) a 128 KiB read
+/// buffer per connection, which at thousands of streams is most of the memory and a good part
+/// of the CPU of accepting a connection; the messages on these sockets are small JSON (a Media
+/// Streams `media` message is ~250 bytes). Buffers still grow for a larger message, up to
+/// 4 MiB per message or frame.
+pub fn ws_upgrade(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(4 << 20)
+        .max_frame_size(4 << 20)
+}
 
 /// Builds the router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
