@@ -51,6 +51,22 @@
 //! small pool of read-only connections on [`tokio::task::spawn_blocking`], which WAL lets run
 //! alongside the writer.
 //!
+//! # Checkpoints
+//! SQLite's automatic checkpoint runs on the connection that commits, right after the commit:
+//! on our single writer that meant every write queued behind a checkpoint (copy the WAL's pages
+//! into the database file and `fsync` both) waited for it, 8-10 ms every ~1 000 WAL frames,
+//! which at 1 000 calls/s was every ~40 ms and the whole webhook latency tail (see
+//! `docs/performance.md`). So the writer runs with `wal_autocheckpoint=0`, and a
+//! `sqlite-checkpoint` thread with its own connection runs `wal_checkpoint(PASSIVE)` (which
+//! never blocks the writer) at most every [`CHECKPOINT_SPACING`] after commits. A passive
+//! checkpoint cannot rewind the WAL while commits keep arriving, so once the WAL holds
+//! [`WAL_RESTART_FRAMES`] frames the thread runs one `wal_checkpoint(RESTART)`: it waits for the
+//! writer's current batch, copies the few frames the passive passes have not, and lets the next
+//! write start the WAL from its beginning; `journal_size_limit` then trims the file. The WAL thus
+//! stays under ~[`WAL_RESTART_FRAMES`] pages, and the writer waits only for those short
+//! restarts. Checkpoints follow <https://www.sqlite.org/wal.html#ckpt> and
+//! <https://www.sqlite.org/c3ref/wal_checkpoint_v2.html>.
+//!
 //! Transcript lines and events carry no foreign key to `calls`: like a distributed backend, the
 //! store accepts lines and events for a call it has no record of.
 
@@ -90,6 +106,18 @@ pub const GROUP_COMMIT_MAX: usize = 256;
 /// commit outcome is known (`None` = committed, `Some(e)` = the commit failed).
 type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
 type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+/// Least time between two checkpoint passes of the `sqlite-checkpoint` thread (see the module
+/// docs): passes are cheap when little was written, so this only coalesces bursts of commits.
+pub const CHECKPOINT_SPACING: Duration = Duration::from_millis(10);
+
+/// WAL size, in frames (one page each, 4 KiB by default), at which the checkpoint thread runs a
+/// `RESTART` checkpoint so the next write rewinds the WAL (64 MiB of pages). Each restart
+/// holds the writer for a few milliseconds; at 1 000 calls/s this is about twice a second.
+pub const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Size the WAL file is truncated back to after it was rewound, bytes (`journal_size_limit`).
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// Read-only connections kept next to the writer.
 const READERS: usize = 2;
@@ -217,6 +245,11 @@ impl SqliteStore {
     /// [`StoreError::Backend`] when the directory or file cannot be created or opened, a pragma
     /// or migration fails, or the file's `user_version` is newer than this build understands.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, WAL_RESTART_FRAMES)
+    }
+
+    /// [`SqliteStore::open`] with the WAL size that triggers a `RESTART` checkpoint.
+    fn open_with(path: &Path, wal_restart_frames: i64) -> Result<SqliteStore, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::Backend(format!("create directory {}: {e}", parent.display()))
@@ -249,10 +282,24 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
 
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(backend)?;
+        writer
+            .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(backend)?;
+        let checkpointer = Connection::open(path).map_err(backend)?;
+        configure(&checkpointer)?;
+
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, nudged, wal_restart_frames))
+            .map_err(|e| StoreError::Backend(format!("start checkpoint thread: {e}")))?;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, nudge))
             .map_err(|e| StoreError::Backend(format!("start writer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -330,14 +377,12 @@ impl SqliteStore {
     {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |conn| {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let _ = run_cached(conn, "SAVEPOINT job");
             let result = f(conn);
-            let undo = if result.is_ok() {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
-            let _ = conn.execute_batch(undo);
+            if result.is_err() {
+                let _ = run_cached(conn, "ROLLBACK TO job");
+            }
+            let _ = run_cached(conn, "RELEASE job");
             Box::new(move |commit_error: Option<StoreError>| {
                 let _ = tx.send(match (result, commit_error) {
                     (Ok(_), Some(e)) => Err(e),
@@ -377,10 +422,15 @@ impl SqliteStore {
     }
 }
 
-/// The writer thread: group-commits queued jobs until every [`SqliteStore`] clone is dropped.
-fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
+/// The writer thread: group-commits queued jobs until every [`SqliteStore`] clone is dropped,
+/// nudging the checkpoint thread after each commit.
+fn writer_loop(
+    mut conn: Connection,
+    rx: std::sync::mpsc::Receiver<Job>,
+    nudge: std::sync::mpsc::SyncSender<()>,
+) {
     while let Ok(first) = rx.recv() {
-        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let began = run_cached(&conn, "BEGIN IMMEDIATE");
         let mut replies = Vec::with_capacity(16);
         replies.push(first(&mut conn));
         while replies.len() < GROUP_COMMIT_MAX {
@@ -389,15 +439,52 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let outcome = began.and_then(|()| conn.execute_batch("COMMIT"));
+        let outcome = began.and_then(|()| run_cached(&conn, "COMMIT"));
         let error = outcome.err().map(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run_cached(&conn, "ROLLBACK");
             backend(e)
         });
         for reply in replies {
             reply(error.clone());
         }
+        if error.is_none() {
+            // Full means a nudge is already pending; the checkpoint thread will see this commit.
+            let _ = nudge.try_send(());
+        }
     }
+}
+
+/// The checkpoint thread (see the module docs): after commits, a passive checkpoint at most
+/// every [`CHECKPOINT_SPACING`], and a `RESTART` one when the WAL reached
+/// `restart_frames` ([`WAL_RESTART_FRAMES`]). Ends when the writer thread does.
+fn checkpoint_loop(conn: Connection, nudged: std::sync::mpsc::Receiver<()>, restart_frames: i64) {
+    while nudged.recv().is_ok() {
+        match checkpoint(&conn, "PASSIVE") {
+            Ok((_, log, _)) if log >= restart_frames => {
+                if let Err(e) = checkpoint(&conn, "RESTART") {
+                    tracing::warn!(error = %e, "SQLite WAL restart checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
+        }
+        std::thread::sleep(CHECKPOINT_SPACING);
+    }
+}
+
+/// `PRAGMA wal_checkpoint(mode)`: (busy, frames in the WAL, frames checkpointed).
+fn checkpoint(conn: &Connection, mode: &str) -> Result<(i64, i64, i64), StoreError> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .map_err(backend)
+}
+
+/// Runs one parameterless statement through the connection's statement cache (the writer runs
+/// `SAVEPOINT`/`RELEASE`/`BEGIN`/`COMMIT` thousands of times a second; parsing them each time
+/// showed in profiles).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// Locks `m`, recovering from poisoning: a panic mid-operation leaves no open transaction
@@ -1169,5 +1256,55 @@ impl Store for SqliteStore {
                 .transpose()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(i: usize) -> TranscriptLine {
+        TranscriptLine {
+            call_id: format!("rtc_{}", i % 97),
+            speaker: crate::calls::record::Speaker::Caller,
+            text: format!("line {i} {}", "x".repeat(200)),
+            at: Utc::now(),
+            item_id: None,
+        }
+    }
+
+    /// The writer never checkpoints (autocheckpoint off), so without the checkpoint thread's
+    /// passes and restarts the WAL would hold every frame written: thousands of one-line
+    /// commits reach tens of MiB. With a restart every 256 frames it stays a few MiB, and every
+    /// line is still there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoint_thread_keeps_the_wal_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let store = SqliteStore::open_with(&path, 256).unwrap();
+        let autockpt: i64 = store
+            .write(|c| {
+                c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+                    .map_err(backend)
+            })
+            .await
+            .unwrap();
+        assert_eq!(autockpt, 0, "the writer must not checkpoint itself");
+        let n = 6000;
+        for i in 0..n {
+            store.append_transcript(&line(i)).await.unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("wal.db-wal"))
+            .unwrap()
+            .len();
+        assert!(
+            wal < 16 << 20,
+            "WAL grew to {wal} bytes: restarts are not happening"
+        );
+        let mut stored = 0;
+        for c in 0..97 {
+            stored += store.transcript(&format!("rtc_{c}")).await.unwrap().len();
+        }
+        assert_eq!(stored, n);
     }
 }
