@@ -396,17 +396,19 @@ impl Monitor {
             }
         };
         let link = link.as_mut();
-        self.event(
-            "sideband_attached",
-            json!({ "mode": format!("{attach:?}").to_lowercase() }),
-        )
-        .await;
+        // Greet first: the caller is listening to silence until the greeting's audio starts,
+        // and the event row can wait for its commit.
         if attach == Attach::Fresh {
             if let Some(greeting) = self.profile.greeting.clone() {
                 self.send(link, client::response_create(Some(&greeting)))
                     .await;
             }
         }
+        self.event(
+            "sideband_attached",
+            json!({ "mode": format!("{attach:?}").to_lowercase() }),
+        )
+        .await;
         let started = self.record.accepted_at.unwrap_or_else(Utc::now);
         let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
         let max_deadline = Instant::now() + self.profile.max_call_duration.saturating_sub(elapsed);

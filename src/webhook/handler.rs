@@ -348,9 +348,13 @@ async fn incoming_call(
             let app2 = app.clone();
             tokio::spawn(
                 async move {
-                    save(&app2, &record).await;
-                    append(&app2, received_event).await;
-                    append(&app2, accepted).await;
+                    // Issued together, so the SQLite store commits them in one batch (its queue
+                    // keeps this order).
+                    tokio::join!(
+                        save(&app2, &record),
+                        append(&app2, received_event),
+                        append(&app2, accepted)
+                    );
                     monitor::spawn_registered(
                         app2.monitors.clone(),
                         record,
