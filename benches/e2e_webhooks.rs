@@ -1,24 +1,27 @@
 //! Benchmark (2): end to end, at a fixed rate. Signed `realtime.call.incoming` webhooks are sent
-//! to the real controller (HTTP on 127.0.0.1, SQLite file) which verifies, dedupes, routes, calls
-//! `/accept` on the OpenAI emulator and answers; each accepted call then attaches a sideband
-//! monitor and is greeted (the calls stay up), so monitors run while webhooks arrive.
+//! to the real controller, the `voxmachina serve` binary in a child process (HTTP on 127.0.0.1,
+//! SQLite file), which verifies, dedupes, routes, calls `/accept` on the OpenAI emulator and
+//! answers; each accepted call then attaches a sideband monitor and is greeted (the calls stay
+//! up), so monitors run while webhooks arrive.
 //!
 //! Reports requests/s and latency percentiles of the webhook round trip, and, at the same rate,
 //! of a bare `/accept` round trip to the emulator: the difference is what the controller adds.
+//! Also the CPU each side used during the webhook run (`/proc/<pid>/stat` utime + stime): the
+//! controller per call, and this process (load generator + emulator), which shares the
+//! machine's cores with the controller, so the latencies are an upper bound on the
+//! controller's own.
 //!
 //! Run: `cargo bench --bench e2e_webhooks` (env `RATE`, default 1000 per second; `SECS`,
 //! default 10; `STORE=dynamodb` stores through `aws-sdk-dynamodb` on fresh tables at
 //! `VOXMACHINA_TEST_DYNAMODB_ENDPOINT`, e.g. the moto server `tools/setup.d/10-dynamodb.sh`
-//! starts, instead of the SQLite file). Load generator, emulator and controller share one process and the machine's
-//! cores, so the numbers are an upper bound on the controller's own cost.
+//! starts, instead of the SQLite file). Other `VOXMACHINA_*` variables in the environment reach
+//! the controller.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use voxmachina::app;
-use voxmachina::config::{Config, Secret, Secrets};
 use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
-use voxmachina::store::{DynamoStore, Store};
+use voxmachina::store::DynamoStore;
 
 const API_KEY: &str = "sk-bench";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -106,6 +109,23 @@ where
     )
 }
 
+fn proc_ticks(pid: &str) -> u64 {
+    // utime + stime in clock ticks (proc(5) fields 14 and 15).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// CPU seconds used by the controller process and by this one (generator + emulator).
+fn cpu_secs(controller: u32) -> (f64, f64) {
+    (
+        proc_ticks(&controller.to_string()) as f64 / 100.0,
+        proc_ticks("self") as f64 / 100.0,
+    )
+}
+
 fn main() {
     let rate = env_or("RATE", 1000);
     let secs = env_or("SECS", 10);
@@ -122,45 +142,63 @@ fn main() {
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.openai.base_url = emulator.rest_base_url();
-        config.openai.sideband_url = emulator.sideband_url();
-        config.prompts.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
-        config.store.sqlite_path = dir.path().join("bench.db");
-        config.monitor.reconnect_initial_delay_ms = 20;
-        let secrets = Secrets {
-            openai_api_key: Secret::new(API_KEY),
-            webhook_secret: Secret::new(SECRET),
-            admin_token: None,
-            twilio_auth_token: None,
-            hubspot_token: None,
-        };
-        let store: Arc<dyn Store> = if std::env::var("STORE").as_deref() == Ok("dynamodb") {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxmachina"));
+        cmd.arg("serve")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("VOXMACHINA_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("VOXMACHINA_OPENAI__BASE_URL", emulator.rest_base_url())
+            .env("VOXMACHINA_OPENAI__SIDEBAND_URL", emulator.sideband_url())
+            .env("VOXMACHINA_STORE__SQLITE_PATH", dir.path().join("bench.db"))
+            .env("VOXMACHINA_MONITOR__RECONNECT_INITIAL_DELAY_MS", "20")
+            .env("OPENAI_API_KEY", API_KEY)
+            .env("OPENAI_WEBHOOK_SECRET", SECRET)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if std::env::var("STORE").as_deref() == Ok("dynamodb") {
             let endpoint = std::env::var("VOXMACHINA_TEST_DYNAMODB_ENDPOINT")
                 .expect("STORE=dynamodb needs VOXMACHINA_TEST_DYNAMODB_ENDPOINT");
             let prefix = format!("bench{}", std::process::id());
-            let store =
-                DynamoStore::new(DynamoStore::local_client(&endpoint, "us-east-1"), &prefix);
-            store.create_tables(Duration::from_secs(60)).await.unwrap();
+            DynamoStore::new(DynamoStore::local_client(&endpoint, "us-east-1"), &prefix)
+                .create_tables(Duration::from_secs(60))
+                .await
+                .unwrap();
+            cmd.env("VOXMACHINA_STORE__BACKEND", "dynamodb")
+                .env("VOXMACHINA_STORE__DYNAMODB__TABLE_PREFIX", &prefix)
+                .env("VOXMACHINA_STORE__DYNAMODB__ENDPOINT_URL", &endpoint)
+                .env("VOXMACHINA_STORE__DYNAMODB__REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", "bench")
+                .env("AWS_SECRET_ACCESS_KEY", "bench");
             println!("store: DynamoDB at {endpoint} (tables {prefix}_*)");
-            Arc::new(store)
         } else {
             println!("store: SQLite file");
-            app::open_store(&config).await.unwrap()
-        };
-        let server = app::start_with_store(config, secrets, store).await.unwrap();
-        let url = format!("{}/openai/webhook", server.base_url());
+        }
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id().unwrap();
         let http = reqwest::Client::new();
+        for _ in 0..400 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let url = format!("{base}/openai/webhook");
 
         // Warm-up: connections, SQLite pages, allocator.
         for _ in 0..200 {
             let p = emulator.new_call(script());
             let ts = chrono::Utc::now().timestamp();
-            emulator
+            let status = emulator
                 .deliver(&url, SECRET, &format!("wh_warm_{}", p.call_id), ts, &p.body)
                 .await
                 .unwrap();
+            assert_eq!(status, 200, "warm-up webhook refused");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -185,6 +223,7 @@ fn main() {
         // The webhook path end to end, on fresh calls.
         let pending: Arc<Vec<_>> = Arc::new((0..n).map(|_| emulator.new_call(script())).collect());
         let (e, u) = (emulator.clone(), url.clone());
+        let (c0, h0) = cpu_secs(pid);
         let (webhooks, w_elapsed, w_fail) = fixed_rate(n, rate, move |i| {
             let (e, u, p) = (e.clone(), u.clone(), pending.clone());
             async move {
@@ -195,6 +234,8 @@ fn main() {
             }
         })
         .await;
+        let (c1, h1) = cpu_secs(pid);
+        let wall = w_elapsed.as_secs_f64();
 
         println!("target rate {rate}/s for {secs} s ({n} requests each)");
         println!(
@@ -210,6 +251,12 @@ fn main() {
             webhooks.pct(0.50) - baseline.pct(0.50),
             webhooks.pct(0.99) - baseline.pct(0.99)
         );
-        server.shutdown(Duration::from_secs(2)).await;
+        println!(
+            "CPU during the webhook run: controller {:.2} cores ({:.0} µs per call), generator + emulator {:.2} cores",
+            (c1 - c0) / wall,
+            (c1 - c0) * 1e6 / n as f64,
+            (h1 - h0) / wall,
+        );
+        child.kill().await.unwrap();
     });
 }
