@@ -158,7 +158,10 @@ fn main() {
             .env("VOXMACHINA_MONITOR__RECONNECT_INITIAL_DELAY_MS", "20")
             .env("OPENAI_API_KEY", API_KEY)
             .env("OPENAI_WEBHOOK_SECRET", SECRET)
-            .env("RUST_LOG", "error")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);
         if std::env::var("STORE").as_deref() == Ok("dynamodb") {
