@@ -218,6 +218,10 @@ fn start(
     link: impl std::future::Future<Output = LinkResult> + Send + 'static,
 ) -> tokio::task::JoinHandle<CallRecord> {
     let span = info_span!("call", call_id = %record.call_id, profile = %profile.name);
+    // The attach future (a WebSocket connect with its TLS handshake) is ~37 KB; boxed, its
+    // memory is freed once the sideband is up instead of staying reserved in the task for the
+    // whole call (the task's future is sized for its largest state).
+    let link = Box::pin(link);
     metrics::gauge!(names::ACTIVE_CALLS).increment(1.0);
     let detach = ctx.shutdown.child_token();
     let monitor = Monitor {
@@ -392,7 +396,9 @@ impl Monitor {
                 self.event("sideband_attach_failed", json!({ "error": error }))
                     .await;
                 let reason = if gone { "call_gone" } else { "sideband_lost" };
-                return self.finish(CallState::Ended, reason).await;
+                // Boxed (here and below): it runs once, so its state need not be reserved in
+                // every call's task.
+                return Box::pin(self.finish(CallState::Ended, reason)).await;
             }
         };
         let link = link.as_mut();
@@ -454,7 +460,7 @@ impl Monitor {
                         self.session_closed_seen(&reason, &usage).await;
                     }
                 }
-                return self.finish(state, reason).await;
+                return Box::pin(self.finish(state, reason)).await;
             }
         }
     }
