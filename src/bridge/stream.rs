@@ -401,7 +401,9 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket) {
     let call_id = start.call_sid.clone();
     let span = info_span!("call", call_id = %call_id);
     async move {
-        let Some(prepared) = prepare(&app, &start).await else {
+        // Boxed: `prepare` holds the model WebSocket connect (~37 KB of future state), which
+        // would otherwise stay reserved in this task for the whole stream.
+        let Some(prepared) = Box::pin(prepare(&app, &start)).await else {
             metrics::counter!(metric_names::STREAMS, "outcome" => "refused").increment(1);
             close_twilio(&mut tw_sink).await;
             return;
