@@ -23,15 +23,12 @@ use std::time::{Duration, Instant};
 use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
 use voxmachina::store::DynamoStore;
 
+#[path = "support/controller.rs"]
+mod controller;
+use controller::env_or;
+
 const API_KEY: &str = "sk-bench";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn script() -> Script {
     Script::new()
@@ -109,20 +106,11 @@ where
     )
 }
 
-fn proc_ticks(pid: &str) -> u64 {
-    // utime + stime in clock ticks (proc(5) fields 14 and 15).
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
 /// CPU seconds used by the controller process and by this one (generator + emulator).
 fn cpu_secs(controller: u32) -> (f64, f64) {
     (
-        proc_ticks(&controller.to_string()) as f64 / 100.0,
-        proc_ticks("self") as f64 / 100.0,
+        controller::cpu_ticks(controller) as f64 / 100.0,
+        controller::cpu_ticks(std::process::id()) as f64 / 100.0,
     )
 }
 
@@ -142,28 +130,16 @@ fn main() {
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = controller::free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxmachina"));
-        cmd.arg("serve")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("VOXMACHINA_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("VOXMACHINA_OPENAI__BASE_URL", emulator.rest_base_url())
-            .env("VOXMACHINA_OPENAI__SIDEBAND_URL", emulator.sideband_url())
-            .env("VOXMACHINA_STORE__SQLITE_PATH", dir.path().join("bench.db"))
-            .env("VOXMACHINA_MONITOR__RECONNECT_INITIAL_DELAY_MS", "20")
-            .env("OPENAI_API_KEY", API_KEY)
-            .env("OPENAI_WEBHOOK_SECRET", SECRET)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = controller::command(
+            port,
+            &emulator,
+            API_KEY,
+            SECRET,
+            &dir.path().join("bench.db"),
+        );
+        cmd.env("VOXMACHINA_MONITOR__RECONNECT_INITIAL_DELAY_MS", "20");
         if std::env::var("STORE").as_deref() == Ok("dynamodb") {
             let endpoint = std::env::var("VOXMACHINA_TEST_DYNAMODB_ENDPOINT")
                 .expect("STORE=dynamodb needs VOXMACHINA_TEST_DYNAMODB_ENDPOINT");
@@ -184,13 +160,8 @@ fn main() {
         }
         let mut child = cmd.spawn().unwrap();
         let pid = child.id().unwrap();
+        controller::wait_healthy(&base).await;
         let http = reqwest::Client::new();
-        for _ in 0..400 {
-            if http.get(format!("{base}/healthz")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
         let url = format!("{base}/openai/webhook");
 
         // Warm-up: connections, SQLite pages, allocator.

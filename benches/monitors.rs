@@ -9,40 +9,17 @@
 //! Run: `ulimit -n 65536; CALLS=10000 cargo bench --bench monitors` (default CALLS=1000,
 //! HOLD_SECS=15 of steady state after the last call is up).
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
 use voxmachina::store::{SqliteStore, Store};
 
+#[path = "support/controller.rs"]
+mod controller;
+use controller::{cpu_ticks, env_or, proc_field};
+
 const API_KEY: &str = "sk-bench";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// utime + stime of `pid` in clock ticks (proc(5) fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
 
 fn script(secs: u64) -> Script {
     let mut s = Script::new()
@@ -73,30 +50,11 @@ fn main() {
         let emulator = Emulator::start(EmulatorConfig { api_key: API_KEY.into() }).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("monitors.db");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = controller::free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxmachina"))
-            .arg("serve")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("VOXMACHINA_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("VOXMACHINA_OPENAI__BASE_URL", emulator.rest_base_url())
-            .env("VOXMACHINA_OPENAI__SIDEBAND_URL", emulator.sideband_url())
-            .env("VOXMACHINA_STORE__SQLITE_PATH", &db)
-            .env("OPENAI_API_KEY", API_KEY)
-            .env("OPENAI_WEBHOOK_SECRET", SECRET)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = controller::command(port, &emulator, API_KEY, SECRET, &db).spawn().unwrap();
         let pid = child.id().unwrap();
-        let http = reqwest::Client::new();
-        for _ in 0..400 {
-            if http.get(format!("{base}/healthz")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        controller::wait_healthy(&base).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle_kib = proc_field(pid, "status", "VmRSS:").unwrap();
 
