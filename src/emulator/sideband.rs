@@ -912,16 +912,8 @@ impl Conn {
             json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": start_ms, "item_id": item_id}),
         )
         .await?;
-        self.send(
-            ws,
-            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms, "item_id": item_id}),
-        )
-        .await?;
-        self.send(
-            ws,
-            json!({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id}),
-        )
-        .await?;
+        self.speech_stopped(ws, end_ms, &item_id, previous.as_deref())
+            .await?;
         if transcribe {
             self.send(
                 ws,
@@ -1304,6 +1296,27 @@ impl Conn {
         Ok(())
     }
 
+    /// `input_audio_buffer.speech_stopped` then `input_audio_buffer.committed` for `item_id`
+    /// (speech ended at `end_ms`, the item follows `previous`).
+    async fn speech_stopped(
+        &self,
+        ws: &mut WebSocket,
+        end_ms: u64,
+        item_id: &str,
+        previous: Option<&str>,
+    ) -> Result<(), End> {
+        self.send(
+            ws,
+            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms, "item_id": item_id}),
+        )
+        .await?;
+        self.send(
+            ws,
+            json!({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id}),
+        )
+        .await
+    }
+
     /// Model sessions: the VAD heard an utterance end.
     async fn utterance(&mut self, ws: &mut WebSocket, start: u64, end: u64) -> Result<(), End> {
         let item_id = self
@@ -1322,16 +1335,8 @@ impl Conn {
             call.last_item_id.replace(item_id.clone())
         };
         self.shared.bump();
-        self.send(
-            ws,
-            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end, "item_id": item_id}),
-        )
-        .await?;
-        self.send(
-            ws,
-            json!({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id}),
-        )
-        .await?;
+        self.speech_stopped(ws, end, &item_id, previous.as_deref())
+            .await?;
         self.shared.emit(EmulatorEvent::Speech {
             call_id: self.call_id.clone(),
             started: false,
