@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use support::fake_hubspot::{self, FakeHubSpot};
-use support::harness::{API_KEY, Harness, test_config, test_secrets, webhook_secret};
+use support::harness::{API_KEY, Harness, test_config, test_secrets};
 use support::store_conformance::{at_ms, handover};
 use voxmachina::app;
 use voxmachina::calls::record::{CallRecord, CallState};
@@ -132,20 +132,8 @@ fn transfer_script(to: Option<&str>) -> Script {
 
 impl Setup {
     async fn call(&self, script: Script) -> (CallView, CallRecord) {
-        let placed = self
-            .h
-            .emulator
-            .place_call(&self.h.webhook_url(), &webhook_secret(), script)
-            .await
-            .unwrap();
-        assert_eq!(placed.status, 200);
-        let record = self
-            .h
-            .wait_record(&placed.call_id, Duration::from_secs(15), |r| {
-                r.state.is_final()
-            })
-            .await;
-        (self.h.emulator.call(&placed.call_id).unwrap(), record)
+        let (_, view, record) = self.h.call_to_end(script).await;
+        (view, record)
     }
 
     async fn metrics(&self) -> String {

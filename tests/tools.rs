@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Value, json};
 use support::fake_hubspot::{self, FakeHubSpot};
-use support::harness::{API_KEY, Harness, test_config, test_secrets, webhook_secret};
+use support::harness::{API_KEY, Harness, test_config, test_secrets};
 use support::tool_server::{Answer, ToolServer};
 use voxmachina::app;
 use voxmachina::calls::record::{Api, CallRecord, CallState, CallSummary};
@@ -158,21 +158,7 @@ fn script(tools: &[(&str, Value)]) -> Script {
 impl Setup {
     /// Places the call, waits for it to end, returns the emulator's view.
     async fn call(&self, script: Script) -> (String, CallView, CallRecord) {
-        let placed = self
-            .h
-            .emulator
-            .place_call(&self.h.webhook_url(), &webhook_secret(), script)
-            .await
-            .unwrap();
-        assert_eq!(placed.status, 200);
-        let record = self
-            .h
-            .wait_record(&placed.call_id, Duration::from_secs(15), |r| {
-                r.state.is_final()
-            })
-            .await;
-        let view = self.h.emulator.call(&placed.call_id).unwrap();
-        (placed.call_id, view, record)
+        self.h.call_to_end(script).await
     }
 
     /// `GET /v1/calls/{id}` as text.

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use voxmachina::app::{self, Running};
 use voxmachina::calls::record::{CallEvent, CallRecord, TranscriptLine};
 use voxmachina::config::{Config, Secret, Secrets};
-use voxmachina::emulator::{Emulator, EmulatorConfig};
+use voxmachina::emulator::{CallView, Emulator, EmulatorConfig, Script};
 
 /// Test API key the emulator expects.
 pub const API_KEY: &str = "sk-test-voxmachina";
@@ -153,6 +153,25 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Places a call playing `script` through a signed webhook (which must be answered 200),
+    /// waits up to 15 s for it to end, and returns its `call_id`, the emulator's view and the
+    /// stored record.
+    pub async fn call_to_end(&self, script: Script) -> (String, CallView, CallRecord) {
+        let placed = self
+            .emulator
+            .place_call(&self.webhook_url(), &webhook_secret(), script)
+            .await
+            .unwrap();
+        assert_eq!(placed.status, 200);
+        let record = self
+            .wait_record(&placed.call_id, Duration::from_secs(15), |r| {
+                r.state.is_final()
+            })
+            .await;
+        let view = self.emulator.call(&placed.call_id).unwrap();
+        (placed.call_id, view, record)
     }
 
     /// Waits until the call reaches a final state.
