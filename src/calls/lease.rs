@@ -4,7 +4,7 @@
 //! - The instance that accepts a call takes its lease when the monitor starts
 //!   ([`crate::calls::monitor`]), and keeps it ([`Leases::keep`]): one keeper task per instance
 //!   renews every held lease each `[cluster] lease_renew_interval_ms` with one
-//!   [`Store::renew_leases`] (one SQLite transaction for all of them, not one write per call).
+//!   [`Store::renew_leases`] (SQLite: one transaction per 256 leases, not one write per call).
 //! - A renewal the store refuses (the lease expired or another instance took it) makes the
 //!   monitor detach without touching the call: the other owner monitors it now. A store *error*
 //!   does not: the monitor keeps the call (a failing dependency never drops a call) and retries
