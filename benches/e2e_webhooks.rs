@@ -14,8 +14,10 @@
 //! Run: `cargo bench --bench e2e_webhooks` (env `RATE`, default 1000 per second; `SECS`,
 //! default 10; `STORE=dynamodb` stores through `aws-sdk-dynamodb` on fresh tables at
 //! `VOXMACHINA_TEST_DYNAMODB_ENDPOINT`, e.g. the moto server `tools/setup.d/10-dynamodb.sh`
-//! starts, instead of the SQLite file). Other `VOXMACHINA_*` variables in the environment reach
-//! the controller.
+//! starts, instead of the SQLite file; `TRACE=1` prints one stderr line per successful request,
+//! `T <start, Unix µs> <latency µs> <index>`, baseline run first, to line slow requests up
+//! with what the controller did at the time). Other `VOXMACHINA_*` variables in the
+//! environment reach the controller.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +76,7 @@ where
     Fut: std::future::Future<Output = u16> + Send,
 {
     let op = Arc::new(op);
+    let trace = std::env::var_os("TRACE").is_some();
     let lat = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
@@ -85,10 +88,18 @@ where
         let (op, lat, failures) = (op.clone(), lat.clone(), failures.clone());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
+            let started_at = std::time::SystemTime::now();
             let status = op(i).await;
             let us = t.elapsed().as_micros() as u64;
             if status == 200 {
                 lat.lock().unwrap().push(us);
+                if trace {
+                    let w = started_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_micros();
+                    eprintln!("T {w} {us} {i}");
+                }
             } else {
                 failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
