@@ -60,11 +60,13 @@
 //! `sqlite-checkpoint` thread with its own connection runs `wal_checkpoint(PASSIVE)` (which
 //! never blocks the writer) at most every [`CHECKPOINT_SPACING`] after commits. A passive
 //! checkpoint cannot rewind the WAL while commits keep arriving, so once the WAL holds
-//! [`WAL_RESTART_FRAMES`] frames the thread runs one `wal_checkpoint(RESTART)`: it waits for the
-//! writer's current batch, copies the few frames the passive passes have not, and lets the next
-//! write start the WAL from its beginning; `journal_size_limit` then trims the file. The WAL thus
-//! stays under ~[`WAL_RESTART_FRAMES`] pages, and the writer waits only for those short
-//! restarts. Checkpoints follow <https://www.sqlite.org/wal.html#ckpt> and
+//! [`WAL_RESTART_FRAMES`] frames the thread runs one `wal_checkpoint(RESTART)` (`restart`):
+//! having flushed the files to disk first, without any lock, it waits for the writer's current
+//! batch, copies the few frames the passive passes have not, and lets the next write start the
+//! WAL from its beginning; `journal_size_limit` then trims the file. The WAL thus stays under
+//! ~[`WAL_RESTART_FRAMES`] pages, and the writer waits only for those short restarts (1-2 ms).
+//! A connection that finds a lock held retries every 100 µs at first (`busy_wait`), not in
+//! SQLite's 1, 2, 5 ms `busy_timeout` steps, so it waits about as long as the lock is held. Checkpoints follow <https://www.sqlite.org/wal.html#ckpt> and
 //! <https://www.sqlite.org/c3ref/wal_checkpoint_v2.html>.
 //!
 //! Transcript lines and events carry no foreign key to `calls`: like a distributed backend, the
