@@ -257,11 +257,16 @@ impl SqliteStore {
     /// [`StoreError::Backend`] when the directory or file cannot be created or opened, a pragma
     /// or migration fails, or the file's `user_version` is newer than this build understands.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        Self::open_with(path, WAL_RESTART_FRAMES)
+        Self::open_with(path, WAL_RESTART_FRAMES, true)
     }
 
-    /// [`SqliteStore::open`] with the WAL size that triggers a `RESTART` checkpoint.
-    fn open_with(path: &Path, wal_restart_frames: i64) -> Result<SqliteStore, StoreError> {
+    /// [`SqliteStore::open`] with the WAL size that triggers a `RESTART` checkpoint, and
+    /// whether the files are flushed to disk before it (see `restart`).
+    fn open_with(
+        path: &Path,
+        wal_restart_frames: i64,
+        flush_before_restart: bool,
+    ) -> Result<SqliteStore, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::Backend(format!("create directory {}: {e}", parent.display()))
@@ -310,7 +315,11 @@ impl SqliteStore {
             .spawn({
                 let mut wal = path.as_os_str().to_owned();
                 wal.push("-wal");
-                move || checkpoint_loop(checkpointer, Path::new(&wal), nudged, wal_restart_frames)
+                let restart_at = RestartAt {
+                    frames: wal_restart_frames,
+                    flush_first: flush_before_restart,
+                };
+                move || checkpoint_loop(checkpointer, Path::new(&wal), nudged, restart_at)
             })
             .map_err(|e| StoreError::Backend(format!("start checkpoint thread: {e}")))?;
         std::thread::Builder::new()
@@ -472,16 +481,18 @@ fn writer_loop(
 
 /// The checkpoint thread (see the module docs): after commits, a passive checkpoint at most
 /// every [`CHECKPOINT_SPACING`], and a WAL rewind ([`restart`]) when the WAL reached
-/// `restart_frames` ([`WAL_RESTART_FRAMES`]). Ends when the writer thread does.
+/// `restart_at.frames` ([`WAL_RESTART_FRAMES`]). Ends when the writer thread does.
 fn checkpoint_loop(
     conn: Connection,
     wal: &Path,
     nudged: std::sync::mpsc::Receiver<()>,
-    restart_frames: i64,
+    restart_at: RestartAt,
 ) {
     while nudged.recv().is_ok() {
         match checkpoint(&conn, "PASSIVE") {
-            Ok((_, log, _)) if log >= restart_frames => restart(&conn, wal),
+            Ok((_, log, _)) if log >= restart_at.frames => {
+                restart(&conn, restart_at.flush_first.then_some(wal))
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
         }
@@ -489,31 +500,77 @@ fn checkpoint_loop(
     }
 }
 
+/// When the checkpoint thread rewinds the WAL ([`checkpoint_loop`]).
+#[derive(Debug, Clone, Copy)]
+struct RestartAt {
+    /// WAL size, in frames, that triggers a rewind ([`WAL_RESTART_FRAMES`]).
+    frames: i64,
+    /// Whether [`flush_to_disk`] runs before each rewind (always, except in a test that needs
+    /// rewinds to keep pace with a burst of writes whatever the disk's speed).
+    flush_first: bool,
+}
+
 /// Rewinds the WAL with a `RESTART` checkpoint, which holds the write lock while it copies the
-/// frames not yet copied and `fsync`s the WAL and the database file. Those `fsync`s are made
-/// cheap first, without the lock: [`flush_to_disk`], then a passive pass for the frames
-/// committed meanwhile. The writer then waits 1-2 ms for a restart instead of 3-8 ms at
-/// 1 000 calls/s (`docs/performance.md`).
-fn restart(conn: &Connection, wal: &Path) {
-    if let Err(e) = flush_to_disk(wal) {
-        tracing::debug!(error = %e, "flushing the SQLite files before a WAL restart failed");
+/// frames not yet copied and `fsync`s the WAL and the database file. With `flush` (the WAL's
+/// path) those `fsync`s are made cheap first, without the lock: [`flush_to_disk`], then a
+/// passive pass for the frames committed meanwhile. The writer then waits 1-2 ms for a restart
+/// instead of 3-8 ms at 1 000 calls/s (`docs/performance.md`); the WAL grows meanwhile by what
+/// is committed during the flush.
+fn restart(conn: &Connection, flush: Option<&Path>) {
+    if let Some(wal) = flush {
+        if let Err(e) = flush_to_disk(conn, wal) {
+            tracing::debug!(error = %e, "flushing the SQLite files before a WAL restart failed");
+        }
     }
     if let Err(e) = checkpoint(conn, "PASSIVE").and_then(|_| checkpoint(conn, "RESTART")) {
         tracing::warn!(error = %e, "SQLite WAL restart checkpoint failed");
     }
 }
 
-/// Writes the dirty pages of the WAL and database files to disk: `syncfs(2)` on the WAL's
-/// file system on Linux, elsewhere `fsync` of the WAL only. The database file itself is never
-/// opened here: closing any descriptor of it would drop the POSIX locks SQLite's connections in
-/// this process hold on it (<https://www.sqlite.org/howtocorrupt.html>, section 2.2).
-fn flush_to_disk(wal: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::open(wal)?;
-    #[cfg(target_os = "linux")]
-    rustix::fs::syncfs(&file)?;
-    #[cfg(not(target_os = "linux"))]
-    file.sync_data()?;
-    Ok(())
+/// Writes the dirty pages of the WAL file and of the database file to disk: `fsync` of the WAL
+/// through a descriptor of our own (SQLite holds no locks on it), and of the database file
+/// through the checkpoint connection's own handle (`SQLITE_FCNTL_FILE_POINTER`, then the VFS's
+/// `xSync`; <https://www.sqlite.org/c3ref/c_fcntl_begin_atomic_write.html>). The database file
+/// is never opened here: closing any descriptor of it would drop the POSIX locks SQLite's
+/// connections in this process hold on it (<https://www.sqlite.org/howtocorrupt.html>, 2.2).
+fn flush_to_disk(conn: &Connection, wal: &Path) -> std::io::Result<()> {
+    std::fs::File::open(wal)?.sync_data()?;
+    let rc = sync_database_file(conn);
+    if rc == rusqlite::ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "sync of the database file: SQLite error {rc}"
+        )))
+    }
+}
+
+/// `xSync(SQLITE_SYNC_NORMAL)` on the main database file of `conn`, through SQLite's public VFS
+/// interface (`sqlite3_file_control` + `sqlite3_io_methods`). Returns an SQLite result code.
+fn sync_database_file(conn: &Connection) -> std::os::raw::c_int {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn` is a live connection used only on this thread; SQLITE_FCNTL_FILE_POINTER
+    // writes one `sqlite3_file*` (owned by SQLite, valid while the connection is open) into
+    // `file`; we call that file's own `xSync` and keep no pointer past this function.
+    unsafe {
+        let rc = ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        );
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        if file.is_null() || (*file).pMethods.is_null() {
+            return ffi::SQLITE_OK; // not opened yet: nothing written through it
+        }
+        match (*(*file).pMethods).xSync {
+            Some(x_sync) => x_sync(file, ffi::SQLITE_SYNC_NORMAL),
+            None => ffi::SQLITE_OK,
+        }
+    }
 }
 
 /// `PRAGMA wal_checkpoint(mode)`: (busy, frames in the WAL, frames checkpointed).
@@ -1360,12 +1417,13 @@ mod tests {
     /// The writer never checkpoints (autocheckpoint off), so without the checkpoint thread's
     /// passes and restarts the WAL would hold every frame written: thousands of one-line
     /// commits reach tens of MiB. With a restart every 256 frames it stays a few MiB, and every
-    /// line is still there.
+    /// line is still there. (The flush before each restart is off here: how long it takes
+    /// depends on the disk, and the WAL grows meanwhile; `flush_to_disk` has its own test.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn checkpoint_thread_keeps_the_wal_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal.db");
-        let store = SqliteStore::open_with(&path, 256).unwrap();
+        let store = SqliteStore::open_with(&path, 256, false).unwrap();
         let autockpt: i64 = store
             .write(|c| {
                 c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
@@ -1390,6 +1448,32 @@ mod tests {
             stored += store.transcript(&format!("rtc_{c}")).await.unwrap().len();
         }
         assert_eq!(stored, n);
+    }
+
+    /// The flush before a WAL restart goes through SQLite's own handle of the database file:
+    /// it succeeds on a connection in WAL mode with data written, and the connection (and its
+    /// locks) stay usable afterwards.
+    #[test]
+    fn flush_to_disk_syncs_through_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flush.db");
+        let store = SqliteStore::open(&path).unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        configure(&conn).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        assert_eq!(sync_database_file(&conn), rusqlite::ffi::SQLITE_OK);
+        flush_to_disk(&conn, Path::new(&wal)).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (2); COMMIT;")
+            .unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+        assert!(flush_to_disk(&conn, &dir.path().join("missing-wal")).is_err());
     }
 
     /// Renewals are split into writes of [`RENEW_BATCH`] leases; across the batch boundaries
