@@ -405,37 +405,30 @@ fn spawn_takeover_scan(state: &Arc<AppState>, stop: CancellationToken) {
 /// Live calls not monitored here whose lease is free to take (absent for longer than the TTL,
 /// expired, or — when `own` — held by this instance id), leased and reattached.
 async fn reattach_orphans(state: &Arc<AppState>, own: bool) -> usize {
-    let (live, leases) = tokio::join!(state.store.live_calls(), state.store.leases());
-    let (live, leases) = match (live, leases) {
-        (Ok(live), Ok(leases)) => (live, leases),
-        (Err(e), _) | (_, Err(e)) => {
+    let me = state.monitors.leases.owner().to_string();
+    let ttl =
+        chrono::Duration::from_std(state.monitors.leases.ttl()).unwrap_or(chrono::Duration::MAX);
+    let reclaim = own.then_some(me.as_str());
+    let candidates = match state
+        .store
+        .takeover_candidates(chrono::Utc::now(), ttl, reclaim)
+        .await
+    {
+        Ok(candidates) => candidates,
+        Err(e) => {
             warn!(error = %e, "cannot list live calls or leases; none reattached");
             metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "takeover_scan").increment(1);
             return 0;
         }
     };
-    let leases: std::collections::HashMap<String, crate::store::Lease> =
-        leases.into_iter().map(|l| (l.call_id.clone(), l)).collect();
-    let me = state.monitors.leases.owner().to_string();
-    let ttl =
-        chrono::Duration::from_std(state.monitors.leases.ttl()).unwrap_or(chrono::Duration::MAX);
-    let now = chrono::Utc::now();
     let mut n = 0;
-    for record in live {
-        if state.registry().contains(&record.call_id) {
+    for candidate in candidates {
+        if state.registry().contains(&candidate.call_id) {
             continue;
         }
-        let free = match leases.get(&record.call_id) {
-            Some(l) if own && l.owner == me => true,
-            Some(l) => l.expires_at <= now,
-            None => record.accepted_at.unwrap_or(record.created_at) + ttl <= now,
-        };
-        if !free {
-            continue;
-        }
-        let previous = leases.get(&record.call_id).map(|l| l.owner.clone());
-        let span = tracing::info_span!("call", call_id = %record.call_id);
-        if reattach_one(state, &record.call_id, previous.as_deref(), own)
+        let previous = candidate.lease.map(|l| l.owner);
+        let span = tracing::info_span!("call", call_id = %candidate.call_id);
+        if reattach_one(state, &candidate.call_id, previous.as_deref(), own)
             .instrument(span)
             .await
         {

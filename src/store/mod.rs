@@ -91,6 +91,35 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A live call whose monitor an instance may take over ([`Store::takeover_candidates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakeoverCandidate {
+    /// The call.
+    pub call_id: String,
+    /// Its lease: expired, or held by the reclaiming owner; `None` when it has none.
+    pub lease: Option<Lease>,
+}
+
+/// Whether a live call is free to take over at `now` (the rule of
+/// [`Store::takeover_candidates`]): its lease is held by `reclaim_owner`, or has expired by
+/// `now`; or it has none and `since` (its `accepted_at`, else `created_at`) is at least `ttl`
+/// ago, so a call being accepted right now is left to its instance.
+pub fn free_to_take(
+    since: DateTime<Utc>,
+    lease: Option<&Lease>,
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
+    reclaim_owner: Option<&str>,
+) -> bool {
+    match lease {
+        Some(l) if reclaim_owner == Some(l.owner.as_str()) => true,
+        Some(l) => l.expires_at <= now,
+        None => since
+            .checked_add_signed(ttl)
+            .is_some_and(|free_at| free_at <= now),
+    }
+}
+
 /// The controller's persistence interface. All methods are safe to call concurrently.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -221,8 +250,46 @@ pub trait Store: Send + Sync + 'static {
     async fn release_lease(&self, call_id: &str, owner: &str) -> Result<bool, StoreError>;
 
     /// Every stored lease, live or expired, in no particular order (one item per monitored
-    /// call, so the set is small). The takeover scan compares it with [`Store::live_calls`].
+    /// call, so the set is small). The default [`Store::takeover_candidates`] compares it with
+    /// [`Store::live_calls`].
     async fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// The live calls free to take over at `now` ([`free_to_take`]: lease expired or held by
+    /// `reclaim_owner`, or no lease for at least `ttl` since `accepted_at`, else `created_at`),
+    /// oldest first, each with its lease. The takeover scan runs this every
+    /// `[cluster] takeover_scan_interval_ms` (`crate::app`).
+    ///
+    /// The default reads [`Store::live_calls`] and [`Store::leases`] and filters them; SQLite
+    /// answers with one query that decodes no call record (10 000 live calls took 61 ms of
+    /// CPU every scan the default way).
+    ///
+    /// # Errors
+    /// [`StoreError`] when either read fails.
+    async fn takeover_candidates(
+        &self,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+        reclaim_owner: Option<&str>,
+    ) -> Result<Vec<TakeoverCandidate>, StoreError> {
+        let (live, leases) = futures_util::future::join(self.live_calls(), self.leases()).await;
+        let mut leases: std::collections::HashMap<String, Lease> = leases?
+            .into_iter()
+            .map(|l| (l.call_id.clone(), l))
+            .collect();
+        Ok(live?
+            .into_iter()
+            .filter_map(|record| {
+                let lease = leases.remove(&record.call_id);
+                let since = record.accepted_at.unwrap_or(record.created_at);
+                free_to_take(since, lease.as_ref(), now, ttl, reclaim_owner).then_some(
+                    TakeoverCandidate {
+                        call_id: record.call_id,
+                        lease,
+                    },
+                )
+            })
+            .collect())
+    }
 
     // -----------------------------------------------------------------------------------------
     // Handover tokens (`tokens` module docs; `../shared/reference/connect-dynamodb-hubspot.md` §1, §3)

@@ -83,8 +83,8 @@ use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
 use super::tokens::{self, HandoverPayload};
 use super::{
-    CallQuery, CreateOutcome, Lease, PurgeStats, Store, StoreError, api_name, lease_ttl_ms,
-    parse_api, parse_speaker,
+    CallQuery, CreateOutcome, Lease, PurgeStats, Store, StoreError, TakeoverCandidate, api_name,
+    lease_ttl_ms, parse_api, parse_speaker,
 };
 use crate::calls::record::{
     AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, MediaInfo, TranscriptLine,
@@ -1264,6 +1264,55 @@ impl Store for SqliteStore {
             }
         }
         answers
+    }
+
+    async fn takeover_candidates(
+        &self,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+        reclaim_owner: Option<&str>,
+    ) -> Result<Vec<TakeoverCandidate>, StoreError> {
+        let (now, ttl) = (ms(now), ttl.num_milliseconds());
+        let owner = reclaim_owner.map(str::to_string);
+        self.read(move |conn| {
+            // `free_to_take` in SQL: live calls (state index) joined with their lease (primary
+            // key); only the matches are decoded, and no call record at all.
+            let sql = format!(
+                "SELECT c.call_id, l.owner, l.expires_at
+                 FROM calls c LEFT JOIN call_leases l ON l.call_id = c.call_id
+                 WHERE c.state IN ({})
+                   AND ((l.call_id IS NULL AND COALESCE(c.accepted_at, c.created_at) + ?2 <= ?1)
+                        OR l.expires_at <= ?1
+                        OR l.owner = ?3)
+                 ORDER BY c.created_at ASC, c.call_id ASC",
+                state_list(CallState::is_live)
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![now, ttl, owner], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (call_id, owner, expires) = row.map_err(backend)?;
+                let lease = match (owner, expires) {
+                    (Some(owner), Some(expires)) => Some(Lease {
+                        call_id: call_id.clone(),
+                        owner,
+                        expires_at: from_ms(expires, "lease expires_at")?,
+                    }),
+                    _ => None,
+                };
+                out.push(TakeoverCandidate { call_id, lease });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn release_lease(&self, call_id: &str, owner: &str) -> Result<bool, StoreError> {

@@ -28,6 +28,7 @@ use voxmachina::calls::record::{
 use voxmachina::store::tokens::is_token;
 use voxmachina::store::{
     CallQuery, CreateOutcome, HandoverPayload, Lease, PurgeStats, Store, StoreError,
+    TakeoverCandidate,
 };
 
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$fresh`
@@ -82,6 +83,7 @@ macro_rules! store_conformance_tests {
             lease_renew_many_answers_each,
             lease_release_only_by_owner,
             lease_invalid_ttl,
+            takeover_candidates_are_the_free_live_calls,
         );
     };
     (@fresh required $fresh:path) => {
@@ -1644,4 +1646,109 @@ pub async fn lease_invalid_ttl(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(lease_of(&store, &id).await, None);
+}
+
+/// `takeover_candidates` returns exactly the live calls free to take, oldest first, each with
+/// its lease: an expired lease, no lease for at least the TTL since `accepted_at` (else
+/// `created_at`), and the reclaiming owner's own live lease only when reclaiming. A live lease
+/// of another owner, a recent call without lease (by `created_at` or by `accepted_at`) and an
+/// ended call are left out.
+pub async fn takeover_candidates_are_the_free_live_calls(store: Arc<dyn Store>) {
+    let t = window();
+    let ttl = secs(15);
+    let now = t + secs(110);
+    let id = |name: &str| uniq(&format!("take-{name}"));
+    let (held, expired, bare_old, bare_new, ended, mine, accepted_late) = (
+        id("held"),
+        id("expired"),
+        id("bare-old"),
+        id("bare-new"),
+        id("ended"),
+        id("mine"),
+        id("accepted-late"),
+    );
+    let calls = [
+        (&held, CallState::Active, t + secs(1), None),
+        (&expired, CallState::Active, t + secs(2), None),
+        (&bare_old, CallState::Transferring, t + secs(3), None),
+        (&bare_new, CallState::Active, t + secs(100), None),
+        (&ended, CallState::Ended, t + secs(4), None),
+        (&mine, CallState::Active, t + secs(5), None),
+        (
+            &accepted_late,
+            CallState::Active,
+            t + secs(6),
+            Some(t + secs(100)),
+        ),
+    ];
+    for (call_id, state, created, accepted) in calls {
+        let mut r = record(call_id, state, created);
+        r.accepted_at = accepted;
+        create(&store, &r).await;
+    }
+    let lease = |call_id: &String, owner: &'static str, at: DateTime<Utc>| {
+        let store = store.clone();
+        let call_id = call_id.clone();
+        async move {
+            assert!(store.acquire_lease(&call_id, owner, ttl, at).await.unwrap());
+        }
+    };
+    lease(&held, "b", t + secs(100)).await; // until t+115: live at now
+    lease(&expired, "b", t + secs(50)).await; // until t+65: expired
+    lease(&ended, "b", t + secs(50)).await;
+    lease(&mine, "me", t + secs(100)).await;
+
+    let own: Vec<&str> = [
+        &held,
+        &expired,
+        &bare_old,
+        &bare_new,
+        &ended,
+        &mine,
+        &accepted_late,
+    ]
+    .iter()
+    .map(|s| s.as_str())
+    .collect();
+    let mine_only = |all: Vec<TakeoverCandidate>| -> Vec<(String, Option<String>)> {
+        all.into_iter()
+            .filter(|c| own.contains(&c.call_id.as_str()))
+            .map(|c| (c.call_id, c.lease.map(|l| l.owner)))
+            .collect()
+    };
+
+    let scan = store.takeover_candidates(now, ttl, None).await.unwrap();
+    assert_eq!(
+        mine_only(scan),
+        [
+            (expired.clone(), Some("b".to_string())),
+            (bare_old.clone(), None)
+        ],
+        "expired lease and long-unleased call, oldest first"
+    );
+
+    let reclaim = store
+        .takeover_candidates(now, ttl, Some("me"))
+        .await
+        .unwrap();
+    assert_eq!(
+        mine_only(reclaim),
+        [
+            (expired.clone(), Some("b".to_string())),
+            (bare_old.clone(), None),
+            (mine.clone(), Some("me".to_string())),
+        ],
+        "reclaiming adds the owner's own live lease"
+    );
+
+    let found = store.takeover_candidates(now, ttl, None).await.unwrap();
+    let expired_lease = found.into_iter().find(|c| c.call_id == expired).unwrap();
+    assert_eq!(
+        expired_lease.lease,
+        Some(Lease {
+            call_id: expired.clone(),
+            owner: "b".into(),
+            expires_at: t + secs(65),
+        })
+    );
 }
