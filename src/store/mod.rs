@@ -224,9 +224,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::renew_lease`] for many leases of `owner` at once (the per-instance keeper in
     /// [`crate::calls::lease`] renews every held lease each interval): one answer per entry of
-    /// `call_ids`, in order. The default runs the renewals 32 at a time; SQLite renews up to
-    /// [`crate::store::sqlite::RENEW_BATCH`] per transaction, so 10 000 held calls cost 40 writes
-    /// per interval instead of 10 000, none long enough to hold up other writes.
+    /// `call_ids`, in order. The keeper sends at most [`crate::calls::lease::RENEW_BATCH`] leases
+    /// per call. The default runs the renewals 32 at a time; SQLite renews them in one
+    /// transaction, so 10 000 held calls cost 40 writes per interval instead of 10 000, none long
+    /// enough to hold up other writes.
     async fn renew_leases(
         &self,
         call_ids: &[String],

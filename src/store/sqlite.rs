@@ -127,10 +127,6 @@ pub const WAL_RESTART_FRAMES: i64 = 16_384;
 /// Size the WAL file is truncated back to after it was rewound, bytes (`journal_size_limit`).
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
-/// Most leases renewed in one write by [`Store::renew_leases`] (the rest follow in further
-/// writes, after whatever queued meanwhile).
-pub const RENEW_BATCH: usize = 256;
-
 /// Read-only connections kept next to the writer.
 const READERS: usize = 2;
 
@@ -521,8 +517,12 @@ fn restart(conn: &Connection, flush: Option<&Path>) {
         if let Err(e) = flush_to_disk(conn, wal) {
             tracing::debug!(error = %e, "flushing the SQLite files before a WAL restart failed");
         }
+        // The frames committed during the flush, copied without the lock too.
+        if let Err(e) = checkpoint(conn, "PASSIVE") {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
     }
-    if let Err(e) = checkpoint(conn, "PASSIVE").and_then(|_| checkpoint(conn, "RESTART")) {
+    if let Err(e) = checkpoint(conn, "RESTART") {
         tracing::warn!(error = %e, "SQLite WAL restart checkpoint failed");
     }
 }
@@ -1234,36 +1234,32 @@ impl Store for SqliteStore {
             Ok(t) => ms(now) + t,
             Err(e) => return call_ids.iter().map(|_| Err(e.clone())).collect(),
         };
-        let now = ms(now);
-        let mut answers = Vec::with_capacity(call_ids.len());
-        // One write per RENEW_BATCH leases, one after the other: each holds the writer for well
-        // under a millisecond, so webhook claims queued meanwhile are not held up behind one
-        // transaction renewing every lease (10 000 leases took 70 ms in one).
-        for chunk in call_ids.chunks(RENEW_BATCH) {
-            let (ids, owner) = (chunk.to_vec(), owner.to_string());
-            let done = self
-                .write(move |conn| {
-                    let mut stmt = conn
-                        .prepare_cached(
-                            "UPDATE call_leases SET expires_at = ?3
-                             WHERE call_id = ?1 AND owner = ?2 AND expires_at > ?4",
-                        )
-                        .map_err(backend)?;
-                    ids.iter()
-                        .map(|id| {
-                            stmt.execute(params![id, owner, expires, now])
-                                .map(|changed| changed == 1)
-                                .map_err(backend)
-                        })
-                        .collect::<Result<Vec<bool>, StoreError>>()
-                })
-                .await;
-            match done {
-                Ok(renewed) => answers.extend(renewed.into_iter().map(Ok)),
-                Err(e) => answers.extend(chunk.iter().map(|_| Err(e.clone()))),
-            }
+        // One transaction for the batch: the keeper sends at most
+        // `crate::calls::lease::RENEW_BATCH` leases per call, so it stays well under a
+        // millisecond of writer time.
+        let (ids, owner, now) = (call_ids.to_vec(), owner.to_string(), ms(now));
+        let n = ids.len();
+        let done = self
+            .write(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "UPDATE call_leases SET expires_at = ?3
+                         WHERE call_id = ?1 AND owner = ?2 AND expires_at > ?4",
+                    )
+                    .map_err(backend)?;
+                ids.iter()
+                    .map(|id| {
+                        stmt.execute(params![id, owner, expires, now])
+                            .map(|changed| changed == 1)
+                            .map_err(backend)
+                    })
+                    .collect::<Result<Vec<bool>, StoreError>>()
+            })
+            .await;
+        match done {
+            Ok(renewed) => renewed.into_iter().map(Ok).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
-        answers
     }
 
     async fn takeover_candidates(
@@ -1525,15 +1521,15 @@ mod tests {
         assert!(flush_to_disk(&conn, &dir.path().join("missing-wal")).is_err());
     }
 
-    /// Renewals are split into writes of [`RENEW_BATCH`] leases; across the batch boundaries
-    /// every answer still belongs to its own lease, in order.
+    /// Many leases renewed in one call (more than the keeper's batches): every answer belongs
+    /// to its own lease, in order.
     #[tokio::test]
     async fn renew_leases_answers_in_order_across_batches() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("leases.db")).unwrap();
         let t = Utc::now();
         let ttl = chrono::Duration::seconds(15);
-        let n = RENEW_BATCH * 2 + 7;
+        let n = crate::calls::lease::RENEW_BATCH * 2 + 7;
         let ids: Vec<String> = (0..n).map(|i| format!("rtc_lease_{i}")).collect();
         for (i, id) in ids.iter().enumerate() {
             // Every third lease belongs to another instance.
