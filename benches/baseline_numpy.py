@@ -24,7 +24,7 @@ import numpy as np
 import scipy
 from scipy.signal import resample_poly
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 
 
 def ulaw_decode_table():

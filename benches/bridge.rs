@@ -37,7 +37,7 @@ use voxmachina::twilio::media::ServerMessage;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/speech_8k.itu.ulaw"
+    "/tests/fixtures/speech_8k.itu.ulaw"
 );
 const STREAM_SID: &str = "MZ0123456789abcdef0123456789abcdef";
 
@@ -291,7 +291,8 @@ async fn e2e(mode: &str, calls: usize, secs: u64, speech: Arc<Vec<u8>>) {
 }
 
 fn main() {
-    let ulaw = std::fs::read(FIXTURE).expect("the shared speech fixture");
+    let ulaw =
+        std::fs::read(FIXTURE).expect("the speech fixture tests/fixtures/speech_8k.itu.ulaw");
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))

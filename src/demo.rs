@@ -14,7 +14,7 @@
 //! `voxmachina demo --media` plays a call on the Twilio Media Streams path instead: an emulated
 //! Twilio ([`crate::emulator::phone`]) posts a signed voice webhook, opens the signed Media
 //! Streams WebSocket from the TwiML, and streams the fixture speech
-//! (`../shared/fixtures/speech_8k.itu.ulaw`, or `--speech`) in real time; the bridge carries it
+//! (`tests/fixtures/speech_8k.itu.ulaw`, or `--speech`) in real time; the bridge carries it
 //! to the emulator's Realtime model session (`--audio pcmu|pcm16`), plays the agent's audio
 //! back, and a second utterance barges in on the agent's reply. It prints the transcript, the
 //! bridge's frame statistics and the record, and succeeds when the call ended `ended` with one
@@ -57,8 +57,8 @@ pub struct DemoArgs {
     /// (transcoded to 24 kHz PCM).
     #[arg(long, default_value = "pcmu", value_parser = ["pcmu", "pcm16"])]
     pub audio: String,
-    /// With --media: the caller's speech, headerless μ-law 8 kHz (default: the shared fixture
-    /// next to this repository; a synthetic signal when it is missing).
+    /// With --media: the caller's speech, headerless μ-law 8 kHz (default: the repository's
+    /// `tests/fixtures/speech_8k.itu.ulaw`; a synthetic signal when it is missing).
     #[arg(long)]
     pub speech: Option<PathBuf>,
 }
@@ -266,10 +266,10 @@ fn hex(n: usize) -> String {
 /// The fixture the media demo speaks by default (3 s of speech, μ-law 8 kHz).
 pub const FIXTURE_SPEECH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/speech_8k.itu.ulaw"
+    "/tests/fixtures/speech_8k.itu.ulaw"
 );
 
-/// What the fixture says (`../shared/fixtures/README.md`).
+/// What the fixture says (`tests/fixtures/README.md`).
 const FIXTURE_WORDS: &str = "Hello, thanks for calling. How can I help you today?";
 
 /// Copies the profile directory to `dest`, setting `[session] audio = mode` and an

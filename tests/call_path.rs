@@ -1,5 +1,5 @@
 //! The core call path end to end: the real controller on 127.0.0.1:0, the OpenAI SIP emulator
-//! speaking the reference's REST and sideband shapes, a real SQLite file.
+//! speaking OpenAI's documented REST and sideband shapes, a real SQLite file.
 
 mod support;
 

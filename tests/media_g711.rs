@@ -1,4 +1,4 @@
-//! G.711 μ-law against the ITU-T G.191 reference vectors in `shared/fixtures/`.
+//! G.711 μ-law against the ITU-T G.191 reference vectors in `tests/fixtures/`.
 
 mod media_common;
 

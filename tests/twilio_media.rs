@@ -1,4 +1,5 @@
-//! Media Streams messages: the reference's example JSON (twilio.md §1.3, §1.4) parsed, checked
+//! Media Streams messages: the example JSON of Twilio's WebSocket messages page
+//! (<https://www.twilio.com/docs/voice/media-streams/websocket-messages>) parsed, checked
 //! field by field, and serialised back to the same JSON.
 
 use serde_json::{Value, json};

@@ -32,9 +32,6 @@ for f in tools/setup.d/*.sh; do
 done
 
 step "tests"
-if [ ! -d ../shared/fixtures ]; then
-  echo "warning: ../shared/fixtures not found; the media fixture tests will fail" >&2
-fi
 mkdir -p target
 cargo test --locked --no-fail-fast 2>&1 | tee target/test-output.log
 

@@ -1,5 +1,6 @@
 //! `connect-lambda`: the AWS Lambda function an Amazon Connect contact flow invokes to redeem a
-//! voxmachina handover (`../shared/reference/connect-dynamodb-hubspot.md` §1.2, §2.2).
+//! voxmachina handover (Amazon Connect "Invoke AWS Lambda function":
+//! <https://docs.aws.amazon.com/connect/latest/adminguide/connect-lambda-functions.html>).
 //!
 //! Thin wrapper around [`voxmachina::escalation::connect::handle_json`]: the logic, limits and
 //! response keys are documented there and in README.md ("Amazon Connect hand-over").

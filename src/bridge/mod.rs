@@ -1,10 +1,15 @@
 //! The Twilio Media Streams path: Twilio streams the caller's audio to us over a WebSocket, we
 //! bridge it to an OpenAI Realtime WebSocket session and stream the agent's audio back.
 //!
-//! Sources: `../shared/reference/twilio.md` §1 (Media Streams), §2 (`X-Twilio-Signature`), §3
-//! (voice webhook parameters), §4 (REST create/update), §5 (TwiML `<Dial>`);
-//! `../shared/reference/openai.md` §5.1 (session fields and audio formats) and §6 (Realtime
-//! events, here on `wss://api.openai.com/v1/realtime?model=...`).
+//! Sources: Twilio Media Streams
+//! (<https://www.twilio.com/docs/voice/media-streams/websocket-messages>), `X-Twilio-Signature`
+//! (<https://www.twilio.com/docs/usage/webhooks/webhooks-security>), voice webhook parameters
+//! (<https://www.twilio.com/docs/voice/twiml>), the Call resource
+//! (<https://www.twilio.com/docs/voice/api/call-resource>), `<Dial>`
+//! (<https://www.twilio.com/docs/voice/twiml/dial>); OpenAI's Realtime session fields and audio
+//! formats (OpenAPI schema `RealtimeSessionCreateRequestGA`) and Realtime events
+//! (<https://developers.openai.com/api/docs/guides/realtime-server-controls>), here on
+//! `wss://api.openai.com/v1/realtime?model=...`.
 //!
 //! ```text
 //! caller ─PSTN─ Twilio ──POST /twilio/voice (signed)──▶ profile, reject rules ─▶ TwiML

@@ -18,12 +18,12 @@
 //!   that has had none for longer than the lease TTL — is taken over with a conditional
 //!   [`Store::acquire_lease`] (exactly one instance wins) and its sideband reattached.
 //!
-//! The guards are the store's conditional writes ([`Store::acquire_lease`],
-//! [`Store::renew_lease`], [`Store::release_lease`]), so instances need no other coordination.
-//! Instance clocks must agree to well within the lease TTL (expiry is compared with each
-//! instance's `now`). The Realtime docs do not say whether two sideband sockets may attach to
-//! one call (`../shared/reference/openai.md` §6, "Multiple connections"); leases give every side
-//! effect a single owner either way.
+//! The guards are the store's conditional writes ([`Store::acquire_lease`], [`Store::renew_lease`],
+//! [`Store::release_lease`]), so instances need no other coordination. Instance clocks must agree
+//! to well within the lease TTL (expiry is compared with each instance's `now`). The Realtime docs
+//! do not say whether two sideband sockets may attach to one call
+//! (<https://developers.openai.com/api/docs/guides/realtime-server-controls>); leases give every
+//! side effect a single owner either way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,10 +4,12 @@
 //!
 //! It greets the caller (`response.create` with the profile's greeting), stores both sides'
 //! transcripts, answers the built-in tools (`transfer_to_human`, `end_call`), runs the profile's
-//! declared tools ([`crate::tools`]), watches for escalation triggers and drives the
-//! [`Handoff`], enforces the maximum call duration, does the after-call work
-//! ([`crate::calls::after_call`]) and records every step in the call's event log. Source for the
-//! events: `../shared/reference/openai.md` §6 and §9.7.
+//! declared tools ([`crate::tools`]), watches for escalation triggers and drives the [`Handoff`],
+//! enforces the maximum call duration, does the after-call work ([`crate::calls::after_call`]) and
+//! records every step in the call's event log. Source for the events:
+//! <https://developers.openai.com/api/docs/guides/realtime-server-controls> (Realtime server
+//! events, OpenAPI `RealtimeServerEvent*`); the sideband can close without a close frame when the
+//! caller hangs up (OpenAI developer forum thread 1378863).
 //!
 //! Tools:
 //! - arguments are checked against the tool's JSON Schema first; invalid ones get an

@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Which OpenAI API answers the call (`../shared/reference/openai.md` §1).
+/// Which OpenAI API answers the call (<https://developers.openai.com/api/docs/guides/realtime-sip>,
+/// <https://developers.openai.com/api/docs/guides/voice-sip?api=live>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Api {

@@ -1,7 +1,7 @@
-//! A local GPT-Live (Live API) SIP emulator, on its own port, for `voxmachina demo --api live`
-//! and the tests. It implements the Live contract of `shared/reference/openai.md` §7
-//! independently of the controller, driven by the same caller [`Script`]s as the Realtime
-//! emulator:
+//! A local GPT-Live (Live API) SIP emulator, on its own port, for `voxmachina demo --api live` and
+//! the tests. It implements the Live contract of
+//! <https://developers.openai.com/api/docs/guides/voice-sip?api=live> independently of the
+//! controller, driven by the same caller [`Script`]s as the Realtime emulator:
 //!
 //! - **Webhooks** (§3.2, §3.3): [`LiveEmulator::new_call`] builds `live.transport.incoming`
 //!   (or the deprecated `live.call.incoming`, without `data.type`) with a `live_<32 hex>`

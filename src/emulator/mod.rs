@@ -1,7 +1,11 @@
 //! A local OpenAI SIP emulator: call-control REST and sideband WebSocket on 127.0.0.1, driven by
 //! a scripted caller. Backs `voxmachina demo` and the integration tests.
 //!
-//! It implements `shared/reference/openai.md` independently of our controller:
+//! It implements OpenAI's Realtime SIP contract
+//! (<https://developers.openai.com/api/docs/guides/realtime-sip>,
+//! <https://developers.openai.com/api/docs/guides/webhooks>,
+//! <https://developers.openai.com/api/docs/guides/realtime-server-controls>) independently of our
+//! controller:
 //!
 //! - **Webhooks** (§2, §3.1, §4): [`Emulator::new_call`] builds a `realtime.call.incoming` event
 //!   with the exact shape of §3.1; [`Emulator::deliver`] signs it with Standard Webhooks `v1`

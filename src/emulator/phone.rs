@@ -1,5 +1,6 @@
 //! Twilio's side of a Media Streams call, for `voxmachina demo --media` and the tests: a caller's
-//! phone as Twilio presents it to our server (`../shared/reference/twilio.md` §1).
+//! phone as Twilio presents it to our server
+//! (<https://www.twilio.com/docs/voice/media-streams/websocket-messages>).
 //!
 //! [`Phone::connect`] opens the WebSocket with `X-Twilio-Signature` computed over the public
 //! `wss://` URL of the TwiML (§1.7) and sends `connected` and `start` (with the `<Parameter>`s as

@@ -1,8 +1,12 @@
 //! Amazon Connect hand-over: the handover token's payload, and the Lambda that a Connect contact
 //! flow invokes to redeem it.
 //!
-//! Source: `../shared/reference/connect-dynamodb-hubspot.md` §1 (design), §2.2 (Lambda event and
-//! response), §2.3 (contact attribute limits), §3.4 (one-time redemption).
+//! Sources: Amazon Connect "Invoke AWS Lambda function" (Lambda event and response,
+//! <https://docs.aws.amazon.com/connect/latest/adminguide/connect-lambda-functions.html>), "Set
+//! contact attributes" (attribute limits,
+//! <https://docs.aws.amazon.com/connect/latest/adminguide/set-contact-attributes.html>); DynamoDB
+//! conditional `DeleteItem` with `ReturnValues=ALL_OLD` for one-time redemption
+//! (<https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_DeleteItem.html>).
 //!
 //! **Controller side** (`[escalation] action = "connect_refer"`, driven by the call monitor):
 //! the payload ([`handover_payload`]) carries the call id, the caller number, the HubSpot ids, a

@@ -7,7 +7,8 @@
 //!
 //! 1. the agent says the profile's handoff line ([`Step::Say`]);
 //! 2. `/refer` to the first target ([`Step::Refer`]). A 200 from `/refer` only means the REFER was
-//!    relayed (`../shared/reference/openai.md` §5.3, §9.6): no event reports the outcome, so the
+//!    relayed (<https://developers.openai.com/api/docs/guides/realtime-sip>; OpenAI developer forum
+//!    reports of `/refer` answering 200 with no transfer): no event reports the outcome, so the
 //!    monitor waits for the sideband to close within the refer outcome window; closing means the
 //!    caller left OpenAI for the target ([`Outcome::Transferred`]);
 //! 3. when `/refer` fails or the window passes, the next target (the profile's fallback) is tried;

@@ -1,10 +1,13 @@
 //! `twilio_dial`: hand a caller who reached OpenAI through Twilio Programmable Voice to an
 //! Amazon Connect contact flow, with the handover token keyed in as DTMF.
 //!
-//! Sources: `../shared/reference/twilio.md` §3 (voice webhook), §4.2 (REST call update), §5.2
-//! (`<Dial>`, `<Number sendDigits>`); `../shared/reference/connect-dynamodb-hubspot.md` §1.2
-//! (the flow: mint, redirect with `sendDigits="wwww<token>#"`, Store customer input, Lambda);
-//! `../shared/reference/openai.md` §3 (`realtime.call.incoming` `sip_headers`).
+//! Sources: Twilio's voice webhook (<https://www.twilio.com/docs/voice/twiml>), Call resource
+//! update (<https://www.twilio.com/docs/voice/api/call-resource>), `<Dial>` and `<Number
+//! sendDigits>` (<https://www.twilio.com/docs/voice/twiml/dial>,
+//! <https://www.twilio.com/docs/voice/twiml/number>); Amazon Connect "Store customer input"
+//! (<https://docs.aws.amazon.com/connect/latest/adminguide/store-customer-input.html>) for the
+//! flow: mint, redirect with `sendDigits="wwww<token>#"`, Store customer input, Lambda; OpenAI's
+//! `realtime.call.incoming` `sip_headers` (OpenAPI schema `WebhookRealtimeCallIncoming`).
 //!
 //! ```text
 //! caller ─PSTN─ Twilio ──POST /twilio/voice──▶ [twilio] voice_mode = "sip"
@@ -18,9 +21,9 @@
 //! The parent `CallSid` travels as a SIP URI header of the `<Dial><Sip>` target
 //! ([`dial_sip_twiml`]) and comes back in the webhook's `sip_headers` ([`parent_call_sid`]); it is
 //! kept on the call record (`twilio_call_sid`). That `<Dial><Sip>` sends URI headers as INVITE
-//! headers is Twilio's `<Sip>` noun documentation, **[unverified]** against the reference (see
-//! [`crate::twilio::twiml::SipTarget`]); without the header a `twilio_dial` hand-off has no call
-//! to redirect and falls back like a failed REFER.
+//! headers is Twilio's `<Sip>` noun documentation (<https://www.twilio.com/docs/voice/twiml/sip>),
+//! **[unverified]** (see [`crate::twilio::twiml::SipTarget`]); without the header a `twilio_dial`
+//! hand-off has no call to redirect and falls back like a failed REFER.
 
 use crate::sip::{E164, SipHeader, header};
 use crate::twilio::rest::{CallUpdate, TwilioError, TwilioRest};

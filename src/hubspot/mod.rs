@@ -1,9 +1,11 @@
 //! HubSpot CRM v3: find or create the caller's contact and open a ticket associated with it, for
 //! the human agent's screen pop.
 //!
-//! Source: `../shared/reference/connect-dynamodb-hubspot.md` §6. Every request goes to
-//! `{base_url}` (`https://api.hubapi.com` by default) with `Authorization: Bearer <private app
-//! token>` and JSON bodies:
+//! Sources: <https://developers.hubspot.com/docs/api/crm/search>,
+//! <https://developers.hubspot.com/docs/api/crm/tickets>,
+//! <https://developers.hubspot.com/docs/api/usage-details>. Every request goes to `{base_url}`
+//! (`https://api.hubapi.com` by default) with `Authorization: Bearer <private app token>` and JSON
+//! bodies:
 //!
 //! - §6.1 `POST /crm/v3/objects/contacts/search`: `phone` EQ *or* `mobilephone` EQ the number,
 //!   `limit` 1;

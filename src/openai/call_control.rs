@@ -1,8 +1,10 @@
 //! Realtime call control over REST: `POST {base_url}/realtime/calls/{call_id}/{accept,reject,refer,hangup}`.
 //!
-//! Source: `../shared/reference/openai.md` §5. Every endpoint answers `200 OK` with an empty body;
-//! errors carry the standard OpenAI body `{"error":{"message","type","param","code"}}`. A 404 on
-//! `/accept` means the caller is already gone (a late webhook retry, §5.6 and §9.2).
+//! Sources: <https://developers.openai.com/api/docs/guides/realtime-sip>, OpenAPI
+//! `paths./realtime/calls/{call_id}/{accept,reject,refer,hangup}`. Every endpoint answers `200 OK`
+//! with an empty body; errors carry the standard OpenAI body
+//! `{"error":{"message","type","param","code"}}`. A 404 on `/accept` means the caller is already
+//! gone (a late webhook retry, §5.6 and §9.2).
 
 use std::time::{Duration, Instant};
 

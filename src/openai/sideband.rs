@@ -1,9 +1,10 @@
 //! The Realtime sideband WebSocket: `{sideband_url}?call_id={call_id}` with the project's bearer
 //! key, carrying Realtime JSON events for a SIP call whose audio flows over SIP.
 //!
-//! Source: `../shared/reference/openai.md` §6 (events) and §9.7 (the socket can close without a
-//! close frame when the caller hangs up). Only the events the controller acts on are typed;
-//! everything else parses as [`ServerEvent::Other`].
+//! Sources: <https://developers.openai.com/api/docs/guides/realtime-server-controls> (events) and
+//! OpenAI developer forum thread 1378863 (the socket can close without a close frame when the
+//! caller hangs up). Only the events the controller acts on are typed; everything else parses as
+//! [`ServerEvent::Other`].
 
 use serde::Deserialize;
 use serde_json::{Value, json};

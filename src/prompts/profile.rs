@@ -648,7 +648,8 @@ impl Profile {
     /// by the client) and outbound creates (openai.md §7.1, §7.2): `type` `"live"`, `model`,
     /// `instructions`, `audio.output.voice` (no `audio.format` for SIP) and `delegation`.
     ///
-    /// Tools: the only tool-call loop the reference documents for Live is Responses delegation
+    /// Tools: the only tool-call loop known for Live is Responses delegation (openai-python
+    /// `types/live/session_accept_params.py`; the loop itself is **[unverified]**)
     /// (calls arrive in `response.event`, answered with `response.item.create`), limited to
     /// `function` tools, so a profile with tools (declared or built-in) gets
     /// `{"type":"responses","responses":{"tools":[...],"tool_choice":"auto"}}`, where the

@@ -165,14 +165,14 @@ fn instructions_key_names_another_file() {
     write(
         dir.path(),
         "a.toml",
-        "name = \"alpha\"\ndefault = true\ninstructions = \"shared/common.md\"\n",
+        "name = \"alpha\"\ndefault = true\ninstructions = \"common/common.md\"\n",
     );
-    std::fs::create_dir(dir.path().join("shared")).unwrap();
-    write(dir.path(), "shared/common.md", "\n\n  Shared text.  \n");
+    std::fs::create_dir(dir.path().join("common")).unwrap();
+    write(dir.path(), "common/common.md", "\n\n  Shared text.  \n");
     let set = load_ok(dir.path());
     let p = set.get("alpha").unwrap();
     assert_eq!(p.instructions, "Shared text.");
-    assert_eq!(p.instructions_path, dir.path().join("shared/common.md"));
+    assert_eq!(p.instructions_path, dir.path().join("common/common.md"));
     assert!(set.get("a").is_none(), "the name key wins over the stem");
 }
 

@@ -1,10 +1,11 @@
 //! SIP header parsing: name-addrs, `sip:`/`sips:` URIs (rsip), `tel:` URIs (RFC 3966) and E.164.
 //!
-//! The input is the `data.sip_headers[]` array of a `realtime.call.incoming` webhook
-//! (`../shared/reference/openai.md` §3.1): the INVITE's headers as `{name, value}` strings, in
-//! order, repeated entries kept, authorization headers removed. Everything here treats those
-//! values as **untrusted caller metadata**: they pick a prompt profile and fill the call record,
-//! they never authorize anything. Parsing never panics; the header helpers and
+//! The input is the `data.sip_headers[]` array of a `realtime.call.incoming` webhook (OpenAPI
+//! schema `WebhookRealtimeCallIncoming`;
+//! <https://developers.openai.com/api/docs/guides/realtime-sip>): the INVITE's headers as `{name,
+//! value}` strings, in order, repeated entries kept, authorization headers removed. Everything here
+//! treats those values as **untrusted caller metadata**: they pick a prompt profile and fill the
+//! call record, they never authorize anything. Parsing never panics; the header helpers and
 //! [`CallParties::from_headers`] turn anything unparseable into `None` instead of an error.
 //!
 //! What lives where:

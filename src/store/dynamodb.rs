@@ -1,9 +1,11 @@
 //! The distributed store: DynamoDB tables shared by any number of controller instances.
 //!
 //! Every guard against duplicates is a conditional write evaluated by DynamoDB against the
-//! latest committed item (`../shared/reference/connect-dynamodb-hubspot.md` §3.2–§3.4), so
+//! latest committed item (DynamoDB `PutItem`/`DeleteItem` `ConditionExpression`, consistent reads:
+//! <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_PutItem.html>), so
 //! instances need no coordination of their own. Expiry is checked by every read and condition
-//! (`expires_ms` against the caller's `now`); DynamoDB TTL only cleans up, lazily (§3.1).
+//! (`expires_ms` against the caller's `now`); DynamoDB TTL only cleans up, lazily
+//! (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/ttl-expired-items.html>).
 //!
 //! # Tables and keys
 //! Six tables, named `{prefix}_{name}` (prefix from `[store.dynamodb] table_prefix`, default
@@ -211,7 +213,8 @@ impl DynamoStore {
 
     /// A client for a local engine (moto, dynalite, DynamoDB Local) at `endpoint_url`, with
     /// fixed dummy credentials and `region`, reading no environment or profile
-    /// (`../shared/reference/connect-dynamodb-hubspot.md` §4.2). For tests and benchmarks.
+    /// (`aws_sdk_dynamodb::Config::builder` with `endpoint_url`, no `aws-config`). For tests and
+    /// benchmarks.
     pub fn local_client(endpoint_url: &str, region: &str) -> Client {
         use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
         let conf = aws_sdk_dynamodb::Config::builder()

@@ -293,7 +293,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Handover tokens (`tokens` module docs; `../shared/reference/connect-dynamodb-hubspot.md` §1, §3)
+    // Handover tokens (`tokens` module docs)
 
     /// Stores `payload` under a fresh one-time token valid until `now + ttl` and returns the
     /// token: [`tokens::TOKEN_DIGITS`] decimal digits from a CSPRNG, unique among live tokens

@@ -1,5 +1,6 @@
 //! Handover tokens: one-time numeric codes that carry a call's context to a human agent's
-//! system (`../shared/reference/connect-dynamodb-hubspot.md` §1).
+//! system (read back by an Amazon Connect "Store customer input" block,
+//! <https://docs.aws.amazon.com/connect/latest/adminguide/store-customer-input.html>).
 //!
 //! When the AI agent escalates, the controller mints a token for a [`HandoverPayload`]
 //! ([`super::Store::mint_token`]) and sends it as DTMF digits to the contact centre, whose flow

@@ -1,7 +1,7 @@
 //! Media Streams WebSocket messages (bidirectional `<Connect><Stream>`), as JSON text frames.
 //!
-//! Source: `../shared/reference/twilio.md` §1.3 (Twilio → us: `connected`, `start`, `media`,
-//! `dtmf`, `mark`, `stop`) and §1.4 (us → Twilio: `media`, `mark`, `clear`).
+//! Source: <https://www.twilio.com/docs/voice/media-streams/websocket-messages> (Twilio → us:
+//! `connected`, `start`, `media`, `dtmf`, `mark`, `stop`; us → Twilio: `media`, `mark`, `clear`).
 //!
 //! Field names are exactly Twilio's (camelCase: `streamSid`, `sequenceNumber`, `callSid`,
 //! `customParameters`, `mediaFormat`, `sampleRate`). `sequenceNumber`, `media.chunk` and

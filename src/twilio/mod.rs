@@ -1,7 +1,8 @@
 //! Twilio: Media Streams, TwiML, `X-Twilio-Signature`, REST.
 //!
-//! Building blocks for putting the agent on Twilio calls, following
-//! `../shared/reference/twilio.md`:
+//! Building blocks for putting the agent on Twilio calls, following Twilio's public docs
+//! (<https://www.twilio.com/docs/voice>,
+//! <https://www.twilio.com/docs/usage/webhooks/webhooks-security>):
 //!
 //! - [`signature`]: validating (and, for tests, creating) `X-Twilio-Signature` on webhooks, JSON
 //!   webhooks with `bodySHA256`, and Media Streams WebSocket upgrades (§2, §1.7);

@@ -1,18 +1,19 @@
 //! Twilio REST (API version 2010-04-01): create and update calls, send SMS.
 //!
-//! Source: `../shared/reference/twilio.md` §4.1 (create a call), §4.2 (update a live call), §4.3
-//! (error JSON). Requests are `application/x-www-form-urlencoded` with PascalCase names, to
-//! `{base_url}/2010-04-01/Accounts/{AccountSid}/….json` (the `.json` suffix makes Twilio answer
-//! JSON instead of XML), with HTTP Basic auth `AccountSid:AuthToken` or `ApiKeySid:ApiKeySecret`
-//! (§4.1 "Auth").
+//! Sources: <https://www.twilio.com/docs/voice/api/call-resource> (create a call, update a live
+//! call), <https://www.twilio.com/docs/usage/twilios-response> (error JSON), twilio-node
+//! `src/rest/api/v2010/account/call.ts`. Requests are `application/x-www-form-urlencoded` with
+//! PascalCase names, to `{base_url}/2010-04-01/Accounts/{AccountSid}/….json` (the `.json` suffix
+//! makes Twilio answer JSON instead of XML), with HTTP Basic auth `AccountSid:AuthToken` or
+//! `ApiKeySid:ApiKeySecret` (§4.1 "Auth").
 //!
 //! Nothing is retried: creating a call or a message is not idempotent, and an update that timed
 //! out may have been applied. Callers decide.
 //!
-//! The Messages API ([`TwilioRest::send_message`]) is not in the reference: its path
+//! The Messages API ([`TwilioRest::send_message`]) is outside the pages above: its path
 //! (`/Messages.json`), parameters (`To`, `From`, `Body`) and `201` answer with an `SM…` sid and
 //! `"status": "queued"` follow Twilio's public Messages resource docs as we know them,
-//! **[unverified]** against the reference.
+//! **[unverified]** against Twilio.
 
 use std::time::Duration;
 

@@ -1,8 +1,11 @@
 //! `X-Twilio-Signature`: validating Twilio's webhooks and Media Streams upgrades, and signing
 //! requests the way Twilio does (for the test fakes).
 //!
-//! Source: `../shared/reference/twilio.md` §2 (algorithm §2.1, URL normalisation §2.2, test vectors
-//! §2.3, the official libraries' quirks §2.4) and §1.7 (the WebSocket upgrade).
+//! Sources: <https://www.twilio.com/docs/usage/webhooks/webhooks-security> and
+//! <https://www.twilio.com/docs/usage/security> (algorithm, URL normalisation, test vectors),
+//! twilio-python `twilio/request_validator.py` and twilio-node `src/webhooks/webhooks.ts` (the
+//! official libraries' port and `bodySHA256` quirks), and
+//! <https://www.twilio.com/docs/voice/twiml/stream> (the WebSocket upgrade is signed too).
 //!
 //! The signature is `base64(HMAC-SHA1(auth_token, data))` (standard alphabet, padded), where
 //! `data` is the full URL Twilio requested (scheme, host, path and query string, exactly as

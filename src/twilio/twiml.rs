@@ -1,7 +1,10 @@
 //! A small TwiML builder for the verbs voxmachina uses, with XML escaping.
 //!
-//! Source: `../shared/reference/twilio.md` §1.1 (`<Connect><Stream>`), §5.1 (`<Play digits>`),
-//! §5.2 (`<Dial>`/`<Number sendDigits>`), §5.3 (`<Refer>`/`<Sip>` with SIP URI headers).
+//! Sources: <https://www.twilio.com/docs/voice/twiml/stream> (`<Connect><Stream>`),
+//! <https://www.twilio.com/docs/voice/twiml/play> (`<Play digits>`),
+//! <https://www.twilio.com/docs/voice/twiml/dial> and
+//! <https://www.twilio.com/docs/voice/twiml/number> (`<Dial>`/`<Number sendDigits>`),
+//! <https://www.twilio.com/docs/voice/twiml/refer> (`<Refer>`/`<Sip>` with SIP URI headers).
 //!
 //! [`Response::render`] produces a compact document (no whitespace between elements) starting with
 //! `<?xml version="1.0" encoding="UTF-8"?>`. Attributes appear in a fixed order and only when set.
@@ -412,12 +415,14 @@ impl Number {
 /// `sip:alice@example.com?X-AcctNumber=123456&User-to-User=…` (the `&` is escaped as `&amp;` in
 /// the XML).
 ///
-/// The reference documents this form for `<Refer><Sip>` (§5.3: "Headers are passed as SIP-URI
-/// headers in the `<Sip>` target"). For `<Dial><Sip>` it only says that `X-` headers of *incoming*
-/// SIP-domain calls arrive as `SipHeader_<name>` (§3); that `<Dial><Sip>` sends URI headers the
-/// same way is Twilio's `<Sip>` noun documentation as we know it, **[unverified]** against the
-/// reference. Header values are percent-encoded except for RFC 3261 `unreserved` and
-/// `hnv-unreserved` characters, as in the reference example (`%3B` for `;`, `%3D` for `=`).
+/// Twilio documents this form for `<Refer><Sip>` (<https://www.twilio.com/docs/voice/twiml/refer>:
+/// headers are passed as SIP-URI headers in the `<Sip>` target). For `<Dial><Sip>` the voice
+/// webhook docs only say that `X-` headers of *incoming* SIP-domain calls arrive as
+/// `SipHeader_<name>` (<https://www.twilio.com/docs/voice/api/sip-twiml>); that `<Dial><Sip>` sends
+/// URI headers the same way is Twilio's `<Sip>` noun documentation
+/// (<https://www.twilio.com/docs/voice/twiml/sip>) as we know it, **[unverified]**. Header values
+/// are percent-encoded except for RFC 3261 `unreserved` and `hnv-unreserved` characters, as in
+/// Twilio's `<Refer>` example (`%3B` for `;`, `%3D` for `=`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipTarget {
     uri: String,

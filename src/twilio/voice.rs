@@ -1,7 +1,8 @@
 //! The parameters Twilio sends to a voice webhook (the number's Voice URL or a call's `Url`).
 //!
-//! Source: `../shared/reference/twilio.md` §3. Always sent: `CallSid`, `AccountSid`, `From`, `To`,
-//! `ApiVersion`, `CallToken`, `CallStatus`, `Direction`. Conditional: `ForwardedFrom`,
+//! Sources: <https://www.twilio.com/docs/voice/twiml> and
+//! <https://www.twilio.com/docs/voice/api/sip-twiml>. Always sent: `CallSid`, `AccountSid`, `From`,
+//! `To`, `ApiVersion`, `CallToken`, `CallStatus`, `Direction`. Conditional: `ForwardedFrom`,
 //! `CallerName`, `ParentCallSid`. SIP-domain calls add `SipDomain`, `SipDomainSid`, `SipCallId`,
 //! `SipSourceIp`, and each incoming `X-` header as `SipHeader_<name>`.
 //!

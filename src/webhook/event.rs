@@ -1,4 +1,6 @@
-//! OpenAI webhook event payloads (`../shared/reference/openai.md` §3).
+//! OpenAI webhook event payloads (<https://developers.openai.com/api/docs/guides/webhooks>; OpenAPI
+//! schemas `WebhookRealtimeCallIncoming`, `WebhookLiveCallIncoming`; openai-python
+//! `types/webhooks/live_transport_incoming_webhook_event.py`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -62,7 +64,7 @@ pub struct LiveTransportIncoming {
 }
 
 /// Builds a `live.transport.incoming` (or, with `kind` [`LIVE_CALL_INCOMING`], the deprecated)
-/// event body in the reference shape.
+/// event body in the documented shape.
 pub fn live_incoming(
     kind: &str,
     event_id: &str,
@@ -78,7 +80,7 @@ pub fn live_incoming(
     })
 }
 
-/// Builds a `realtime.call.incoming` event body in the reference shape, used by
+/// Builds a `realtime.call.incoming` event body in the documented shape, used by
 /// `voxmachina trigger`.
 pub fn realtime_call_incoming(
     event_id: &str,

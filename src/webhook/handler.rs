@@ -7,7 +7,8 @@
 //! the other acknowledged and left alone (openai.md §1: "the first successful Realtime or Live
 //! accept endpoint selects the runtime surface"). Both records carry the SIP `Call-ID`.
 //!
-//! Order follows `../shared/reference/openai.md` §5.6 and §11: call `/accept`, answer the
+//! Order follows OpenAI's Realtime SIP guide
+//! (<https://developers.openai.com/api/docs/guides/realtime-sip>): call `/accept`, answer the
 //! delivery 200 only after it returned, attach the sideband in the background.
 //!
 //! | situation | answer | effect |

@@ -1,8 +1,8 @@
 //! Standard Webhooks (symmetric `v1`) signature verification, as OpenAI uses it.
 //!
 //! Source: `standard-webhooks/standard-webhooks` `spec/standard-webhooks.md`, and the OpenAI SDKs'
-//! `webhooks.unwrap` (`openai-python` `src/openai/lib/_webhooks.py`); summarised in
-//! `../shared/reference/openai.md` §4. Behaviour:
+//! `webhooks.unwrap` (`openai-python` `src/openai/lib/_webhooks.py`); see also
+//! <https://developers.openai.com/api/docs/guides/webhooks>. Behaviour:
 //!
 //! - signed content is `"{webhook-id}.{webhook-timestamp}.{raw body}"` using the header strings
 //!   exactly as received and the raw body bytes;

@@ -181,11 +181,11 @@ impl MediaHarness {
     }
 }
 
-/// `../shared/fixtures/speech_8k.itu.ulaw`: 3 s of speech, μ-law 8 kHz.
+/// `tests/fixtures/speech_8k.itu.ulaw`: 3 s of speech, μ-law 8 kHz.
 pub fn fixture_speech() -> Vec<u8> {
     let path = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/speech_8k.itu.ulaw"
+        "/tests/fixtures/speech_8k.itu.ulaw"
     ));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -5,9 +5,9 @@
 use std::f64::consts::PI;
 use std::path::PathBuf;
 
-/// `shared/fixtures/` next to the repository (see its README for provenance and md5 sums).
+/// `tests/fixtures/` (see its README for provenance, licence and md5 sums).
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")).join(name)
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
 }
 
 pub fn read_fixture(name: &str) -> Vec<u8> {

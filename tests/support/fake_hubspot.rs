@@ -1,12 +1,13 @@
-//! A local fake of HubSpot CRM v3 (`../shared/reference/connect-dynamodb-hubspot.md` §6), a real
-//! HTTP server on `127.0.0.1:0` with in-memory contacts and tickets.
+//! A local fake of HubSpot CRM v3 (<https://developers.hubspot.com/docs/api/crm/search>,
+//! <https://developers.hubspot.com/docs/api/crm/tickets>), a real HTTP server on `127.0.0.1:0` with
+//! in-memory contacts and tickets.
 //!
 //! Routes: `POST /crm/v3/objects/contacts/search` (§6.1), `POST /crm/v3/objects/contacts`
 //! (§6.2, 201), `POST /crm/v3/objects/tickets` (§6.3, 201). Every request is recorded (method,
 //! path, headers, JSON body). Checks, in order:
 //!
 //! 1. `Authorization: Bearer <token>`: otherwise 401 (`category: INVALID_AUTHENTICATION`; the
-//!    exact 401 body is **[unverified]**, the reference only says "401: invalid token");
+//!    exact 401 body is **[unverified]**, HubSpot's pages only say "401: invalid token");
 //! 2. the route: unknown → 404;
 //! 3. a pending injected 429 ([`FakeHubSpot::rate_limit_next`]): the §6.4 body
 //!    `{"status":"error","message":…,"errorType":"RATE_LIMIT","correlationId",…,"policyName",…}`,

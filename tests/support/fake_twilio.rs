@@ -1,25 +1,25 @@
 //! A local fake of Twilio, in both of Twilio's roles:
 //!
-//! 1. **The REST API** (`../shared/reference/twilio.md` §4), a real HTTP server on
-//!    `127.0.0.1:0`: `POST /2010-04-01/Accounts/{AccountSid}/Calls.json` (create, 201),
-//!    `POST …/Calls/{CallSid}.json` (update, 200) and `POST …/Messages.json` (SMS, 201). Every
-//!    request is recorded (method, path, headers, decoded form fields, raw body). Checks, in order:
-//!    HTTP Basic auth as `AccountSid:AuthToken` or a registered API key (`401`, code 20003,
-//!    otherwise); the route (`404`, code 20404); the next injected failure ([`FakeTwilio::fail_next`]);
-//!    then the parameters (below). Errors carry Twilio's JSON
-//!    `{"code","message","more_info","status"}` (§4.3).
+//! 1. **The REST API** (<https://www.twilio.com/docs/voice/api/call-resource>), a real HTTP server
+//!    on `127.0.0.1:0`: `POST /2010-04-01/Accounts/{AccountSid}/Calls.json` (create, 201), `POST
+//!    …/Calls/{CallSid}.json` (update, 200) and `POST …/Messages.json` (SMS, 201). Every request is
+//!    recorded (method, path, headers, decoded form fields, raw body). Checks, in order: HTTP Basic
+//!    auth as `AccountSid:AuthToken` or a registered API key (`401`, code 20003, otherwise); the
+//!    route (`404`, code 20404); the next injected failure ([`FakeTwilio::fail_next`]); then the
+//!    parameters (below). Errors carry Twilio's JSON `{"code","message","more_info","status"}`
+//!    (§4.3).
 //! 2. **Twilio as a client of our server**: signed voice webhooks (§2, §3) and signed Media Streams
 //!    WebSocket connections (§1.3, §1.7) via [`FakeTwilio::post_webhook`] and
 //!    [`FakeTwilio::open_media_stream`].
 //!
-//! Parameter checks. From the reference: `To` must be E.164, `sip:`/`sips:` or `client:` (21211,
-//! with the §4.3 message); `SendDigits` at most 32 of `0-9A-D#*wW` (21206). From Twilio's public
-//! error dictionary as we know it, **[unverified]** against the reference: 20003 (auth), 20404
-//! (not found), 21201 (no `To`), 21213 (no `From`), 21205 (none, or more than one, of `Url`,
-//! `Twiml`, `ApplicationSid`), 21220 (redirecting a call that has ended), 21218 (a `Status` other
-//! than `completed`/`canceled`); for messages 21604 (no `To`), 21603 (no `From`), 21602 (no
-//! `Body`), 21617 (`Body` over 1600 characters). The fake does not check `Twiml`'s 4000-character
-//! limit (the client refuses it first) nor fetch `Url`s.
+//! Parameter checks. From Twilio's Call resource docs and twilio-node `call.ts`: `To` must be
+//! E.164, `sip:`/`sips:` or `client:` (21211, with the §4.3 message); `SendDigits` at most 32 of
+//! `0-9A-D#*wW` (21206). From Twilio's public error dictionary as we know it, **[unverified]**:
+//! 20003 (auth), 20404 (not found), 21201 (no `To`), 21213 (no `From`), 21205 (none, or more than
+//! one, of `Url`, `Twiml`, `ApplicationSid`), 21220 (redirecting a call that has ended), 21218 (a
+//! `Status` other than `completed`/`canceled`); for messages 21604 (no `To`), 21603 (no `From`),
+//! 21602 (no `Body`), 21617 (`Body` over 1600 characters). The fake does not check `Twiml`'s
+//! 4000-character limit (the client refuses it first) nor fetch `Url`s.
 //!
 //! Call state: a created call is `queued`; [`FakeTwilio::set_call_status`] moves it on. An update
 //! with `Twiml`/`Url` records the new instructions; `Status=completed` ends the call,

@@ -1,8 +1,9 @@
 //! GPT-Live call control over REST: `POST {live_base_url}/live/sessions/{session_id}/
 //! {accept,reject,refer,hangup}` and outbound calls with `POST {live_base_url}/live/sessions`.
 //!
-//! Source: `../shared/reference/openai.md` §7.1 (inbound), §7.2 (outbound). The HTTP plumbing and
-//! error classification are shared with the Realtime client ([`CallControl`]); what differs:
+//! Sources: <https://developers.openai.com/api/docs/guides/voice-sip?api=live> (inbound and
+//! outbound), openai-python `src/openai/resources/live/sessions.py`. The HTTP plumbing and error
+//! classification are shared with the Realtime client ([`CallControl`]); what differs:
 //!
 //! - the accept body wraps the session: `{"session":{"type":"live","model":...}}`;
 //! - reject needs a `status_code` from 300 to 699 (checked here before anything is sent);

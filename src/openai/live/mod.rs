@@ -1,6 +1,6 @@
 //! GPT-Live (Live API) SIP: call control and outbound calls over REST ([`control`]), the attach
 //! sideband translated into the monitor's events ([`link`]), and transcript stitching
-//! ([`stitch`]). Source: `../shared/reference/openai.md` §7.
+//! ([`stitch`]). Source: <https://developers.openai.com/api/docs/guides/voice-sip?api=live>.
 //!
 //! A Live call runs through the same [`crate::calls::monitor`] as a Realtime call: only the
 //! [`crate::calls::link::Link`] ([`LiveLink`]) and [`crate::calls::link::CallActions`]
