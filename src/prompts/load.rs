@@ -737,8 +737,9 @@ fn escalation(cx: &mut Ctx<'_>, e: RawEscalation, span: Range<usize>) -> Escalat
 
 /// `action` and `[escalation.connect]`: `connect_refer` and `twilio_dial` need a `tel:` target
 /// (the Connect number); `[escalation.connect]` is only for those two; its labels must be safe to route
-/// on in a contact flow (letters, digits, `-`, `_`; `../shared/reference/connect-dynamodb-hubspot.md`
-/// §2.2).
+/// on in a contact flow (letters, digits, `-`, `_`; the Lambda's answer is a flat string map that
+/// "Set contact attributes" copies, see
+/// <https://docs.aws.amazon.com/connect/latest/adminguide/connect-lambda-functions.html>).
 fn escalation_action(
     cx: &mut Ctx<'_>,
     action: Option<Spanned<String>>,
