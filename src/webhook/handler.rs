@@ -10,6 +10,12 @@
 //! Order follows `../shared/reference/openai.md` §5.6 and §11: call `/accept`, answer the
 //! delivery 200 only after it returned, attach the sideband in the background.
 //!
+//! The decision runs on its own task and the handler only awaits it: when the delivery client
+//! disconnects mid-accept (OpenAI's delivery timeout, a proxy reset) the accept, the record and
+//! the monitor start still complete, so the redelivery answered `duplicate` finds the call
+//! monitored. A record left in `accepting` anyway (the process died mid-decision) is reconciled
+//! after the accept budget by the stuck-accept scan (`crate::app`).
+//!
 //! | situation | answer | effect |
 //! |---|---|---|
 //! | missing/garbled signature headers | 400 | nothing |
@@ -25,6 +31,7 @@
 //! | accept 200 | 200 | record `active`, monitor started |
 //! | accept 404 | 200 | record `missed` (caller gone) |
 //! | accept failed after retries | 503 | record `accept_failed`, `webhook-id` released so a retry runs again |
+//! | the decision task panicked | 500 | record left `accepting`; reconciled after the accept budget |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -152,9 +159,21 @@ pub async fn receive(
         }
     };
     let span = info_span!("call", call_id = %data.id, api = api_label(data.api));
-    incoming_call(app, verified.webhook_id, data, received)
-        .instrument(span)
-        .await
+    let ev = data.event;
+    // The decision and its follow-up (accept, record, monitor start) run on their own task: a
+    // delivery client that disconnects (OpenAI's delivery timeout, a proxy reset) drops this
+    // handler, which only waits, never the decision half-way.
+    let decision =
+        tokio::spawn(incoming_call(app, verified.webhook_id, data, received).instrument(span));
+    match decision.await {
+        Ok(response) => response,
+        Err(e) => {
+            // A panic in the decision: the record stays `accepting` and is reconciled after
+            // the accept budget (`crate::app`, stuck accepts).
+            warn!(error = %e, "webhook decision task failed");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, ev, "internal_error")
+        }
+    }
 }
 
 async fn incoming_call(
@@ -342,7 +361,7 @@ async fn incoming_call(
             );
             // Register now (capacity counts and the operator API see the call at once), answer
             // OpenAI, and persist then attach in the background, in that order.
-            let Some(commands) = app.registry().register(&record.call_id, &profile.name) else {
+            let Some(registration) = app.registry().register(&record.call_id, &profile.name) else {
                 return reply(StatusCode::OK, ev, "call_exists");
             };
             let app2 = app.clone();
@@ -360,7 +379,7 @@ async fn incoming_call(
                         record,
                         profile,
                         Attach::Fresh,
-                        commands,
+                        registration,
                     );
                 }
                 .instrument(tracing::Span::current()),
