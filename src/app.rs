@@ -494,6 +494,8 @@ const STUCK_ACCEPTS_PER_SCAN: usize = 100;
 async fn reconcile_stuck_accepts(state: &Arc<AppState>) -> usize {
     let stuck_after = chrono::Duration::from_std(stuck_accept_after(&state.config))
         .unwrap_or(chrono::Duration::MAX);
+    // `..default()`: fields added to the query later (paging) keep their defaults here.
+    #[allow(clippy::needless_update)]
     let query = crate::store::CallQuery {
         state: Some(CallState::Accepting),
         before: chrono::Utc::now().checked_sub_signed(stuck_after),

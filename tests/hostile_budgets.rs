@@ -60,9 +60,7 @@ async fn place(h: &Harness, script: Script) -> String {
 /// `budget_exceeded` event, the hang-up sent to OpenAI, and the event rows within
 /// `max_event_rows`.
 async fn assert_budget_end(h: &Harness, call_id: &str, budget: &str) -> CallRecord {
-    let record = h
-        .wait_record(call_id, LONG, |r| r.state.is_final())
-        .await;
+    let record = h.wait_record(call_id, LONG, |r| r.state.is_final()).await;
     assert_eq!(record.state, CallState::Ended, "{record:#?}");
     assert_eq!(
         record.end_reason.as_deref(),
@@ -296,7 +294,10 @@ async fn a_monitor_stuck_past_the_drain_grace_is_aborted_and_releases_everything
     assert_eq!(state.registry().count_for_profile("default"), 0);
     // The lease was handed back (expired at once, still under this owner) for a takeover.
     let leases = store.leases().await.unwrap();
-    let lease = leases.iter().find(|l| l.call_id == call_id).expect("lease kept");
+    let lease = leases
+        .iter()
+        .find(|l| l.call_id == call_id)
+        .expect("lease kept");
     assert_eq!(lease.owner, owner);
     assert!(lease.expires_at <= Utc::now(), "{lease:?}");
     // The call itself is still live for whoever reattaches it.
@@ -393,9 +394,7 @@ async fn records_stuck_in_accepting_are_reconciled() {
     gone.profile = "default".into();
     h.store().create_call(&gone).await.unwrap();
 
-    let missed = h
-        .wait_record(&gone_id, LONG, |r| r.state.is_final())
-        .await;
+    let missed = h.wait_record(&gone_id, LONG, |r| r.state.is_final()).await;
     assert_eq!(missed.state, CallState::Missed, "{missed:#?}");
     assert_eq!(missed.end_reason.as_deref(), Some("accept_unconfirmed"));
 
