@@ -107,6 +107,20 @@ async fn metric(h: &Harness, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits until the store holds no lease (every call's lease released when it ended; the
+/// release follows the final record by a store write).
+async fn wait_no_leases(h: &Harness) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let leases = h.store().leases().await.unwrap();
+        if leases.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "leases left: {leases:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn assert_counted(h: &Harness, budget: &str) {
     let exceeded = format!("voxmachina_budget_exceeded_total{{budget=\"{budget}\"}}");
     let dropped = format!("voxmachina_budget_dropped_total{{budget=\"{budget}\"}}");
@@ -138,7 +152,7 @@ async fn dtmf_flood_ends_that_call_only() {
             .any(|l| l.speaker == Speaker::Caller && l.text.contains("manager"))
     );
     // Both leases are gone with their calls.
-    assert!(h.store().leases().await.unwrap().is_empty());
+    wait_no_leases(&h).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +363,7 @@ async fn a_webhook_client_that_disconnects_mid_accept_does_not_strand_the_call()
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(h.successful_accepts(&pending.call_id), 1);
-    assert!(h.store().leases().await.unwrap().is_empty());
+    wait_no_leases(&h).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,7 +428,7 @@ async fn records_stuck_in_accepting_are_reconciled() {
     let view = h.emulator.call(&live.call_id).unwrap();
     assert_eq!(view.client_events[0]["type"], "response.create");
     // Leases end with their calls: none is left to renew.
-    assert!(h.store().leases().await.unwrap().is_empty());
+    wait_no_leases(&h).await;
 }
 
 fn write_serve_config(dir: &Path, emulator: &Emulator, grace_secs: u64) -> std::path::PathBuf {

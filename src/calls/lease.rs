@@ -2,7 +2,8 @@
 //! exactly one monitor, run by the instance holding the call's lease.
 //!
 //! - The instance that accepts a call takes its lease when the monitor starts
-//!   ([`crate::calls::monitor`]), and keeps it ([`Leases::keep`]): one keeper task per instance
+//!   ([`crate::calls::monitor`]), and keeps it ([`Leases::hold`], a guard owned by the
+//!   monitor's task, so renewals stop however the task ends): one keeper task per instance
 //!   renews every held lease each `[cluster] lease_renew_interval_ms` with one
 //!   [`Store::renew_leases`] per [`RENEW_BATCH`] leases, the batches spread over a quarter of
 //!   the interval (SQLite: one transaction per batch, not one write per call).
@@ -10,7 +11,8 @@
 //!   monitor detach without touching the call: the other owner monitors it now. A store *error*
 //!   does not: the monitor keeps the call (a failing dependency never drops a call) and retries
 //!   at the next interval.
-//! - When the call ends the lease is released (deleted). When the instance shuts down
+//! - When the call ends the hold is dropped first (no renewal of an ended call, and a refused
+//!   renewal in flight for it is not reported as lost), then the lease is released (deleted). When the instance shuts down
 //!   gracefully and detaches, the lease is handed back ([`Leases::hand_back`]): it stays stored
 //!   under this owner but expires at once, so another instance takes the call over at its next
 //!   scan, and this instance's next start (same id) takes it back at once.

@@ -37,7 +37,13 @@
 //! - the monitor holds the call's lease ([`crate::calls::lease`]) while it runs: it takes it
 //!   first (a call leased by another instance is not monitored here), renews it, detaches
 //!   without touching the call when the store refuses a renewal (another instance took over),
-//!   releases it when the call ends and hands it back when it detaches on shutdown.
+//!   releases it when the call ends and hands it back when it detaches on shutdown;
+//! - the task owns a drop guard with the call's registry entry (and per-profile capacity count)
+//!   and its lease hold: a task that panics or is aborted (the end of shutdown) still stops the
+//!   renewals, hands the lease back and removes the entry;
+//! - per-call budgets (`[limits]`, [`crate::calls::budget`]) bound what the caller and the model
+//!   can make grow; past one the input is dropped and the call is hung up with
+//!   `budget_exceeded:<budget>`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
