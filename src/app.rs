@@ -524,8 +524,9 @@ async fn reconcile_stuck_accepts(state: &Arc<AppState>) -> usize {
 }
 
 /// Leases `call_id`, re-reads it and, still `accepting`, spawns its monitor with
-/// [`Attach::Reconcile`].
-async fn reconcile_one(state: &Arc<AppState>, call_id: &str) -> bool {
+/// [`Attach::Reconcile`] (also run by the webhook handler on a redelivery of a stuck call).
+/// Returns whether a monitor was started.
+pub(crate) async fn reconcile_one(state: &Arc<AppState>, call_id: &str) -> bool {
     let leases = &state.monitors.leases;
     match leases.acquire(call_id).await {
         Ok(true) => {}

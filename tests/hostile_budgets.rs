@@ -366,6 +366,33 @@ async fn a_webhook_client_that_disconnects_mid_accept_does_not_strand_the_call()
     wait_no_leases(&h).await;
 }
 
+/// Accepts `call_id` at the emulator directly, as a decision that then died would have.
+async fn accept_directly(h: &Harness, call_id: &str) {
+    let accepted = reqwest::Client::new()
+        .post(format!(
+            "{}/realtime/calls/{call_id}/accept",
+            h.emulator.rest_base_url()
+        ))
+        .bearer_auth(API_KEY)
+        .json(&json!({
+            "type": "realtime",
+            "model": "gpt-realtime",
+            "audio": { "input": { "transcription": { "model": "gpt-4o-transcribe" } } },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+}
+
+/// Stores a record of `call_id` left in `accepting` 30 s ago.
+async fn insert_stuck(h: &Harness, call_id: &str, webhook_id: &str) {
+    let long_ago = Utc::now() - chrono::Duration::seconds(30);
+    let mut stuck = CallRecord::new(call_id, Api::Realtime, webhook_id, long_ago);
+    stuck.profile = "default".into();
+    h.store().create_call(&stuck).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_stuck_in_accepting_are_reconciled() {
     let h = Harness::start_with(|c| {
@@ -382,31 +409,11 @@ async fn records_stuck_in_accepting_are_reconciled() {
             .caller("Hello, anyone there?")
             .hangup(),
     );
-    let accepted = reqwest::Client::new()
-        .post(format!(
-            "{}/realtime/calls/{}/accept",
-            h.emulator.rest_base_url(),
-            live.call_id
-        ))
-        .bearer_auth(API_KEY)
-        .json(&json!({
-            "type": "realtime",
-            "model": "gpt-realtime",
-            "audio": { "input": { "transcription": { "model": "gpt-4o-transcribe" } } },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 200);
-    let long_ago = Utc::now() - chrono::Duration::seconds(30);
-    let mut stuck = CallRecord::new(&live.call_id, Api::Realtime, "wh_dead_1", long_ago);
-    stuck.profile = "default".into();
-    h.store().create_call(&stuck).await.unwrap();
+    accept_directly(&h, &live.call_id).await;
+    insert_stuck(&h, &live.call_id, "wh_dead_1").await;
     // And one whose caller is gone: the sideband answers 404.
     let gone_id = format!("rtc_{:032x}", rand::random::<u128>());
-    let mut gone = CallRecord::new(&gone_id, Api::Realtime, "wh_dead_2", long_ago);
-    gone.profile = "default".into();
-    h.store().create_call(&gone).await.unwrap();
+    insert_stuck(&h, &gone_id, "wh_dead_2").await;
 
     let missed = h.wait_record(&gone_id, LONG, |r| r.state.is_final()).await;
     assert_eq!(missed.state, CallState::Missed, "{missed:#?}");
@@ -428,6 +435,45 @@ async fn records_stuck_in_accepting_are_reconciled() {
     let view = h.emulator.call(&live.call_id).unwrap();
     assert_eq!(view.client_events[0]["type"], "response.create");
     // Leases end with their calls: none is left to renew.
+    wait_no_leases(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_of_a_stuck_accept_reconciles_it_at_once() {
+    // No scan during the test: only the redelivery can reconcile the call.
+    let h = Harness::start_with(|c| c.cluster.takeover_scan_interval_ms = 600_000).await;
+    let live = h
+        .emulator
+        .new_call(Script::new().caller("Hello after the redelivery").hangup());
+    accept_directly(&h, &live.call_id).await;
+    insert_stuck(&h, &live.call_id, "wh_redelivered").await;
+    let status = h
+        .emulator
+        .deliver(
+            &h.webhook_url(),
+            &webhook_secret(),
+            "wh_redelivered",
+            Utc::now().timestamp(),
+            &live.body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let record = h
+        .wait_record(&live.call_id, LONG, |r| r.state.is_final())
+        .await;
+    assert_eq!(record.state, CallState::Ended, "{record:#?}");
+    assert!(
+        h.event_kinds(&live.call_id)
+            .await
+            .iter()
+            .any(|k| k == "accept_reconciled")
+    );
+    assert_eq!(
+        h.successful_accepts(&live.call_id),
+        1,
+        "never accepted twice"
+    );
     wait_no_leases(&h).await;
 }
 

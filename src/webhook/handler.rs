@@ -32,6 +32,7 @@
 //! | accept 404 | 200 | record `missed` (caller gone) |
 //! | accept failed after retries | 503 | record `accept_failed`, `webhook-id` released so a retry runs again |
 //! | the decision task panicked | 500 | record left `accepting`; reconciled after the accept budget |
+//! | a delivery of a call stuck in `accepting` past the accept budget, monitored nowhere here | 200 | reconciled at once (attach: live → monitored, 404 → `missed`) |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -232,6 +233,18 @@ async fn incoming_call(
                     )
                     .await
                     .unwrap_or(false);
+            if !retry && is_stuck_accept(&app, &existing, now) {
+                // The decision that created this record died before finishing (its process or
+                // task): find out now (attach; live → monitored, 404 → missed) rather than at
+                // the next scan.
+                info!("redelivery of a call stuck in accepting; reconciling it now");
+                let (app2, call_id) = (app.clone(), record.call_id.clone());
+                tokio::spawn(
+                    async move { crate::app::reconcile_one(&app2, &call_id).await }
+                        .instrument(tracing::Span::current()),
+                );
+                return reply(StatusCode::OK, ev, "reconciling");
+            }
             if !retry {
                 if first_delivery {
                     info!(state = %existing.state, "call already handled by another delivery");
@@ -411,6 +424,20 @@ async fn incoming_call(
             decision_failed(&app, record, &webhook_id, &e, ev).await
         }
     }
+}
+
+/// True when `existing` has been `accepting` for longer than
+/// [`crate::app::stuck_accept_after`] and no monitor runs for it here.
+fn is_stuck_accept(app: &AppState, existing: &CallRecord, now: chrono::DateTime<Utc>) -> bool {
+    let after = chrono::Duration::from_std(crate::app::stuck_accept_after(&app.config))
+        .unwrap_or(chrono::Duration::MAX);
+    existing.state == CallState::Accepting
+        && existing.api != Api::TwilioMedia
+        && existing
+            .created_at
+            .checked_add_signed(after)
+            .is_some_and(|stuck_at| stuck_at <= now)
+        && !app.registry().contains(&existing.call_id)
 }
 
 /// Accept or reject failed in a way a redelivery may fix: record it, release the `webhook-id`
