@@ -113,14 +113,17 @@ impl Running {
 
     /// Graceful shutdown: stop taking webhooks (503), wait up to `grace` for monitored calls to
     /// end, detach the rest (they stay live in the store for the next start), stop HTTP.
+    ///
+    /// Bounded whatever calls and connections do: monitors that have not detached
+    /// [`DETACH_WAIT`] after the grace are aborted (their drop guards hand the leases back and
+    /// remove the registry entries), and HTTP connections still open [`HTTP_CLOSE_WAIT`] later
+    /// (WebSockets, slow clients) are dropped. Returns within `grace` + 5 s.
     pub async fn shutdown(self, grace: Duration) {
         let state = self.state.clone();
         state.accepting.store(false, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + grace;
-        while !state.registry().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let detached = state.registry().len();
+        let registry = state.registry().clone();
+        wait_until_empty(&registry, grace).await;
+        let detached = registry.len();
         if detached > 0 {
             info!(
                 calls = detached,
@@ -128,14 +131,44 @@ impl Running {
             );
         }
         state.monitors.shutdown.cancel();
-        while !state.registry().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if !wait_until_empty(&registry, DETACH_WAIT).await {
+            let aborted = registry.abort_all();
+            warn!(
+                monitors = aborted,
+                "monitors did not detach in time; aborted (their leases are handed back)"
+            );
+            wait_until_empty(&registry, Duration::from_secs(1)).await;
         }
         self.http_shutdown.cancel();
-        if let Err(e) = self.join.await {
-            error!(error = %e, "server task failed");
+        let mut join = self.join;
+        match tokio::time::timeout(HTTP_CLOSE_WAIT, &mut join).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "server task failed"),
+            Err(_) => {
+                warn!("HTTP connections still open after the shutdown deadline; closing them");
+                join.abort();
+            }
         }
     }
+}
+
+/// After the drain grace, how long monitors get to detach before they are aborted.
+pub const DETACH_WAIT: Duration = Duration::from_secs(2);
+
+/// After the monitors are gone, how long open HTTP connections (WebSockets, slow clients) get
+/// to finish before the server is dropped.
+pub const HTTP_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits up to `limit` for `registry` to be empty; true when it is.
+async fn wait_until_empty(registry: &CallRegistry, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !registry.is_empty() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// Opens the store named by `config.store.backend`: the SQLite file, or the DynamoDB tables of
@@ -217,6 +250,7 @@ pub async fn start_with_store(
         after_call,
         hubspot: config.hubspot.clone(),
         twilio: twilio.as_ref().map(|t| t.rest.clone()),
+        limits: config.limits.clone(),
         leases: Arc::new(Leases::new(store.clone(), &config.cluster)),
         live: crate::openai::live::LiveControl::new(
             &config.openai.live_base_url,
@@ -421,7 +455,7 @@ async fn reattach_orphans(state: &Arc<AppState>, own: bool) -> usize {
             return 0;
         }
     };
-    let mut n = 0;
+    let mut n = reconcile_stuck_accepts(state).await;
     for candidate in candidates {
         if state.registry().contains(&candidate.call_id) {
             continue;
@@ -436,6 +470,87 @@ async fn reattach_orphans(state: &Arc<AppState>, own: bool) -> usize {
         }
     }
     n
+}
+
+/// How long a record may stay `accepting` before it is taken for stuck: the accept budget
+/// (`[openai] accept_retry_budget_ms`) plus one request timeout plus the lease TTL (so a
+/// decision whose record writes lag is not mistaken for a dead one).
+pub fn stuck_accept_after(config: &Config) -> Duration {
+    Duration::from_millis(
+        config.openai.accept_retry_budget_ms
+            + config.openai.request_timeout_ms
+            + config.cluster.lease_ttl_ms,
+    )
+}
+
+/// Most stuck accepts reconciled per scan.
+const STUCK_ACCEPTS_PER_SCAN: usize = 100;
+
+/// Records left in `accepting` for longer than [`stuck_accept_after`] (the decision task died
+/// with its process, or panicked) and monitored nowhere: each is leased (exactly one instance
+/// wins) and attached with [`Attach::Reconcile`]: a live call gets its monitor (and greeting),
+/// a call whose sideband answers 404 is recorded `missed`. Twilio media records are left to
+/// the bridge. Returns how many monitors were started.
+async fn reconcile_stuck_accepts(state: &Arc<AppState>) -> usize {
+    let stuck_after = chrono::Duration::from_std(stuck_accept_after(&state.config))
+        .unwrap_or(chrono::Duration::MAX);
+    // `..default()`: fields added to the query later (paging) keep their defaults here.
+    #[allow(clippy::needless_update)]
+    let query = crate::store::CallQuery {
+        state: Some(CallState::Accepting),
+        before: chrono::Utc::now().checked_sub_signed(stuck_after),
+        limit: STUCK_ACCEPTS_PER_SCAN,
+        ..crate::store::CallQuery::default()
+    };
+    let stuck = match state.store.list_calls(&query).await {
+        Ok(stuck) => stuck,
+        Err(e) => {
+            warn!(error = %e, "cannot list stuck accepts; none reconciled");
+            metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "list_calls").increment(1);
+            return 0;
+        }
+    };
+    let mut n = 0;
+    for record in stuck {
+        if record.api == Api::TwilioMedia || state.registry().contains(&record.call_id) {
+            continue;
+        }
+        let span = tracing::info_span!("call", call_id = %record.call_id);
+        if reconcile_one(state, &record.call_id).instrument(span).await {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Leases `call_id`, re-reads it and, still `accepting`, spawns its monitor with
+/// [`Attach::Reconcile`] (also run by the webhook handler on a redelivery of a stuck call).
+/// Returns whether a monitor was started.
+pub(crate) async fn reconcile_one(state: &Arc<AppState>, call_id: &str) -> bool {
+    let leases = &state.monitors.leases;
+    match leases.acquire(call_id).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            warn!(error = %e, "cannot take a call lease; not reconciling");
+            metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "acquire_lease").increment(1);
+            return false;
+        }
+    }
+    let record = match state.store.get_call(call_id).await {
+        Ok(Some(record)) if record.state == CallState::Accepting => record,
+        _ => {
+            leases.release(call_id).await;
+            return false;
+        }
+    };
+    warn!("call stuck in accepting past the accept budget; attaching to find out");
+    let profiles = state.profiles.load();
+    let profile = profiles
+        .get(&record.profile)
+        .cloned()
+        .unwrap_or_else(|| profiles.default_profile().clone());
+    monitor::spawn(state.monitors.clone(), record, profile, Attach::Reconcile).is_some()
 }
 
 /// Takes the lease of `call_id` and spawns its monitor with [`Attach::Resume`], after

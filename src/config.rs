@@ -78,6 +78,9 @@ pub struct Config {
     pub pricing: PricingConfig,
     /// Several instances on one store: instance id and call monitor leases.
     pub cluster: ClusterConfig,
+    /// Per-call budgets (`[limits]`): DTMF events, message rate, event rows, transcript lines,
+    /// tool calls and pending tool jobs per call ([`crate::calls::budget`]).
+    pub limits: crate::calls::budget::LimitsConfig,
 }
 
 /// `[tools]`: how the controller runs the tools declared in prompt profiles (`[[tools]]`).
@@ -764,6 +767,7 @@ impl Config {
                 cluster.takeover_scan_interval_ms
             )));
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         let ddb = &self.store.dynamodb;
         let prefix_ok = !ddb.table_prefix.is_empty()
             && ddb.table_prefix.len() <= 200

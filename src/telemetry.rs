@@ -19,6 +19,10 @@
 //! | `sms_followups_total` | counter | `status` | SMS follow-ups: `sent`, `skipped`, `opted_out`, `failed` |
 //! | `call_cost_micros_total` | counter | `model`, `currency` | estimated model cost of ended calls, millionths |
 //! | `leases_total` | counter | `event` | call monitor leases: `acquired`, `taken_over`, `renewed`, `lost`, `released` ([`crate::calls::lease`]) |
+//! | `budget_exceeded_total` | counter | `budget` | calls ended by a per-call budget ([`crate::calls::budget`]) |
+//! | `budget_dropped_total` | counter | `budget` | caller or model input dropped by a per-call budget |
+//! | `monitors_aborted_total` | counter | | monitors that ended without finishing (shutdown abort, panic); their registry entry, capacity and lease were released |
+//! | `accepts_reconciled_total` | counter | `outcome` | records stuck in `accepting` reconciled: `attached` (live call, monitor started) or `missed` (sideband 404) |
 //! | `handover_tokens_total` | counter | `event` | handover tokens: `minted`, `mint_failed` (controller); `redeemed`, `expired`, `redeem_failed` (where they are redeemed: the Connect Lambda, `demo --connect`) |
 //! | `handovers_total` | counter | `action`, `outcome` | finished hand-offs by escalation action (`refer`, `connect_refer`, `twilio_dial`) and outcome (`transferred`, `transfer_failed`, `abandoned`) |
 //! | `escalation_crm_total` | counter | `outcome` | HubSpot work on escalation: `ok`, `failed`, `skipped` (no caller number), `late` (not done when the call ended) |
@@ -62,6 +66,17 @@ pub mod names {
     pub const CALL_COST_MICROS: &str = "voxmachina_call_cost_micros_total";
     /// Counter: call monitor lease events by `event` ([`crate::calls::lease::events`]).
     pub const LEASES: &str = "voxmachina_leases_total";
+    /// Counter: calls ended because a per-call budget was exceeded, by `budget`
+    /// ([`crate::calls::budget::Budget::as_str`]).
+    pub const BUDGET_EXCEEDED: &str = "voxmachina_budget_exceeded_total";
+    /// Counter: caller or model input dropped by a per-call budget, by `budget`.
+    pub const BUDGET_DROPPED: &str = "voxmachina_budget_dropped_total";
+    /// Counter: monitors that ended without finishing (aborted at shutdown, panicked); their
+    /// registry entry, capacity count and lease were released by the drop guard.
+    pub const MONITORS_ABORTED: &str = "voxmachina_monitors_aborted_total";
+    /// Counter: `accepting` records found stuck past the accept budget and reconciled, by
+    /// `outcome` (`attached`, `missed`).
+    pub const ACCEPTS_RECONCILED: &str = "voxmachina_accepts_reconciled_total";
     /// Counter: handover tokens by `event` (`minted`, `mint_failed`, `redeemed`, `expired`,
     /// `redeem_failed`).
     pub const HANDOVER_TOKENS: &str = "voxmachina_handover_tokens_total";

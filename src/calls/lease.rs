@@ -2,7 +2,8 @@
 //! exactly one monitor, run by the instance holding the call's lease.
 //!
 //! - The instance that accepts a call takes its lease when the monitor starts
-//!   ([`crate::calls::monitor`]), and keeps it ([`Leases::keep`]): one keeper task per instance
+//!   ([`crate::calls::monitor`]), and keeps it ([`Leases::hold`], a guard owned by the
+//!   monitor's task, so renewals stop however the task ends): one keeper task per instance
 //!   renews every held lease each `[cluster] lease_renew_interval_ms` with one
 //!   [`Store::renew_leases`] per [`RENEW_BATCH`] leases, the batches spread over a quarter of
 //!   the interval (SQLite: one transaction per batch, not one write per call).
@@ -10,7 +11,8 @@
 //!   monitor detach without touching the call: the other owner monitors it now. A store *error*
 //!   does not: the monitor keeps the call (a failing dependency never drops a call) and retries
 //!   at the next interval.
-//! - When the call ends the lease is released (deleted). When the instance shuts down
+//! - When the call ends the hold is dropped first (no renewal of an ended call, and a refused
+//!   renewal in flight for it is not reported as lost), then the lease is released (deleted). When the instance shuts down
 //!   gracefully and detaches, the lease is handed back ([`Leases::hand_back`]): it stays stored
 //!   under this owner but expires at once, so another instance takes the call over at its next
 //!   scan, and this instance's next start (same id) takes it back at once.
@@ -57,8 +59,15 @@ pub fn count(event: &'static str) {
     metrics::counter!(names::LEASES, "event" => event).increment(1);
 }
 
-/// The leases this instance keeps: `call_id` → the monitor's detach token.
-type Held = Mutex<HashMap<String, CancellationToken>>;
+/// The leases this instance keeps: `call_id` → (the [`HeldLease`]'s generation, the monitor's
+/// detach token).
+#[derive(Debug, Default)]
+struct HeldSet {
+    next: u64,
+    leases: HashMap<String, (u64, CancellationToken)>,
+}
+
+type Held = Mutex<HeldSet>;
 
 /// This instance's lease settings and the store they live in. Cheap to share (`Arc`).
 #[derive(Clone)]
@@ -154,27 +163,32 @@ impl Leases {
     }
 
     /// Keeps the lease of `call_id` until the store refuses a renewal (then cancels `detach`
-    /// and returns) or `detach` is cancelled by the monitor. The renewals are done by this
-    /// instance's keeper task (started on first use): every renew interval one
-    /// [`Store::renew_leases`] for all kept leases. Store errors are logged, counted in
-    /// `voxmachina_store_errors_total{op="renew_lease"}` and retried at the next interval (the
-    /// monitor keeps the call meanwhile). Dropping the future stops keeping the lease.
+    /// and returns) or `detach` is cancelled by the monitor ([`Leases::hold`] for as long as
+    /// the future runs). Dropping the future stops keeping the lease.
     pub async fn keep(&self, call_id: &str, detach: CancellationToken) {
-        /// Removes the entry when `keep` returns or is dropped (aborted with its monitor).
-        struct Kept<'a>(&'a Held, &'a str);
-        impl Drop for Kept<'_> {
-            fn drop(&mut self) {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(self.1);
-            }
-        }
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(call_id.to_string(), detach.clone());
-        let _kept = Kept(&self.held, call_id);
+        let _held = self.hold(call_id, detach.clone());
+        detach.cancelled().await;
+    }
+
+    /// Starts keeping the lease of `call_id` until the returned guard is dropped: the renewals
+    /// are done by this instance's keeper task (started on first use): every renew interval one
+    /// [`Store::renew_leases`] for all kept leases. A renewal the store refuses cancels
+    /// `detach` (the lease was lost). Store errors are logged, counted in
+    /// `voxmachina_store_errors_total{op="renew_lease"}` and retried at the next interval (the
+    /// monitor keeps the call meanwhile).
+    ///
+    /// The guard is the monitor's: it drops when the call ends (before the lease is released),
+    /// when the monitor detaches and when its task dies, so no lease of an ended call is
+    /// renewed and no renewal answer about it is reported as a lost lease.
+    pub fn hold(&self, call_id: &str, detach: CancellationToken) -> HeldLease {
+        let generation = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.next += 1;
+            let generation = held.next;
+            held.leases
+                .insert(call_id.to_string(), (generation, detach));
+            generation
+        };
         if !self.keeper_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(renew_loop(
                 self.store.clone(),
@@ -184,7 +198,42 @@ impl Leases {
                 Arc::downgrade(&self.held),
             ));
         }
-        detach.cancelled().await;
+        HeldLease {
+            held: self.held.clone(),
+            call_id: call_id.to_string(),
+            generation,
+        }
+    }
+
+    /// True while a [`HeldLease`] of `call_id` is alive on this instance.
+    pub fn is_held(&self, call_id: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leases
+            .contains_key(call_id)
+    }
+}
+
+/// A lease kept by the keeper ([`Leases::hold`]); dropping it stops the renewals at once.
+#[derive(Debug)]
+pub struct HeldLease {
+    held: Arc<Held>,
+    call_id: String,
+    generation: u64,
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        // Only our own entry: a later holder of the same call keeps its lease.
+        if held
+            .leases
+            .get(&self.call_id)
+            .is_some_and(|(g, _)| *g == self.generation)
+        {
+            held.leases.remove(&self.call_id);
+        }
     }
 }
 
@@ -205,15 +254,16 @@ async fn renew_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(held) = held.upgrade() else { return };
-        let kept: Vec<(String, CancellationToken)> = held
+        let Some(set) = held.upgrade() else { return };
+        let kept: Vec<(String, u64, CancellationToken)> = set
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .leases
             .iter()
-            .filter(|(_, t)| !t.is_cancelled())
-            .map(|(id, t)| (id.clone(), t.clone()))
+            .filter(|(_, (_, t))| !t.is_cancelled())
+            .map(|(id, (g, t))| (id.clone(), *g, t.clone()))
             .collect();
-        drop(held);
+        drop(set);
         if kept.is_empty() {
             continue;
         }
@@ -224,9 +274,32 @@ async fn renew_loop(
             if i > 0 {
                 tokio::time::sleep(pause).await;
             }
-            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            let Some(set) = held.upgrade() else { return };
+            // Calls that ended since the snapshot are not renewed.
+            let batch: Vec<&(String, u64, CancellationToken)> = {
+                let set = set.lock().unwrap_or_else(|p| p.into_inner());
+                batch
+                    .iter()
+                    .filter(|(id, g, _)| set.leases.get(id).is_some_and(|(h, _)| h == g))
+                    .collect()
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = batch.iter().map(|(id, _, _)| id.clone()).collect();
             let answers = store.renew_leases(&ids, &owner, ttl, Utc::now()).await;
-            for ((call_id, detach), answer) in batch.iter().zip(answers) {
+            for ((call_id, generation, detach), answer) in batch.into_iter().zip(answers) {
+                // A call that ended (or detached) while its renewal was in flight is not ours
+                // to report on: its lease was released on purpose.
+                let kept = set
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .leases
+                    .get(call_id)
+                    .is_some_and(|(g, _)| g == generation);
+                if !kept {
+                    continue;
+                }
                 match answer {
                     Ok(true) => count(events::RENEWED),
                     Ok(false) => {
@@ -376,5 +449,38 @@ mod tests {
         assert_eq!(store.leases().await.unwrap()[0].owner, "b");
         leases(&store, "b").release("rtc_s").await;
         assert!(store.leases().await.unwrap().is_empty());
+    }
+
+    /// Renewals stop when the monitor's hold ends (the call ended): a lease row of this owner
+    /// for that call is not renewed any more, and nothing is reported as lost.
+    #[tokio::test]
+    async fn no_renewal_after_the_hold_ends() {
+        let (store, _dir) = store();
+        let a = leases(&store, "a");
+        assert!(a.acquire("rtc_e").await.unwrap());
+        let first = expiry(&store).await;
+        let held = a.hold("rtc_e", CancellationToken::new());
+        assert!(a.is_held("rtc_e"));
+        while expiry(&store).await <= first {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(held);
+        assert!(!a.is_held("rtc_e"));
+        // A renewal already in flight may land; give it time, then nothing moves any more.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let settled = expiry(&store).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            expiry(&store).await,
+            settled,
+            "renewed after the hold ended"
+        );
+        // A second hold of the same call is not undone by the first one's guard.
+        let again = a.hold("rtc_e", CancellationToken::new());
+        let stale = a.hold("rtc_e", CancellationToken::new());
+        drop(again);
+        assert!(a.is_held("rtc_e"), "the newest hold stays");
+        drop(stale);
+        assert!(!a.is_held("rtc_e"));
     }
 }

@@ -3,6 +3,7 @@
 //! one monitor across instances ([`lease`]).
 
 pub mod after_call;
+pub mod budget;
 pub mod lease;
 pub mod link;
 pub mod monitor;

@@ -39,7 +39,13 @@
 //! - the monitor holds the call's lease ([`crate::calls::lease`]) while it runs: it takes it
 //!   first (a call leased by another instance is not monitored here), renews it, detaches
 //!   without touching the call when the store refuses a renewal (another instance took over),
-//!   releases it when the call ends and hands it back when it detaches on shutdown.
+//!   releases it when the call ends and hands it back when it detaches on shutdown;
+//! - the task owns a drop guard with the call's registry entry (and per-profile capacity count)
+//!   and its lease hold: a task that panics or is aborted (the end of shutdown) still stops the
+//!   renewals, hands the lease back and removes the entry;
+//! - per-call budgets (`[limits]`, [`crate::calls::budget`]) bound what the caller and the model
+//!   can make grow; past one the input is dropped and the call is hung up with
+//!   `budget_exceeded:<budget>`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,7 +60,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::calls::after_call::{self, AfterCallServices, SUMMARY_METADATA};
-use crate::calls::lease::{self, Leases};
+use crate::calls::budget::{Budget, CallBudget, LimitsConfig};
+use crate::calls::lease::{self, HeldLease, Leases};
 use crate::calls::link::{
     CallActions, Link, LinkEvent, OpenAiActions, ReconnectError, SidebandLink,
 };
@@ -62,7 +69,7 @@ use crate::calls::record::{
     Api, CallEvent, CallRecord, CallState, CostEstimate, EscalationSummary, Speaker, TranscriptLine,
 };
 use crate::calls::record::{CrmRecord, HandoverRecord};
-use crate::calls::registry::{CallRegistry, Command};
+use crate::calls::registry::{CallRegistry, Command, Registration};
 use crate::config::{HubSpotConfig, MonitorConfig, Secret, SummaryMode};
 use crate::escalation::twilio_dial::{self, DialError};
 use crate::escalation::{Action, Handoff, Outcome, Step, Trigger, connect};
@@ -107,6 +114,8 @@ pub struct MonitorContext {
     pub twilio: Option<crate::twilio::rest::TwilioRest>,
     /// GPT-Live call control and attach sideband (calls whose record says `api = live`).
     pub live: LiveControl,
+    /// `[limits]`: the per-call budgets ([`crate::calls::budget`]).
+    pub limits: LimitsConfig,
 }
 
 /// How the monitor attaches.
@@ -118,6 +127,10 @@ pub enum Attach {
     Resume,
     /// An outbound GPT-Live call just created: greet once `transport.answered` arrives.
     Outbound,
+    /// A record left in `accepting` past the accept budget (its decision task died): attach to
+    /// find out. A live call is greeted and monitored (the record becomes `active`); a call the
+    /// sideband answers 404 for is recorded `missed` (`crate::app`, stuck accepts).
+    Reconcile,
 }
 
 /// Spawns the monitor of a SIP call `record` (already accepted) on `profile`: attaches to the
@@ -130,18 +143,19 @@ pub fn spawn(
     profile: Arc<Profile>,
     attach: Attach,
 ) -> Option<tokio::task::JoinHandle<CallRecord>> {
-    let commands = ctx.registry.register(&record.call_id, &profile.name)?;
-    Some(spawn_registered(ctx, record, profile, attach, commands))
+    let registration = ctx.registry.register(&record.call_id, &profile.name)?;
+    Some(spawn_registered(ctx, record, profile, attach, registration))
 }
 
-/// Like [`spawn`] for a call already registered in the registry (`commands` from
-/// [`CallRegistry::register`]), so registration can happen before the webhook is answered.
+/// Like [`spawn`] for a call already registered in the registry (`registration` from
+/// [`CallRegistry::register`]), so registration can happen before the webhook is answered. The
+/// monitor task owns the registration: however the task ends, the entry is removed.
 pub fn spawn_registered(
     ctx: Arc<MonitorContext>,
     record: CallRecord,
     profile: Arc<Profile>,
     attach: Attach,
-    commands: mpsc::Receiver<Command>,
+    registration: Registration,
 ) -> tokio::task::JoinHandle<CallRecord> {
     let c = ctx.clone();
     let call_id = record.call_id.clone();
@@ -156,7 +170,7 @@ pub fn spawn_registered(
             profile,
             attach,
             actions,
-            commands,
+            registration,
             async move {
                 LiveLink::connect(&c.live, &call_id, &c.config)
                     .await
@@ -178,7 +192,7 @@ pub fn spawn_registered(
         profile,
         attach,
         actions,
-        commands,
+        registration,
         async move {
             SidebandLink::connect(&c.sideband_url, &call_id, &c.api_key, &c.config)
                 .await
@@ -206,8 +220,16 @@ pub fn spawn_with(
     actions: Arc<dyn CallActions>,
     link: impl std::future::Future<Output = LinkResult> + Send + 'static,
 ) -> Option<tokio::task::JoinHandle<CallRecord>> {
-    let commands = ctx.registry.register(&record.call_id, &profile.name)?;
-    Some(start(ctx, record, profile, attach, actions, commands, link))
+    let registration = ctx.registry.register(&record.call_id, &profile.name)?;
+    Some(start(
+        ctx,
+        record,
+        profile,
+        attach,
+        actions,
+        registration,
+        link,
+    ))
 }
 
 fn start(
@@ -216,7 +238,7 @@ fn start(
     profile: Arc<Profile>,
     attach: Attach,
     actions: Arc<dyn CallActions>,
-    commands: mpsc::Receiver<Command>,
+    mut registration: Registration,
     link: impl std::future::Future<Output = LinkResult> + Send + 'static,
 ) -> tokio::task::JoinHandle<CallRecord> {
     let span = info_span!("call", call_id = %record.call_id, profile = %profile.name);
@@ -226,8 +248,21 @@ fn start(
     let link = Box::pin(link);
     metrics::gauge!(names::ACTIVE_CALLS).increment(1.0);
     let detach = ctx.shutdown.child_token();
+    let commands = registration.take_commands();
+    let call_id = record.call_id.clone();
+    let registry = ctx.registry.clone();
+    let generation = registration.generation();
+    let guard = MonitorGuard {
+        registration: Some(registration),
+        leases: ctx.leases.clone(),
+        call_id: call_id.clone(),
+        lease: None,
+        settled: false,
+    };
     let monitor = Monitor {
         detach: detach.clone(),
+        budget: CallBudget::new(&ctx.limits),
+        ending: false,
         ctx,
         record,
         profile,
@@ -252,10 +287,11 @@ fn start(
         pending_dial: None,
         greet_on_answer: attach == Attach::Outbound,
     };
-    tokio::spawn(
+    let task = tokio::spawn(
         async move {
+            // Owned by the task: dropped however the task ends (return, panic, abort).
+            let mut guard = guard;
             let call_id = monitor.record.call_id.clone();
-            let registry = monitor.ctx.registry.clone();
             let leases = monitor.ctx.leases.clone();
             let shutdown = monitor.ctx.shutdown.clone();
             // Taken again on reattach (idempotent for this owner): the lease must be ours.
@@ -267,8 +303,7 @@ fn start(
                 }
                 Ok(false) => {
                     warn!("another instance holds this call's lease; not monitoring it here");
-                    registry.remove(&call_id);
-                    metrics::gauge!(names::ACTIVE_CALLS).decrement(1.0);
+                    guard.settled = true;
                     return monitor.record;
                 }
                 Err(e) => {
@@ -276,27 +311,62 @@ fn start(
                     metrics::counter!(names::STORE_ERRORS, "op" => "acquire_lease").increment(1);
                 }
             }
-            let keeper = {
-                let (leases, call_id, detach) = (leases.clone(), call_id.clone(), detach.clone());
-                tokio::spawn(
-                    async move { leases.keep(&call_id, detach).await }
-                        .instrument(tracing::Span::current()),
-                )
-            };
+            guard.lease = Some(leases.hold(&call_id, detach.clone()));
             let record = monitor.run(link, attach).await;
-            keeper.abort();
+            // Renewals stop first: no renewal of a call that ended.
+            guard.lease = None;
             if shutdown.is_cancelled() && record.state.is_live() {
                 // Detached on shutdown: the call goes on, free for whoever reattaches first.
                 leases.hand_back(&call_id).await;
             } else if !detach.is_cancelled() {
                 leases.release(&call_id).await;
             }
-            registry.remove(&call_id);
-            metrics::gauge!(names::ACTIVE_CALLS).decrement(1.0);
+            guard.settled = true;
             record
         }
         .instrument(span),
-    )
+    );
+    registry.set_task(&call_id, generation, task.abort_handle());
+    task
+}
+
+/// What a monitor task holds for its call: the registry entry (with the per-profile capacity
+/// count) and the kept lease. Dropped with the task however it ends: when the task did not
+/// finish (aborted at the end of shutdown, panicked) the lease is handed back (it expires at
+/// once, so the takeover scan of any instance reattaches the live call) and only then is the
+/// registry entry removed.
+struct MonitorGuard {
+    registration: Option<Registration>,
+    leases: Arc<Leases>,
+    call_id: String,
+    lease: Option<HeldLease>,
+    /// The task finished its own clean-up (lease released or handed back).
+    settled: bool,
+}
+
+impl Drop for MonitorGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(names::ACTIVE_CALLS).decrement(1.0);
+        // Stop renewing at once.
+        self.lease = None;
+        if self.settled {
+            return;
+        }
+        metrics::counter!(names::MONITORS_ABORTED).increment(1);
+        warn!(
+            call_id = %self.call_id,
+            "monitor ended without finishing (aborted or panicked); releasing its registry \
+             entry, capacity count and lease"
+        );
+        let registration = self.registration.take();
+        let (leases, call_id) = (self.leases.clone(), self.call_id.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                leases.hand_back(&call_id).await;
+                drop(registration);
+            });
+        }
+    }
 }
 
 /// A line we asked the agent to say, tracked until its response finishes.
@@ -343,6 +413,10 @@ struct Closing {
 
 struct Monitor {
     ctx: Arc<MonitorContext>,
+    /// The call's counts against `[limits]`.
+    budget: CallBudget,
+    /// The call is ending: event rows may use the reserve, nothing new starts.
+    ending: bool,
     /// Cancelled on shutdown (a child of `ctx.shutdown`) or when the call's lease is lost:
     /// detach, leave the call live.
     detach: CancellationToken,
@@ -397,6 +471,22 @@ impl Monitor {
                 warn!(%error, "sideband attach failed");
                 self.event("sideband_attach_failed", json!({ "error": error }))
                     .await;
+                if attach == Attach::Reconcile {
+                    // A stuck accept: 404 = the caller is gone (never answered, or hung up).
+                    let outcome = if gone { "missed" } else { "unreachable" };
+                    metrics::counter!(names::ACCEPTS_RECONCILED, "outcome" => outcome).increment(1);
+                    let state = if gone {
+                        CallState::Missed
+                    } else {
+                        CallState::Ended
+                    };
+                    let reason = if gone {
+                        "accept_unconfirmed"
+                    } else {
+                        "sideband_lost"
+                    };
+                    return Box::pin(self.finish(state, reason)).await;
+                }
                 let reason = if gone { "call_gone" } else { "sideband_lost" };
                 // Boxed (here and below): it runs once, so its state need not be reserved in
                 // every call's task.
@@ -404,9 +494,18 @@ impl Monitor {
             }
         };
         let link = link.as_mut();
+        if attach == Attach::Reconcile {
+            info!("stuck accept reconciled: the call is live; monitoring it");
+            metrics::counter!(names::ACCEPTS_RECONCILED, "outcome" => "attached").increment(1);
+            self.record.state = CallState::Active;
+            self.record.accepted_at.get_or_insert_with(Utc::now);
+            self.save().await;
+            self.event("accept_reconciled", json!({ "outcome": "attached" }))
+                .await;
+        }
         // Greet first: the caller is listening to silence until the greeting's audio starts,
         // and the event row can wait for its commit.
-        if attach == Attach::Fresh {
+        if matches!(attach, Attach::Fresh | Attach::Reconcile) {
             if let Some(greeting) = self.profile.greeting.clone() {
                 self.send(link, client::response_create(Some(&greeting)))
                     .await;
@@ -444,6 +543,11 @@ impl Monitor {
                     return self.record;
                 }
                 event = link.recv() => match event {
+                    // Past the message budget the event is dropped unread.
+                    LinkEvent::Text(text) if !self.budget.message(Instant::now()) => {
+                        drop(text);
+                        Flow::Continue
+                    }
                     LinkEvent::Text(text) => self.on_text(link, &text).await,
                     LinkEvent::Closed { clean } => self.on_closed(link, clean).await,
                 },
@@ -453,7 +557,12 @@ impl Monitor {
                 }
                 () = tokio::time::sleep_until(timer) => self.on_timer(link, max_deadline).await,
             };
+            let flow = match (flow, self.budget.take_exceeded()) {
+                (Flow::Continue, Some(budget)) => self.budget_exceeded(budget).await,
+                (flow, _) => flow,
+            };
             if let Flow::End(state, reason) = flow {
+                self.ending = true;
                 if let Some(text) = link.await_end().await {
                     // GPT-Live's session.closed after our hang-up: its final usage.
                     if let Ok(ServerEvent::SessionClosed { reason, usage }) =
@@ -465,6 +574,23 @@ impl Monitor {
                 return Box::pin(self.finish(state, reason)).await;
             }
         }
+    }
+
+    /// A per-call budget was exceeded (the input past it was dropped): record it and hang up at
+    /// once, without the summary round trip (docs/security.md, "Per-call budgets").
+    async fn budget_exceeded(&mut self, budget: Budget) -> Flow {
+        let limit = budget.limit(self.budget.limits());
+        warn!(
+            budget = budget.as_str(),
+            limit, "per-call budget exceeded; dropping the input and ending the call"
+        );
+        self.ending = true;
+        self.event(
+            "budget_exceeded",
+            json!({ "budget": budget.as_str(), "limit": limit }),
+        )
+        .await;
+        self.hangup_now(CallState::Ended, budget.end_reason()).await
     }
 
     /// Records GPT-Live's `session.closed`: its usage (summed into the record) and reason.
@@ -562,7 +688,9 @@ impl Monitor {
                 item_id,
                 transcript,
             } => {
-                self.transcript(Speaker::Caller, &transcript, item_id).await;
+                if !self.transcript(Speaker::Caller, &transcript, item_id).await {
+                    return Flow::Continue;
+                }
                 let phrase = self
                     .profile
                     .escalation
@@ -656,6 +784,10 @@ impl Monitor {
                 }
             }
             ServerEvent::DtmfReceived { event, .. } => {
+                if !self.budget.dtmf() {
+                    return Flow::Continue;
+                }
+                let event = clip(&event, 8);
                 self.event("dtmf", json!({ "key": event })).await;
                 let key = event.chars().next();
                 if let Some(key) = key.filter(|k| Some(*k) == self.profile.escalation.dtmf_key)
@@ -723,6 +855,10 @@ impl Monitor {
         name: &str,
         arguments: &str,
     ) -> Flow {
+        // Past the tool-call budget the call is dropped unanswered (the call is ending).
+        if !self.budget.tool_call() {
+            return Flow::Continue;
+        }
         if self.closing.is_some() {
             let out =
                 json!({ "error": { "code": "call_ending", "message": "The call is ending." } });
@@ -752,6 +888,7 @@ impl Monitor {
                 .await;
         };
         match def.check_arguments(arguments) {
+            Ok(_) if !self.budget.tool_job(self.running.len()) => Flow::Continue,
             Ok(args) => {
                 self.spawn_tool(def, fc_id, args);
                 Flow::Continue
@@ -919,8 +1056,10 @@ impl Monitor {
                 kind: "tool_call".into(),
                 detail: json!({ "name": name, "call_id": fc_id, "arguments": r.arguments }),
             };
-            if let Err(e) = self.ctx.store.append_event(&call).await {
-                store_error("append_event", &e);
+            if self.budget.event_row(self.ending) {
+                if let Err(e) = self.ctx.store.append_event(&call).await {
+                    store_error("append_event", &e);
+                }
             }
         }
         let outcome = result.outcome.as_str();
@@ -964,11 +1103,17 @@ impl Monitor {
         metrics::counter!(names::TOOL_CALLS, "tool" => label.clone(), "outcome" => outcome)
             .increment(1);
         metrics::histogram!(names::TOOL_DURATION, "tool" => label).record(elapsed.as_secs_f64());
+        // A name the profile lacks comes from the model: bounded in the record.
+        let key = if known {
+            name.to_string()
+        } else {
+            clip(name, 64)
+        };
         *self
             .record
             .after_call
             .tools
-            .entry(name.to_string())
+            .entry(key)
             .or_default()
             .entry(outcome.to_string())
             .or_default() += 1;
@@ -1572,6 +1717,7 @@ impl Monitor {
     }
 
     async fn hangup_now(&mut self, state: CallState, reason: &'static str) -> Flow {
+        self.ending = true;
         match self.actions.hangup().await {
             Ok(()) => self.event("hangup_sent", json!({ "reason": reason })).await,
             Err(e) => {
@@ -1587,6 +1733,7 @@ impl Monitor {
     }
 
     async fn finish(mut self, state: CallState, reason: &'static str) -> CallRecord {
+        self.ending = true;
         self.jobs.abort_all();
         self.record.state = state;
         self.record.ended_at = Some(Utc::now());
@@ -1702,7 +1849,15 @@ impl Monitor {
         }
     }
 
-    async fn transcript(&mut self, speaker: Speaker, text: &str, item_id: String) {
+    /// Stores one transcript line (cut at `max_transcript_line_bytes`). False when the line was
+    /// dropped by the transcript-line budget.
+    async fn transcript(&mut self, speaker: Speaker, text: &str, item_id: String) -> bool {
+        if !self.budget.transcript_line() {
+            return false;
+        }
+        let text = self.budget.clip_line(text).into_owned();
+        let text = text.as_str();
+        let item_id = clip(&item_id, 128);
         if self.ctx.log_transcripts {
             info!(speaker = speaker.as_str(), text, "transcript");
         } else {
@@ -1722,9 +1877,15 @@ impl Monitor {
         if let Err(e) = self.ctx.store.append_transcript(&line).await {
             store_error("append_transcript", &e);
         }
+        true
     }
 
-    async fn event(&self, kind: &str, detail: Value) {
+    /// Appends an event to the call's log, within the event-row budget (rows written while
+    /// the call ends may use the reserve).
+    async fn event(&mut self, kind: &str, detail: Value) {
+        if !self.budget.event_row(self.ending) {
+            return;
+        }
         if let Err(e) = self
             .ctx
             .store

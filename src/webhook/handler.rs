@@ -11,6 +11,12 @@
 //! (<https://developers.openai.com/api/docs/guides/realtime-sip>): call `/accept`, answer the
 //! delivery 200 only after it returned, attach the sideband in the background.
 //!
+//! The decision runs on its own task and the handler only awaits it: when the delivery client
+//! disconnects mid-accept (OpenAI's delivery timeout, a proxy reset) the accept, the record and
+//! the monitor start still complete, so the redelivery answered `duplicate` finds the call
+//! monitored. A record left in `accepting` anyway (the process died mid-decision) is reconciled
+//! after the accept budget by the stuck-accept scan (`crate::app`).
+//!
 //! | situation | answer | effect |
 //! |---|---|---|
 //! | missing/garbled signature headers | 400 | nothing |
@@ -26,6 +32,8 @@
 //! | accept 200 | 200 | record `active`, monitor started |
 //! | accept 404 | 200 | record `missed` (caller gone) |
 //! | accept failed after retries | 503 | record `accept_failed`, `webhook-id` released so a retry runs again |
+//! | the decision task panicked | 500 | record left `accepting`; reconciled after the accept budget |
+//! | a delivery of a call stuck in `accepting` past the accept budget, monitored nowhere here | 200 | reconciled at once (attach: live → monitored, 404 → `missed`) |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -153,9 +161,21 @@ pub async fn receive(
         }
     };
     let span = info_span!("call", call_id = %data.id, api = api_label(data.api));
-    incoming_call(app, verified.webhook_id, data, received)
-        .instrument(span)
-        .await
+    let ev = data.event;
+    // The decision and its follow-up (accept, record, monitor start) run on their own task: a
+    // delivery client that disconnects (OpenAI's delivery timeout, a proxy reset) drops this
+    // handler, which only waits, never the decision half-way.
+    let decision =
+        tokio::spawn(incoming_call(app, verified.webhook_id, data, received).instrument(span));
+    match decision.await {
+        Ok(response) => response,
+        Err(e) => {
+            // A panic in the decision: the record stays `accepting` and is reconciled after
+            // the accept budget (`crate::app`, stuck accepts).
+            warn!(error = %e, "webhook decision task failed");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, ev, "internal_error")
+        }
+    }
 }
 
 async fn incoming_call(
@@ -214,6 +234,18 @@ async fn incoming_call(
                     )
                     .await
                     .unwrap_or(false);
+            if !retry && is_stuck_accept(&app, &existing, now) {
+                // The decision that created this record died before finishing (its process or
+                // task): find out now (attach; live → monitored, 404 → missed) rather than at
+                // the next scan.
+                info!("redelivery of a call stuck in accepting; reconciling it now");
+                let (app2, call_id) = (app.clone(), record.call_id.clone());
+                tokio::spawn(
+                    async move { crate::app::reconcile_one(&app2, &call_id).await }
+                        .instrument(tracing::Span::current()),
+                );
+                return reply(StatusCode::OK, ev, "reconciling");
+            }
             if !retry {
                 if first_delivery {
                     info!(state = %existing.state, "call already handled by another delivery");
@@ -343,7 +375,7 @@ async fn incoming_call(
             );
             // Register now (capacity counts and the operator API see the call at once), answer
             // OpenAI, and persist then attach in the background, in that order.
-            let Some(commands) = app.registry().register(&record.call_id, &profile.name) else {
+            let Some(registration) = app.registry().register(&record.call_id, &profile.name) else {
                 return reply(StatusCode::OK, ev, "call_exists");
             };
             let app2 = app.clone();
@@ -361,7 +393,7 @@ async fn incoming_call(
                         record,
                         profile,
                         Attach::Fresh,
-                        commands,
+                        registration,
                     );
                 }
                 .instrument(tracing::Span::current()),
@@ -393,6 +425,20 @@ async fn incoming_call(
             decision_failed(&app, record, &webhook_id, &e, ev).await
         }
     }
+}
+
+/// True when `existing` has been `accepting` for longer than
+/// [`crate::app::stuck_accept_after`] and no monitor runs for it here.
+fn is_stuck_accept(app: &AppState, existing: &CallRecord, now: chrono::DateTime<Utc>) -> bool {
+    let after = chrono::Duration::from_std(crate::app::stuck_accept_after(&app.config))
+        .unwrap_or(chrono::Duration::MAX);
+    existing.state == CallState::Accepting
+        && existing.api != Api::TwilioMedia
+        && existing
+            .created_at
+            .checked_add_signed(after)
+            .is_some_and(|stuck_at| stuck_at <= now)
+        && !app.registry().contains(&existing.call_id)
 }
 
 /// Accept or reject failed in a way a redelivery may fix: record it, release the `webhook-id`

@@ -8,7 +8,9 @@
 //! - the same speaker resumes after a pause: `start_ms` at least [`LINE_GAP_MS`] after the
 //!   previous delta's `end_ms`;
 //! - the caller of [`Stitcher::flush`] decides so (no delta for a while, a tool call, the end of
-//!   the session).
+//!   the session);
+//! - the line has reached [`MAX_LINE_BYTES`]: a speaker who never pauses cannot grow one line
+//!   (and the call's memory) without bound; the next delta starts a new line.
 //!
 //! Each line's id is the `event_id` of its first delta, so a line rebuilt from replayed events
 //! gets the same id and the store's `(call_id, speaker, item_id)` uniqueness drops the copy.
@@ -17,6 +19,10 @@ use crate::calls::record::Speaker;
 
 /// A pause between two deltas of one speaker, in session milliseconds, that starts a new line.
 pub const LINE_GAP_MS: u64 = 1_500;
+
+/// The longest stitched line, bytes: a delta arriving when the open line has this much text
+/// starts a new line (whose id is that delta's `event_id`).
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// A finished line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +61,7 @@ impl Stitcher {
     ) -> Option<Line> {
         let continues = self.current.as_ref().is_some_and(|p| {
             p.speaker == speaker
+                && p.text.len() < MAX_LINE_BYTES
                 && match (p.end_ms, start_ms) {
                     (Some(end), Some(start)) => start < end.saturating_add(LINE_GAP_MS),
                     _ => true,
@@ -161,5 +168,32 @@ mod tests {
         assert_eq!(s.push(Speaker::Agent, "Hello", None, None, "e2"), None);
         assert_eq!(s.push(Speaker::Agent, " there", None, None, "e3"), None);
         assert_eq!(s.flush().unwrap().text, "Hello there");
+    }
+
+    #[test]
+    fn a_speaker_who_never_pauses_gets_bounded_lines() {
+        let mut s = Stitcher::default();
+        let delta = "word ".repeat(100);
+        let mut lines = Vec::new();
+        for i in 0..200u64 {
+            if let Some(line) = s.push(
+                Speaker::Caller,
+                &delta,
+                Some(i * 10),
+                Some(i * 10 + 10),
+                &format!("e{i}"),
+            ) {
+                lines.push(line);
+            }
+        }
+        lines.extend(s.flush());
+        assert!(lines.len() > 1, "cut into several lines");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.text.len() <= MAX_LINE_BYTES + delta.len())
+        );
+        let total: usize = lines.iter().map(|l| l.text.len()).sum();
+        assert!(total >= 200 * delta.trim().len(), "no text lost");
     }
 }
