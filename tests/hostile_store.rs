@@ -5,7 +5,8 @@
 //! once the space is back; `/readyz` answers 503 while writes fail and 200 again after; a new
 //! call offered during the outage is answered 503 (OpenAI redelivers) and never accepted without
 //! a record; beyond the per-call bound lines are dropped, counted in a metric and recorded in a
-//! `store_writes_dropped` event.
+//! `store_writes_dropped` event. The same outage on DynamoDB: a TCP proxy in front of the
+//! local engine (moto) is cut in the middle of a call and restored.
 
 mod support;
 
@@ -333,4 +334,170 @@ async fn beyond_the_bound_lines_are_dropped_counted_and_recorded() {
             .any(|l| l.starts_with("voxmachina_store_dropped_total{kind=\"transcript\"}")),
         "{m}"
     );
+}
+
+/// A TCP proxy on 127.0.0.1:0 in front of `upstream` that can be cut (open connections reset,
+/// new ones closed at once) and restored: a DynamoDB endpoint becoming unreachable.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cuttable {
+    async fn start(upstream: String) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (u, c) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Cuttable { addr, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamodb_outage_mid_call_loses_no_line_and_readyz_follows_it() {
+    use voxmachina::store::Store;
+    let Some(endpoint) = support::dynamodb::endpoint() else {
+        return;
+    };
+    let upstream = endpoint.trim_start_matches("http://").to_string();
+    let proxy = Cuttable::start(upstream).await;
+    let Some((store, tables)) =
+        support::dynamodb::fresh_dynamo_via(&format!("http://{}", proxy.addr)).await
+    else {
+        return;
+    };
+    // The test reads what is committed straight from the engine.
+    let direct = voxmachina::store::DynamoStore::new(
+        voxmachina::store::DynamoStore::local_client(&endpoint, support::dynamodb::REGION),
+        tables.prefix(),
+    );
+    let emulator = voxmachina::emulator::Emulator::start(voxmachina::emulator::EmulatorConfig {
+        api_key: support::harness::API_KEY.to_string(),
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts");
+    support::harness::copy_prompts_with_closed_line(&prompts);
+    let mut config = support::harness::test_config(&emulator, dir.path(), &prompts);
+    config.store.backend = "dynamodb".into();
+    let server = voxmachina::app::start_with_store(
+        config,
+        support::harness::test_secrets(),
+        std::sync::Arc::new(store),
+    )
+    .await
+    .unwrap();
+    let h = Harness {
+        emulator,
+        server,
+        dir,
+        http: reqwest::Client::new(),
+    };
+    let committed = |id: String| {
+        let direct = direct.clone();
+        async move {
+            direct
+                .transcript(&id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|l| l.text.starts_with("line "))
+                .map(|l| l.text)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let placed = h
+        .emulator
+        .place_call(&h.webhook_url(), &webhook_secret(), script())
+        .await
+        .unwrap();
+    assert_eq!(placed.status, 200);
+    let id = placed.call_id.clone();
+    let start = Instant::now();
+    while committed(id.clone()).await.len() < 10 {
+        assert!(start.elapsed() < Duration::from_secs(15), "no lines stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    let (body, _) = readyz_becomes(&h, 503, Duration::from_secs(15)).await;
+    assert_eq!(body["ready"], false, "{body}");
+    let other = h
+        .emulator
+        .place_call(&h.webhook_url(), &webhook_secret(), Script::new().hangup())
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status, 503,
+        "no call is taken while the store is unreachable"
+    );
+    assert!(
+        h.emulator
+            .call(&other.call_id)
+            .unwrap()
+            .accept_body
+            .is_none()
+    );
+    wait_until("lines held", Duration::from_secs(10), || {
+        futures_executor_pending(&h) >= 5
+    })
+    .await;
+    proxy.restore();
+
+    readyz_becomes(&h, 200, Duration::from_secs(15)).await;
+    let record = h.wait_final(&id).await;
+    let want: Vec<String> = (0..LINES).map(|i| format!("line {i:02}")).collect();
+    let start = Instant::now();
+    loop {
+        let lines = committed(id.clone()).await;
+        if lines.len() >= LINES {
+            assert_eq!(lines, want);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} lines",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    while direct.get_call(&id).await.unwrap().map(|r| r.state) != Some(record.state) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "final record not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(futures_executor_pending(&h), 0);
 }
