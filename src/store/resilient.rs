@@ -458,12 +458,19 @@ impl ResilientStore {
         self.shared.drain(None).await
     }
 
-    async fn write(&self, call_id: &str, held: Held) -> Result<(), StoreError> {
+    /// Runs `attempt` (the write on the backend) unless the call's writes must be held; holds
+    /// `held()` (a copy, made only then) when it is not run or fails with a backend error.
+    async fn write(
+        &self,
+        call_id: &str,
+        attempt: impl std::future::Future<Output = Result<(), StoreError>> + Send,
+        held: impl FnOnce() -> Held + Send,
+    ) -> Result<(), StoreError> {
         let s = &self.shared;
         if s.must_hold(call_id) {
-            return s.hold(call_id, held);
+            return s.hold(call_id, held());
         }
-        match held.write(call_id, s.inner.as_ref(), s.limits).await {
+        match attempt.await {
             Ok(()) => {
                 if s.queues().items == 0 {
                     s.health.recovered();
@@ -474,7 +481,7 @@ impl ResilientStore {
                 warn!(call_id, error = %e, "store write failed; held in memory and retried");
                 metrics::counter!(names::STORE_ERRORS, "op" => "held_write").increment(1);
                 s.health.failed(&e);
-                s.hold(call_id, held)
+                s.hold(call_id, held())
             }
             Err(e) => Err(e),
         }
@@ -540,8 +547,12 @@ impl Store for ResilientStore {
     }
 
     async fn update_call(&self, record: &CallRecord) -> Result<(), StoreError> {
-        self.write(&record.call_id, Held::Record(Box::new(record.clone())))
-            .await
+        self.write(
+            &record.call_id,
+            self.shared.inner.update_call(record),
+            || Held::Record(Box::new(record.clone())),
+        )
+        .await
     }
 
     async fn get_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
@@ -564,7 +575,12 @@ impl Store for ResilientStore {
     }
 
     async fn append_transcript(&self, line: &TranscriptLine) -> Result<(), StoreError> {
-        self.write(&line.call_id, Held::Line(line.clone())).await
+        self.write(
+            &line.call_id,
+            self.shared.inner.append_transcript(line),
+            || Held::Line(line.clone()),
+        )
+        .await
     }
 
     async fn transcript(&self, call_id: &str) -> Result<Vec<TranscriptLine>, StoreError> {
@@ -577,7 +593,12 @@ impl Store for ResilientStore {
     }
 
     async fn append_event(&self, event: &CallEvent) -> Result<(), StoreError> {
-        self.write(&event.call_id, Held::Event(event.clone())).await
+        self.write(
+            &event.call_id,
+            self.shared.inner.append_event(event),
+            || Held::Event(event.clone()),
+        )
+        .await
     }
 
     async fn events(&self, call_id: &str) -> Result<Vec<CallEvent>, StoreError> {
