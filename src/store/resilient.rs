@@ -359,6 +359,12 @@ impl Shared {
         Ok(())
     }
 
+    /// [`Shared::note`], passing `r` on.
+    fn noted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.note(&r);
+        r
+    }
+
     /// Notes the outcome of a write that is never held.
     fn note<T>(&self, r: &Result<T, StoreError>) {
         match r {
@@ -510,25 +516,22 @@ impl Store for ResilientStore {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let r = self
-            .shared
-            .inner
-            .claim_webhook(webhook_id, now, expires_at)
-            .await;
-        self.shared.note(&r);
-        r
+        self.shared.noted(
+            self.shared
+                .inner
+                .claim_webhook(webhook_id, now, expires_at)
+                .await,
+        )
     }
 
     async fn release_webhook(&self, webhook_id: &str) -> Result<(), StoreError> {
-        let r = self.shared.inner.release_webhook(webhook_id).await;
-        self.shared.note(&r);
-        r
+        self.shared
+            .noted(self.shared.inner.release_webhook(webhook_id).await)
     }
 
     async fn create_call(&self, record: &CallRecord) -> Result<CreateOutcome, StoreError> {
-        let r = self.shared.inner.create_call(record).await;
-        self.shared.note(&r);
-        r
+        self.shared
+            .noted(self.shared.inner.create_call(record).await)
     }
 
     async fn transition_call(
@@ -541,9 +544,8 @@ impl Store for ResilientStore {
         if held {
             self.shared.drain(Some(call_id)).await?;
         }
-        let r = self.shared.inner.transition_call(call_id, from, to).await;
-        self.shared.note(&r);
-        r
+        self.shared
+            .noted(self.shared.inner.transition_call(call_id, from, to).await)
     }
 
     async fn update_call(&self, record: &CallRecord) -> Result<(), StoreError> {
@@ -615,9 +617,8 @@ impl Store for ResilientStore {
         now: DateTime<Utc>,
         calls_before: DateTime<Utc>,
     ) -> Result<PurgeStats, StoreError> {
-        let r = self.shared.inner.purge(now, calls_before).await;
-        self.shared.note(&r);
-        r
+        self.shared
+            .noted(self.shared.inner.purge(now, calls_before).await)
     }
 
     async fn acquire_lease(
@@ -627,13 +628,12 @@ impl Store for ResilientStore {
         ttl: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let r = self
-            .shared
-            .inner
-            .acquire_lease(call_id, owner, ttl, now)
-            .await;
-        self.shared.note(&r);
-        r
+        self.shared.noted(
+            self.shared
+                .inner
+                .acquire_lease(call_id, owner, ttl, now)
+                .await,
+        )
     }
 
     async fn renew_lease(
@@ -643,13 +643,12 @@ impl Store for ResilientStore {
         ttl: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let r = self
-            .shared
-            .inner
-            .renew_lease(call_id, owner, ttl, now)
-            .await;
-        self.shared.note(&r);
-        r
+        self.shared.noted(
+            self.shared
+                .inner
+                .renew_lease(call_id, owner, ttl, now)
+                .await,
+        )
     }
 
     async fn renew_leases(
@@ -671,9 +670,8 @@ impl Store for ResilientStore {
     }
 
     async fn release_lease(&self, call_id: &str, owner: &str) -> Result<bool, StoreError> {
-        let r = self.shared.inner.release_lease(call_id, owner).await;
-        self.shared.note(&r);
-        r
+        self.shared
+            .noted(self.shared.inner.release_lease(call_id, owner).await)
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
@@ -698,9 +696,8 @@ impl Store for ResilientStore {
         ttl: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
-        let r = self.shared.inner.mint_token(payload, ttl, now).await;
-        self.shared.note(&r);
-        r
+        self.shared
+            .noted(self.shared.inner.mint_token(payload, ttl, now).await)
     }
 
     async fn redeem_token(
@@ -708,9 +705,8 @@ impl Store for ResilientStore {
         token: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<HandoverPayload>, StoreError> {
-        let r = self.shared.inner.redeem_token(token, now).await;
-        self.shared.note(&r);
-        r
+        self.shared
+            .noted(self.shared.inner.redeem_token(token, now).await)
     }
 
     async fn peek_token(

@@ -288,24 +288,12 @@ impl Template {
     /// When a substituted value makes a whole path segment `.` or `..` (or a `%2e` form of
     /// them), which would remove a segment of the path instead of naming one.
     pub fn render_url(&self, values: &dyn Values) -> Result<String, TemplateError> {
-        let mut out = String::new();
         let mut substituted: Vec<(std::ops::Range<usize>, String)> = Vec::new();
-        for seg in &self.segments {
-            let text = match seg {
-                Segment::Lit(s) => {
-                    out.push_str(s);
-                    continue;
-                }
-                Segment::BaseUrl => {
-                    out.push_str(values.base_url().unwrap_or_default());
-                    continue;
-                }
-                other => value_text(other, values),
-            };
+        let out = self.render_with(values, |out, seg, text| {
             let start = out.len();
-            out.extend(utf8_percent_encode(&text, URL_ENCODE));
+            out.extend(utf8_percent_encode(text, URL_ENCODE));
             substituted.push((start..out.len(), seg.label()));
-        }
+        });
         let path_start = out
             .find("://")
             .and_then(|at| out[at + 3..].find('/').map(|p| at + 3 + p))
@@ -336,22 +324,25 @@ impl Template {
 
     /// Renders with `values`; missing values are empty.
     pub fn render(&self, values: &dyn Values, encoding: Encoding) -> String {
+        self.render_with(values, |out, _, text| match encoding {
+            Encoding::Raw => out.push_str(text),
+            Encoding::Url => out.extend(utf8_percent_encode(text, URL_ENCODE)),
+        })
+    }
+
+    /// Literal text and `{{base_url}}` go in as they are; every other placeholder's text is
+    /// written by `put` (output so far, the placeholder, its text).
+    fn render_with(
+        &self,
+        values: &dyn Values,
+        mut put: impl FnMut(&mut String, &Segment, &str),
+    ) -> String {
         let mut out = String::new();
         for seg in &self.segments {
-            let text: std::borrow::Cow<'_, str> = match seg {
-                Segment::Lit(s) => {
-                    out.push_str(s);
-                    continue;
-                }
-                Segment::BaseUrl => {
-                    out.push_str(values.base_url().unwrap_or_default());
-                    continue;
-                }
-                other => value_text(other, values).into(),
-            };
-            match encoding {
-                Encoding::Raw => out.push_str(&text),
-                Encoding::Url => out.extend(utf8_percent_encode(&text, URL_ENCODE)),
+            match seg {
+                Segment::Lit(s) => out.push_str(s),
+                Segment::BaseUrl => out.push_str(values.base_url().unwrap_or_default()),
+                other => put(&mut out, other, &value_text(other, values)),
             }
         }
         out
