@@ -80,6 +80,8 @@ fn main() {
             format!(
                 r#"default = true
 tools_base_url = "{}"
+# The tool server runs on loopback: allowed explicitly (tools may not reach loopback by default).
+tools_allow_private_hosts = ["127.0.0.1"]
 [[tools]]
 name = "lookup_order"
 description = "Look up an order."

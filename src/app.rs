@@ -22,7 +22,7 @@ use crate::config::{Config, Secret, Secrets};
 use crate::hubspot::HubSpot;
 use crate::openai::CallControl;
 use crate::prompts::{LoadErrors, ProfileSet};
-use crate::store::{DynamoStore, SqliteStore, Store, StoreError};
+use crate::store::{DynamoStore, HoldLimits, ResilientStore, SqliteStore, Store, StoreError};
 use crate::telemetry;
 use crate::tools;
 use crate::webhook::signature::{KeyError, Verifier};
@@ -58,8 +58,12 @@ pub struct AppState {
     pub config: Config,
     /// Webhook signature verifier (holds the key).
     pub verifier: Verifier,
-    /// Persistence.
+    /// Persistence: the opened store behind a [`ResilientStore`], so failed writes of a call
+    /// are held and retried.
     pub store: Arc<dyn Store>,
+    /// The same [`ResilientStore`]: write health for `GET /readyz` and the webhook handler,
+    /// and the held writes flushed at shutdown.
+    pub held_writes: ResilientStore,
     /// Current prompt profiles; swapped whole on reload, running calls keep their profile.
     pub profiles: ArcSwap<ProfileSet>,
     /// OpenAI call control.
@@ -139,6 +143,16 @@ impl Running {
             );
             wait_until_empty(&registry, Duration::from_secs(1)).await;
         }
+        let held = state.held_writes.health().pending();
+        if held > 0 {
+            match tokio::time::timeout(Duration::from_secs(3), state.held_writes.flush()).await {
+                Ok(Ok(_)) => info!(writes = held, "held store writes written before exit"),
+                _ => error!(
+                    writes = state.held_writes.health().pending(),
+                    "store writes still failing at exit: held call records, events and transcript lines are lost"
+                ),
+            }
+        }
         self.http_shutdown.cancel();
         let mut join = self.join;
         match tokio::time::timeout(HTTP_CLOSE_WAIT, &mut join).await {
@@ -180,10 +194,11 @@ async fn wait_until_empty(registry: &CallRegistry, limit: Duration) -> bool {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     match config.store.backend.as_str() {
         "sqlite" => {
-            let path = config.store.sqlite_path.clone();
-            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-                .await
-                .map_err(|e| StoreError::Backend(format!("store task: {e}")))??;
+            let store = SqliteStore::open_limited(
+                &config.store.sqlite_path,
+                config.store.sqlite_max_size_mb,
+            )
+            .await?;
             Ok(Arc::new(store))
         }
         "dynamodb" => {
@@ -217,6 +232,14 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<Running, StartError> {
     let profiles = ProfileSet::load(&config.prompts.dir)?;
+    let held_writes = ResilientStore::new(
+        store,
+        HoldLimits {
+            per_call: config.store.write_queue_per_call,
+            total: config.store.write_queue_total,
+        },
+    );
+    let store: Arc<dyn Store> = Arc::new(held_writes.clone());
     let verifier = Verifier::new(
         secrets.webhook_secret.expose(),
         config.webhook.tolerance_secs,
@@ -273,6 +296,7 @@ pub async fn start_with_store(
     let state = Arc::new(AppState {
         verifier,
         store,
+        held_writes,
         profiles: ArcSwap::from_pointee(profiles),
         call_control,
         monitors,

@@ -438,6 +438,17 @@ pub struct StoreConfig {
     pub sqlite_path: PathBuf,
     /// `[store.dynamodb]`: used when `backend = "dynamodb"` and by `voxmachina dynamodb ...`.
     pub dynamodb: DynamoDbConfig,
+    /// Largest SQLite database, MiB (SQLite's `max_page_count` on the writer connection,
+    /// <https://www.sqlite.org/pragma.html#pragma_max_page_count>): beyond it writes fail with
+    /// `SQLITE_FULL` exactly as on a full disk, and are held and retried like any failing write.
+    /// 0 (default): no limit but the disk.
+    pub sqlite_max_size_mb: u64,
+    /// Transcript lines and events held in memory per call while store writes fail
+    /// ([`crate::store::resilient`]); beyond it new ones are dropped and counted. Default 2000.
+    pub write_queue_per_call: usize,
+    /// Transcript lines and events held in memory in all while store writes fail. Default
+    /// 200000 (about 100 MB at most).
+    pub write_queue_total: usize,
 }
 
 impl Default for StoreConfig {
@@ -446,6 +457,9 @@ impl Default for StoreConfig {
             backend: "sqlite".into(),
             sqlite_path: PathBuf::from("data/voxmachina.db"),
             dynamodb: DynamoDbConfig::default(),
+            sqlite_max_size_mb: 0,
+            write_queue_per_call: crate::store::HoldLimits::default().per_call,
+            write_queue_total: crate::store::HoldLimits::default().total,
         }
     }
 }

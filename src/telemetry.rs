@@ -13,6 +13,8 @@
 //! | `sideband_reconnects_total` | counter | `result` | reconnect attempts after abnormal drops |
 //! | `sideband_errors_total` | counter | `code` | `error` events received on sideband |
 //! | `store_errors_total` | counter | `op` | store failures (the call goes on) |
+//! | `store_pending_writes` | gauge | | call records, events and transcript lines held in memory while store writes fail, retried with backoff ([`crate::store::resilient`]) |
+//! | `store_dropped_total` | counter | `kind` | held writes dropped: `transcript`/`event` beyond `[store] write_queue_per_call`/`write_queue_total`, `refused` when the store refused a held write for good |
 //! | `tool_calls_total` | counter | `tool`, `outcome` | tool calls by the model (`outcome`: see [`crate::tools::Outcome::as_str`]; `tool` is `unknown` for names the profile lacks) |
 //! | `tool_duration_seconds` | histogram | `tool` | tool run time, argument check to output |
 //! | `call_summaries_total` | counter | `source` | summaries stored: `model` or `transcript` |
@@ -54,6 +56,12 @@ pub mod names {
     pub const SIDEBAND_ERRORS: &str = "voxmachina_sideband_errors_total";
     /// Counter: store failures by `op`.
     pub const STORE_ERRORS: &str = "voxmachina_store_errors_total";
+    /// Gauge: call records, events and transcript lines held in memory because store writes
+    /// failed ([`crate::store::resilient`]).
+    pub const STORE_PENDING: &str = "voxmachina_store_pending_writes";
+    /// Counter: held writes dropped, by `kind` (`transcript`, `event` over the bound; `refused`
+    /// when the store refused a held write for good).
+    pub const STORE_DROPPED: &str = "voxmachina_store_dropped_total";
     /// Counter: tool calls by `tool` and `outcome`.
     pub const TOOL_CALLS: &str = "voxmachina_tool_calls_total";
     /// Histogram (seconds): tool run time by `tool`.

@@ -23,6 +23,8 @@ fn tools_profile(base: &str) -> String {
     format!(
         r#"
 tools_base_url = "{base}"
+# The tool server runs on loopback: allowed explicitly (tools may not reach loopback by default).
+tools_allow_private_hosts = ["127.0.0.1"]
 [match]
 dialed = ["{TOOLS_LINE}"]
 [session]

@@ -29,7 +29,7 @@ fn demo(name: &str) -> Script {
     Script::load(root().join("scripts").join(name)).expect("demo script loads")
 }
 
-/// Copies the shipped profiles, aiming `tools_base_url` at `base`.
+/// Copies the shipped profiles, aiming `tools_base_url` at `base` (allowed as a loopback host).
 fn copy_prompts(dest: &Path, base: &str) {
     std::fs::create_dir_all(dest).unwrap();
     for entry in std::fs::read_dir(root().join("prompts")).unwrap() {
@@ -40,7 +40,11 @@ fn copy_prompts(dest: &Path, base: &str) {
                 .lines()
                 .map(|l| {
                     if l.starts_with("tools_base_url = ") {
-                        format!("tools_base_url = \"{base}\"")
+                        // The tool server runs on loopback, which tools may reach only when the
+                        // profile allows it by name.
+                        format!(
+                            "tools_base_url = \"{base}\"\ntools_allow_private_hosts = [\"127.0.0.1\"]"
+                        )
                     } else {
                         l.to_string()
                     }

@@ -1,4 +1,4 @@
-//! [`SqliteStore`] against the store conformance suite, plus SQLite-specific behaviour: file
+//! [`SqliteStore`] against the store conformance suite (also behind the `ResilientStore` wrapper), plus SQLite-specific behaviour: file
 //! layout, pragmas, schema version, reopening, corrupt rows and timestamp precision.
 
 mod support;
@@ -22,6 +22,23 @@ async fn fresh_store() -> (Arc<dyn Store>, TempDir) {
 }
 
 store_conformance_tests!(fresh_store);
+
+/// The same suite through [`ResilientStore`] (what the controller actually uses): with a healthy
+/// backend the wrapper must be invisible.
+mod resilient {
+    use super::*;
+    use voxmachina::store::{HoldLimits, ResilientStore};
+
+    async fn fresh_store() -> (Arc<dyn Store>, TempDir) {
+        let (inner, dir) = super::fresh_store().await;
+        (
+            Arc::new(ResilientStore::new(inner, HoldLimits::default())),
+            dir,
+        )
+    }
+
+    store_conformance_tests!(fresh_store);
+}
 
 fn t0() -> DateTime<Utc> {
     at_ms(1_767_225_600_000) // 2026-01-01T00:00:00Z

@@ -30,6 +30,8 @@ fn profile(base: &str) -> String {
 default = true
 greeting = "Greet the caller."
 tools_base_url = "{base}"
+# The tool server runs on loopback: allowed by name, as an operator would allow an internal host.
+tools_allow_private_hosts = ["127.0.0.1"]
 filler_line = "{FILLER}"
 
 [escalation]

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /openai/webhook` | OpenAI webhooks ([`crate::webhook::handler`]), body limit from config (64 KiB) |
 //! | `GET /healthz` | the process is alive: always 200 `ok` |
-//! | `GET /readyz` | 200 when the store answers, profiles are loaded and webhooks are taken; else 503 |
+//! | `GET /readyz` | 200 when the store answers, its writes succeed ([`crate::store::resilient`]: 503 from the first failed write until one succeeds again), profiles are loaded and webhooks are taken; else 503 |
 //! | `GET /metrics` | Prometheus text format ([`crate::telemetry`]) |
 //! | `POST /twilio/voice`, `GET /twilio/media`, `POST /twilio/status` | the Twilio Media Streams path ([`crate::bridge::http`]), `X-Twilio-Signature` checked, 404 when Twilio is not configured |
 //! | `/v1/...` | the admin API ([`admin`]), bearer token, off when no token is configured |
@@ -61,12 +61,16 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     let store = app.store.ping().await;
+    let health = app.held_writes.health();
+    let writes_ok = health.writes_ok();
     let profiles = app.profiles.load().len();
     let accepting = app.accepting.load(Ordering::SeqCst);
-    let ready = store.is_ok() && profiles > 0 && accepting;
+    let ready = store.is_ok() && writes_ok && profiles > 0 && accepting;
     let body = json!({
         "ready": ready,
         "store": store.as_ref().map(|()| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+        "store_writes": health.describe(),
+        "held_writes": health.pending(),
         "profiles": profiles,
         "accepting_webhooks": accepting,
         "active_calls": app.registry().len(),

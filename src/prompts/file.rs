@@ -26,6 +26,8 @@ pub(crate) struct RawProfile {
     pub escalation: Option<Spanned<RawEscalation>>,
     pub reject: Option<RawReject>,
     pub tools_base_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tools_allow_private_hosts: Vec<Spanned<String>>,
     pub filler_line: Option<Spanned<String>>,
     #[serde(default)]
     pub tools: Vec<Spanned<crate::tools::RawTool>>,

@@ -434,11 +434,35 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
             }
         }
     });
+    let mut allow_private = std::collections::BTreeSet::new();
+    for host in &raw.tools_allow_private_hosts {
+        let normalized = crate::tools::egress::normalize_host(host.get_ref());
+        let is_ip = normalized.parse::<std::net::IpAddr>().is_ok();
+        let is_name = !normalized.is_empty()
+            && normalized.len() <= 253
+            && normalized.split('.').all(|l| {
+                (1..=63).contains(&l.len())
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if is_ip || is_name {
+            allow_private.insert(normalized);
+        } else {
+            cx.err(
+                host,
+                format!(
+                    "tools_allow_private_hosts: {:?} must be a host name or an IP address as written in the tool url (no scheme, port, path or wildcard)",
+                    host.get_ref()
+                ),
+            );
+        }
+    }
     let filler_line = cx.text(raw.filler_line, "filler_line");
     let mut problems = Vec::new();
     let tools = crate::tools::build_tools(
         raw.tools,
         tools_base_url.as_deref(),
+        &std::sync::Arc::new(allow_private),
         escalation.enabled && escalation.target.is_some(),
         &mut problems,
     );

@@ -75,6 +75,9 @@
 //!
 //! tools_base_url = "https://api.example.com/v1"  # optional (a top-level key: write it above
 //!                              # the first table); {{base_url}} in tool urls
+//! tools_allow_private_hosts = ["tools.internal"]  # optional (top-level): hosts tools may reach
+//!                              # although they are or resolve to loopback/private/link-local
+//!                              # addresses (names as in the url, or IP literals); default none
 //! filler_line = "One moment while I look that up."  # optional (top-level); said when a tool
 //!                              # runs past [tools] filler_after_ms; default from config
 //! [[tools]]                    # agent tools: http requests or built-ins; the full format is
@@ -112,7 +115,10 @@
 //! empty strings where text is required and settings that belong to another turn detection
 //! type; for tools: bad names, duplicates, a `parameters` that is not a valid JSON Schema of
 //! type object, templates that reference undeclared parameters or unknown placeholders, urls
-//! that do not parse as http(s), literal credentials, `{{base_url}}` without `tools_base_url`,
+//! that do not parse as http(s), a url whose scheme, user, host or port a placeholder other
+//! than `{{base_url}}` could reach (or a `{{base_url}}` not followed by `/`, `?`, `#`), a url
+//! host that is a loopback/private/link-local IP literal not listed in
+//! `tools_allow_private_hosts`, a `Host` header, literal credentials, `{{base_url}}` without `tools_base_url`,
 //! `transfer_to_human` without escalation; for `[after_call]`: bad regexes, duplicate rule
 //! names, SMS templates referencing undeclared rules.
 

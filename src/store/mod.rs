@@ -10,6 +10,7 @@
 //! and reads never rely on a background TTL sweep.
 
 pub mod dynamodb;
+pub mod resilient;
 pub mod sqlite;
 pub mod tokens;
 
@@ -19,6 +20,7 @@ use chrono::{DateTime, Utc};
 use crate::calls::record::{CallEvent, CallRecord, CallState, TranscriptLine};
 
 pub use dynamodb::DynamoStore;
+pub use resilient::{HoldLimits, ResilientStore, StoreHealth};
 pub use sqlite::SqliteStore;
 pub use tokens::HandoverPayload;
 

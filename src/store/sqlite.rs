@@ -256,6 +256,37 @@ impl SqliteStore {
         Self::open_with(path, WAL_RESTART_FRAMES, true)
     }
 
+    /// [`SqliteStore::open`], then limits the database to `max_mb` MiB (`[store]
+    /// sqlite_max_size_mb`; 0 = no limit) with `PRAGMA max_page_count` on the writer
+    /// connection (<https://www.sqlite.org/pragma.html#pragma_max_page_count>): a write that
+    /// needs a page beyond it fails with `SQLITE_FULL`, as on a full disk. A file already larger
+    /// cannot grow (SQLite keeps the limit at least at the current size).
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub async fn open_limited(path: &Path, max_mb: u64) -> Result<SqliteStore, StoreError> {
+        let owned = path.to_path_buf();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&owned))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task: {e}")))??;
+        if max_mb > 0 {
+            store
+                .write(move |conn| {
+                    let page: i64 = conn
+                        .query_row("PRAGMA page_size", [], |r| r.get(0))
+                        .map_err(backend)?;
+                    let pages = i64::try_from(max_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX)
+                        / page.max(512);
+                    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map_err(backend)
+                })
+                .await?;
+        }
+        Ok(store)
+    }
+
     /// [`SqliteStore::open`] with the WAL size that triggers a `RESTART` checkpoint, and
     /// whether the files are flushed to disk before it (see `restart`).
     fn open_with(
@@ -452,19 +483,32 @@ fn writer_loop(
 ) {
     while let Ok(first) = rx.recv() {
         let began = run_cached(&conn, "BEGIN IMMEDIATE");
+        // SQLite may roll the whole transaction back on SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY
+        // or SQLITE_NOMEM (<https://www.sqlite.org/lang_transaction.html>, "Response To Errors
+        // Within A Transaction"): then every job of the batch so far is lost, and the batch
+        // must fail as a whole (and take no more jobs) instead of answering them committed.
+        let rolled_back = |conn: &Connection| began.is_ok() && conn.is_autocommit();
         let mut replies = Vec::with_capacity(16);
         replies.push(first(&mut conn));
-        while replies.len() < GROUP_COMMIT_MAX {
+        while replies.len() < GROUP_COMMIT_MAX && !rolled_back(&conn) {
             match rx.try_recv() {
                 Ok(job) => replies.push(job(&mut conn)),
                 Err(_) => break,
             }
         }
-        let outcome = began.and_then(|()| run_cached(&conn, "COMMIT"));
-        let error = outcome.err().map(|e| {
-            let _ = run_cached(&conn, "ROLLBACK");
-            backend(e)
-        });
+        let lost = rolled_back(&conn);
+        let error = if lost {
+            Some(StoreError::Backend(
+                "the write batch was rolled back by SQLite after an error (database or disk full?)"
+                    .into(),
+            ))
+        } else {
+            let outcome = began.and_then(|()| run_cached(&conn, "COMMIT"));
+            outcome.err().map(|e| {
+                let _ = run_cached(&conn, "ROLLBACK");
+                backend(e)
+            })
+        };
         for reply in replies {
             reply(error.clone());
         }

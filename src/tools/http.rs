@@ -11,11 +11,15 @@
 //! - Anything else is `http_error` with the status; 400/404/409/422 answers include a short
 //!   `detail` from the body so the model can tell the caller what was wrong.
 //! - Connection failures are `unavailable`. Redirects are not followed.
+//! - A host that is (or resolves to) a refused address ([`super::egress`]) is `blocked`, with
+//!   the host, address and class in the note; nothing is sent.
+//! - An argument that would make a whole path segment `.` or `..` is `invalid_arguments`.
 
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
+use super::egress::{self, EgressRefused};
 use super::run::{CallInfo, Outcome, Services, ToolResult, fit_output, redact};
 use super::spec::HttpSpec;
 use super::template::{CallField, Encoding, Values};
@@ -54,6 +58,16 @@ fn failed(code: &str, message: &str, note: String) -> ToolResult {
     ToolResult::error(Outcome::Failed, code, message, Some(note))
 }
 
+fn blocked(refused: &EgressRefused) -> ToolResult {
+    ToolResult::error(
+        Outcome::Blocked,
+        "blocked",
+        "This tool is not allowed to reach its service. Apologise and help the caller another \
+         way (or offer a transfer).",
+        Some(refused.to_string()),
+    )
+}
+
 /// Runs one HTTP tool call (without the timeout, which [`super::execute`] applies).
 pub(crate) async fn run(
     spec: &HttpSpec,
@@ -87,7 +101,20 @@ pub(crate) async fn run(
         base_url,
         secrets: &secrets,
     };
-    let url_text = spec.url.render(&values, Encoding::Url);
+    let url_text = match spec.url.render_url(&values) {
+        Ok(u) => u,
+        Err(e) => {
+            let mut r = ToolResult::error(
+                Outcome::InvalidArguments,
+                "invalid_arguments",
+                "An argument cannot be '.' or '..'. Check the value with the caller and call the \
+                 tool again.",
+                Some(e.to_string()),
+            );
+            r.output["error"]["problems"] = json!([e.to_string()]);
+            return r;
+        }
+    };
     let url = match reqwest::Url::parse(&url_text) {
         Ok(u) => u,
         Err(e) => {
@@ -98,8 +125,21 @@ pub(crate) async fn run(
             );
         }
     };
-    let mut req = services
-        .http
+    if let Err(refused) = egress::check_literal(&url, &spec.allow_private_hosts) {
+        return blocked(&refused);
+    }
+    let client = match services.client_for(&spec.allow_private_hosts) {
+        Ok(c) => c,
+        Err(e) => {
+            return failed(
+                "unavailable",
+                "The service cannot be reached right now. Apologise and help the caller another \
+                 way.",
+                format!("http client: {e}"),
+            );
+        }
+    };
+    let mut req = client
         .request(spec.method.clone(), url)
         .header(reqwest::header::ACCEPT, "application/json");
     for (name, t) in &spec.headers {
@@ -123,6 +163,9 @@ pub(crate) async fn run(
 
     let mut resp = match req.send().await {
         Ok(r) => r,
+        Err(e) if egress::refusal(&e).is_some() => {
+            return blocked(egress::refusal(&e).expect("checked"));
+        }
         Err(e) => {
             return ToolResult::error(
                 Outcome::Unavailable,

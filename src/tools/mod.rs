@@ -10,6 +10,7 @@
 //!
 //! ```toml
 //! tools_base_url = "https://api.shop.example/v1"  # optional; {{base_url}} in tool urls
+//! tools_allow_private_hosts = ["tools.internal"]  # optional; hosts that may be private/loopback
 //! filler_line = "One moment while I check."       # optional; overrides [tools] filler_line
 //!
 //! [[tools]]
@@ -26,7 +27,9 @@
 //! pattern = "^SK-[0-9]{4,8}$"
 //! [tools.http]
 //! method = "GET"                        # GET (default) | POST | PUT | PATCH | DELETE
-//! url = "{{base_url}}/orders/{{args.order_id}}"   # substitutions are percent-encoded
+//! url = "{{base_url}}/orders/{{args.order_id}}"   # substitutions are percent-encoded, one
+//!                                       # path segment or query value each; the scheme, host and
+//!                                       # port are fixed text or {{base_url}}
 //! headers = { Authorization = "Bearer {{secret:shop_api_token}}" }
 //! # body = { order = "{{args.order_id}}", caller = "{{call.caller}}" }  # JSON, POST/PUT/PATCH
 //! [tools.http.response]
@@ -46,6 +49,14 @@
 //! in profile files. `NAME` is looked up when the tool runs: `[tools] secrets_dir/NAME`,
 //! `$CREDENTIALS_DIRECTORY/NAME`, then `VOXMACHINA_SECRET_<NAME>`.
 //!
+//! Where tools connect: the host of every request is fixed by the profile (see
+//! [`template::Template::check_url_authority`]) and every address it resolves to is checked
+//! after DNS resolution ([`egress`]): loopback, private, link-local (cloud metadata), unique-local,
+//! multicast and other special-purpose addresses are refused unless the profile lists the host
+//! in `tools_allow_private_hosts`. A refused request is a `{"error":{"code":"blocked",...}}`
+//! object for the model and a `tool_result` event with outcome `blocked` and the reason.
+//! Redirects are not followed and `HTTP(S)_PROXY` is not used for tool requests.
+//!
 //! # At call time
 //!
 //! The monitor checks the arguments against the schema (`jsonschema` crate), runs the tool on
@@ -55,6 +66,7 @@
 //! filler_after_ms` the agent says the filler line (openai.md §9.9).
 
 mod builtin;
+pub mod egress;
 mod http;
 mod run;
 mod spec;

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use std::collections::HashMap;
+
 use super::builtin;
+use super::egress::{Allowlist, GuardedResolver};
 use super::spec::{ToolDef, ToolKind};
 use crate::config::{Secret, Secrets, ToolsConfig};
 use crate::hubspot::HubSpot;
@@ -48,9 +51,13 @@ pub fn secret_lookup(secrets_dir: &Path) -> SecretLookup {
 /// What tools need from the controller, shared by every call.
 #[derive(Clone)]
 pub struct Services {
-    /// HTTP client for `http` tools: no redirects (a 3xx is an error, so secret headers never
-    /// follow a redirect to another host), connect timeout 5 s, keep-alive pool.
+    /// HTTP client for `http` tools of profiles without `tools_allow_private_hosts`: no
+    /// redirects (a 3xx is an error, so secret headers never follow a redirect to another
+    /// host), no proxy, names resolved by [`super::egress::GuardedResolver`] (refused address
+    /// classes fail the request), connect timeout 5 s, keep-alive pool.
     pub http: reqwest::Client,
+    /// Clients with an allowlist, one per distinct `tools_allow_private_hosts`.
+    allowing: Arc<std::sync::Mutex<HashMap<Allowlist, reqwest::Client>>>,
     /// `[tools]` settings.
     pub config: ToolsConfig,
     /// Named secrets for `{{secret:NAME}}`.
@@ -77,15 +84,10 @@ impl Services {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(config: ToolsConfig) -> Result<Services, String> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("voxmachina/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = tool_client(Allowlist::default())?;
         Ok(Services {
             http,
+            allowing: Arc::default(),
             secrets: secret_lookup(&config.secrets_dir),
             config,
             hubspot: None,
@@ -111,11 +113,49 @@ impl Services {
         self
     }
 
+    /// The client for tools of a profile whose `tools_allow_private_hosts` is `allow`:
+    /// [`Services::http`] when it is empty, else a client whose resolver lets those names
+    /// resolve to refused addresses (built once per distinct list and kept; at most 64 lists).
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn client_for(&self, allow: &Allowlist) -> Result<reqwest::Client, String> {
+        if allow.is_empty() {
+            return Ok(self.http.clone());
+        }
+        let mut clients = self
+            .allowing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(allow) {
+            return Ok(c.clone());
+        }
+        if clients.len() >= 64 {
+            clients.clear();
+        }
+        let client = tool_client(allow.clone())?;
+        clients.insert(allow.clone(), client.clone());
+        Ok(client)
+    }
+
     /// The timeout of `tool`: its `timeout_ms`, else `[tools] default_timeout_ms`.
     pub fn timeout_of(&self, tool: &ToolDef) -> Duration {
         tool.timeout
             .unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
     }
+}
+
+/// The tools' HTTP client (see [`Services::http`]) allowing refused addresses for `allow`.
+fn tool_client(allow: Allowlist) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(GuardedResolver::new(allow))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("voxmachina/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The call a tool runs for.
@@ -144,6 +184,9 @@ pub enum Outcome {
     BadResponse,
     /// The endpoint could not be reached (DNS, connect, TLS, reset).
     Unavailable,
+    /// The request was refused before it was sent: its host is (or resolves to) an address
+    /// tools may not reach ([`super::egress`]).
+    Blocked,
     /// A secret or integration the tool needs is not configured.
     NotConfigured,
     /// The tool cannot run on this call path (`send_dtmf` over SIP).
@@ -156,7 +199,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The label: `ok`, `invalid_arguments`, `timeout`, `http_error`, `bad_response`,
-    /// `unavailable`, `not_configured`, `unsupported`, `failed`, `unknown_tool`.
+    /// `unavailable`, `blocked`, `not_configured`, `unsupported`, `failed`, `unknown_tool`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -165,6 +208,7 @@ impl Outcome {
             Outcome::HttpError => "http_error",
             Outcome::BadResponse => "bad_response",
             Outcome::Unavailable => "unavailable",
+            Outcome::Blocked => "blocked",
             Outcome::NotConfigured => "not_configured",
             Outcome::Unsupported => "unsupported",
             Outcome::Failed => "failed",

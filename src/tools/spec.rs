@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use toml::Spanned;
 
 use super::builtin::Builtin;
+use super::egress::{self, Allowlist};
 use super::template::{Segment, Template};
 
 /// Largest `timeout_ms` a tool may set (one minute).
@@ -91,6 +92,10 @@ pub struct HttpSpec {
     pub body: Option<BodyTemplate>,
     /// How the answer becomes the model's `function_call_output`.
     pub response: ResponseMapping,
+    /// The profile's `tools_allow_private_hosts`: hosts this tool may reach even when they are
+    /// (or resolve to) loopback, private, link-local or other refused addresses
+    /// ([`super::egress`]).
+    pub allow_private_hosts: Allowlist,
 }
 
 /// A JSON body whose strings are templates. A string that is exactly `{{args.NAME}}` takes the
@@ -244,12 +249,14 @@ pub fn valid_tool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Validates `[[tools]]`. `base_url` is the profile's `tools_base_url`; `escalation_enabled`
-/// says whether `transfer_to_human` exists. Problems are pushed to `problems`; the returned set
-/// holds the tools that passed.
+/// Validates `[[tools]]`. `base_url` is the profile's `tools_base_url`; `allow_private` its
+/// `tools_allow_private_hosts` (normalized hosts); `escalation_enabled` says whether
+/// `transfer_to_human` exists. Problems are pushed to `problems`; the returned set holds the
+/// tools that passed.
 pub(crate) fn build_tools(
     raw: Vec<Spanned<RawTool>>,
     base_url: Option<&str>,
+    allow_private: &Allowlist,
     escalation_enabled: bool,
     problems: &mut Vec<Problem>,
 ) -> ToolSet {
@@ -259,7 +266,13 @@ pub(crate) fn build_tools(
         let span = entry.span();
         let entry = entry.into_inner();
         let before = problems.len();
-        let tool = build_tool(entry, span.clone(), base_url, escalation_enabled, problems);
+        let tool = build_tool(
+            entry,
+            span.clone(),
+            (base_url, allow_private),
+            escalation_enabled,
+            problems,
+        );
         if let Some(tool) = tool {
             if seen.insert(tool.name.clone(), ()).is_some() {
                 problems.push((
@@ -277,7 +290,7 @@ pub(crate) fn build_tools(
 fn build_tool(
     t: RawTool,
     span: Range<usize>,
-    base_url: Option<&str>,
+    (base_url, allow_private): (Option<&str>, &Allowlist),
     escalation_enabled: bool,
     problems: &mut Vec<Problem>,
 ) -> Option<ToolDef> {
@@ -456,7 +469,7 @@ fn build_tool(
                 .map(|m| m.keys().cloned().collect())
                 .unwrap_or_default();
             let before = problems.len();
-            let http = build_http(&name, h, base_url, &declared, problems);
+            let http = build_http(&name, h, (base_url, allow_private), &declared, problems);
             if problems.len() != before {
                 return None;
             }
@@ -492,7 +505,7 @@ fn looks_like_token(text: &str) -> bool {
 fn build_http(
     tool: &str,
     h: &Spanned<RawHttp>,
-    base_url: Option<&str>,
+    (base_url, allow_private): (Option<&str>, &Allowlist),
     declared: &[String],
     problems: &mut Vec<Problem>,
 ) -> Option<HttpSpec> {
@@ -590,6 +603,9 @@ fn build_http(
             format!("tool {tool:?}: {{{{base_url}}}} must start the url"),
         );
     }
+    if let Err(e) = url.check_url_authority(base_url) {
+        err(url_span.clone(), format!("tool {tool:?}: url: {e}"));
+    }
     let literal: String = url
         .segments()
         .iter()
@@ -625,10 +641,23 @@ fn build_http(
             self.0
         }
     }
-    let sample = url.render(&Sample(base_url), super::template::Encoding::Url);
+    let sample = url.render_url(&Sample(base_url)).unwrap_or_default();
     match reqwest::Url::parse(&sample) {
         _ if uses_base && base_url.is_none() => {}
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            // The host is fixed text (checked above): refuse a refused IP literal now rather
+            // than at the first call (names are checked when they are resolved).
+            let host = egress::normalize_host(u.host_str().unwrap_or_default());
+            let class = host.parse().ok().and_then(egress::refused_class);
+            if let Some(class) = class.filter(|_| !allow_private.contains(&host)) {
+                err(
+                    url_span.clone(),
+                    format!(
+                        "tool {tool:?}: the url's host {host} is a {class} address, which tools may not reach; list it in the profile's tools_allow_private_hosts if that is meant"
+                    ),
+                );
+            }
+        }
         Ok(u) => err(
             url_span.clone(),
             format!(
@@ -653,6 +682,15 @@ fn build_http(
             );
             continue;
         };
+        if hname == reqwest::header::HOST {
+            err(
+                at,
+                format!(
+                    "tool {tool:?}: the Host header comes from the url and cannot be set (it would choose the virtual host behind the address)"
+                ),
+            );
+            continue;
+        }
         let t = match Template::parse(value.get_ref()) {
             Ok(t) => t,
             Err(e) => {
@@ -773,6 +811,7 @@ fn build_http(
         headers,
         body,
         response,
+        allow_private_hosts: allow_private.clone(),
     })
 }
 

@@ -23,6 +23,7 @@
 //! | bad signature, stale or future timestamp | 401 | nothing |
 //! | authentic but not JSON / not the event shape | 400 | nothing |
 //! | during shutdown | 503 | nothing (OpenAI retries) |
+//! | store writes failing ([`crate::store::resilient`]), or the call record cannot be created | 503 `store_unavailable` | nothing decided (OpenAI redelivers; the call is never accepted without a record) |
 //! | duplicate `webhook-id` | 200 | nothing |
 //! | unknown event type | 200 | ignored |
 //! | the profile's `api` is the other API (one SIP call fires both webhooks) | 200 | record `ignored` with the SIP `Call-ID`, call left alone (never rejected) |
@@ -185,6 +186,10 @@ async fn incoming_call(
     received: std::time::Instant,
 ) -> Response {
     let ev = data.event;
+    if !app.held_writes.health().writes_ok() {
+        warn!(%webhook_id, store = %app.held_writes.health().describe(), "store writes failing: incoming call not taken, OpenAI redelivers");
+        return reply(StatusCode::SERVICE_UNAVAILABLE, ev, "store_unavailable");
+    }
     let now = Utc::now();
     let ttl =
         chrono::Duration::hours(i64::try_from(app.config.webhook.dedupe_ttl_hours).unwrap_or(72));
@@ -257,11 +262,14 @@ async fn incoming_call(
             record.created_at = existing.created_at;
         }
         Err(e) => {
-            warn!(error = %e, "cannot create call record; deciding without it");
+            // Never accept a call whose record cannot be written: OpenAI redelivers the 503
+            // (the record guard, not the webhook-id claim, decides a redelivery).
+            warn!(error = %e, "cannot create call record; asking OpenAI to redeliver");
             metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
-            if !first_delivery || app.registry().contains(&record.call_id) {
-                return reply(StatusCode::OK, ev, "duplicate");
+            if first_delivery {
+                let _ = app.store.release_webhook(&webhook_id).await;
             }
+            return reply(StatusCode::SERVICE_UNAVAILABLE, ev, "store_unavailable");
         }
     }
     if other_owns {

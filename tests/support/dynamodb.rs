@@ -120,6 +120,13 @@ pub struct Tables {
     prefix: String,
 }
 
+impl Tables {
+    /// The table prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
 impl Drop for Tables {
     fn drop(&mut self) {
         let (endpoint, prefix) = (self.endpoint.clone(), self.prefix.clone());
@@ -147,6 +154,15 @@ pub async fn fresh_dynamo() -> Option<(DynamoStore, Tables)> {
         .await
         .expect("create tables");
     Some((store, Tables { endpoint, prefix }))
+}
+
+/// [`fresh_dynamo`], but the returned store talks to `via` (e.g. a TCP proxy in front of the
+/// engine that a test can cut) instead of the engine; the tables are created and deleted on the
+/// engine itself.
+pub async fn fresh_dynamo_via(via: &str) -> Option<(DynamoStore, Tables)> {
+    let (_, tables) = fresh_dynamo().await?;
+    let store = DynamoStore::new(DynamoStore::local_client(via, REGION), &tables.prefix);
+    Some((store, tables))
 }
 
 /// [`fresh_dynamo`] as a trait object, for `store_conformance_tests!(optional ...)`.
