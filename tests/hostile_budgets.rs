@@ -252,7 +252,8 @@ async fn too_many_pending_tools_end_the_call() {
         std::fs::write(
             dir.join("slow.toml"),
             format!(
-                "tools_base_url = \"{base}\"\n[match]\ndialed = [\"+18005550177\"]\n\
+                "tools_base_url = \"{base}\"\n\
+                 tools_allow_private_hosts = [\"127.0.0.1\"]\n[match]\ndialed = [\"+18005550177\"]\n\
                  [escalation]\nenabled = false\n\
                  [[tools]]\nname = \"stuck_lookup\"\ndescription = \"Never answers.\"\n\
                  timeout_ms = 10000\nhttp = {{ url = \"{{{{base_url}}}}/stuck\" }}\n"
