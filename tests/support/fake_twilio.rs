@@ -418,6 +418,29 @@ impl FakeTwilio {
     }
 }
 
+/// What Twilio puts on the INVITE of a `<Dial><Sip>` leg: the `(name, value)` URI headers of
+/// the first `<Sip>` URI of `twiml` (after `?`, `&`-separated, values percent-decoded), as
+/// Twilio's `<Sip>` noun documents (<https://www.twilio.com/docs/voice/twiml/sip#custom-headers>).
+/// `None` when the document has no `<Sip>`.
+pub fn sip_dial_headers(twiml: &str) -> Option<Vec<(String, String)>> {
+    let start = twiml.find("<Sip>")? + "<Sip>".len();
+    let end = start + twiml[start..].find("</Sip>")?;
+    let uri = twiml[start..end].replace("&amp;", "&");
+    let Some((_, query)) = uri.split_once('?') else {
+        return Some(Vec::new());
+    };
+    Some(
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(n, v)| {
+                let value = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                (n.to_string(), value.into_owned())
+            })
+            .collect(),
+    )
+}
+
 fn next_sid(state: &mut State, prefix: &str) -> String {
     state.next_sid += 1;
     format!("{prefix}{:032x}", 0xfa4e_0000_u64 + state.next_sid)
