@@ -32,7 +32,7 @@ use crate::app::AppState;
 use crate::calls::persist::append;
 use crate::calls::record::CallEvent;
 use crate::config::Secret;
-use crate::sip::{E164, SipHeader, header};
+use crate::sip::{E164, SipHeader, header, headers_named};
 use crate::twilio::rest::{CallUpdate, TwilioError, TwilioRest};
 use crate::twilio::signature::verify_call_sid_binding;
 use crate::twilio::twiml::{Dial, Number, Response, SipTarget, TwimlError};
@@ -91,27 +91,29 @@ pub enum ParentCallSid {
     Unbound(String),
 }
 
-/// The parent `CallSid` from a `realtime.call.incoming` webhook's `sip_headers`: the first
-/// [`CALL_SID_HEADER`] and [`CALL_SID_BINDING_HEADER`] (names matched case-insensitively,
-/// values trimmed). Header values are untrusted caller metadata (openai.md §3): the `CallSid`
-/// is [`ParentCallSid::Bound`] only when it is a well-formed SID ([`is_call_sid`]) and the
-/// binding verifies under `auth_token` (the Twilio Auth Token); without a key (Twilio not
-/// configured, or an empty token) nothing is bound (fail closed).
+/// The parent `CallSid` from a `realtime.call.incoming` webhook's `sip_headers`: the
+/// [`CALL_SID_HEADER`] values and the first [`CALL_SID_BINDING_HEADER`] (names matched
+/// case-insensitively, values trimmed). Header values are untrusted caller metadata (openai.md
+/// §3): a `CallSid` is [`ParentCallSid::Bound`] only when it is a well-formed SID
+/// ([`is_call_sid`]) and the binding verifies for it under `auth_token` (the Twilio Auth Token);
+/// every value is tried, since Twilio's INVITE may carry an `X-Twilio-CallSid` of its own
+/// besides our URI header. Without a key (Twilio not configured, or an empty token) nothing is
+/// bound (fail closed); [`ParentCallSid::Unbound`] reports the first value.
 pub fn parent_call_sid(sip_headers: &[SipHeader], auth_token: Option<&Secret>) -> ParentCallSid {
-    let Some(claimed) = header(sip_headers, CALL_SID_HEADER)
+    let mut claims = headers_named(sip_headers, CALL_SID_HEADER)
         .map(str::trim)
         .filter(|v| !v.is_empty())
-    else {
+        .peekable();
+    let Some(first) = claims.peek().copied() else {
         return ParentCallSid::Absent;
     };
-    let bound = is_call_sid(claimed)
-        && auth_token
-            .zip(header(sip_headers, CALL_SID_BINDING_HEADER))
-            .is_some_and(|(key, mac)| verify_call_sid_binding(key, claimed, mac.trim()));
-    if bound {
-        ParentCallSid::Bound(claimed.to_string())
-    } else {
-        ParentCallSid::Unbound(claimed.chars().take(64).collect())
+    let mac = auth_token.zip(header(sip_headers, CALL_SID_BINDING_HEADER));
+    match claims.find(|sid| {
+        is_call_sid(sid)
+            && mac.is_some_and(|(key, mac)| verify_call_sid_binding(key, sid, mac.trim()))
+    }) {
+        Some(sid) => ParentCallSid::Bound(sid.to_string()),
+        None => ParentCallSid::Unbound(first.chars().take(64).collect()),
     }
 }
 
@@ -249,6 +251,13 @@ mod tests {
             ParentCallSid::Unbound("CA123; drop table".into())
         );
         assert_eq!(parent_call_sid(&[], Some(&key)), ParentCallSid::Absent);
+        // Another X-Twilio-CallSid before ours (Twilio's own, or a caller's): ours is found.
+        let mut two = vec![SipHeader::new(CALL_SID_HEADER, other)];
+        two.extend(hs.clone());
+        assert_eq!(
+            parent_call_sid(&two, Some(&key)),
+            ParentCallSid::Bound(sid.into())
+        );
     }
 
     #[test]

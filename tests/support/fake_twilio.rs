@@ -420,7 +420,7 @@ impl FakeTwilio {
 
 /// What Twilio puts on the INVITE of a `<Dial><Sip>` leg: the `(name, value)` URI headers of
 /// the first `<Sip>` URI of `twiml` (after `?`, `&`-separated, values percent-decoded), as
-/// Twilio's `<Sip>` noun documents (<https://www.twilio.com/docs/voice/twiml/sip#custom-headers>).
+/// Twilio documents for `<Dial><Sip>` (<https://www.twilio.com/docs/voice/api/receiving-sip>).
 /// `None` when the document has no `<Sip>`.
 pub fn sip_dial_headers(twiml: &str) -> Option<Vec<(String, String)>> {
     let start = twiml.find("<Sip>")? + "<Sip>".len();
