@@ -1073,3 +1073,74 @@ async fn write_all(sink: &mut TwilioSink, texts: Vec<String>) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(call_sid: Option<&str>, direction: &str, dialed: Option<&str>) -> StreamGrant {
+        StreamGrant {
+            call_sid: call_sid.map(str::to_string),
+            account_sid: "AC1".into(),
+            profile: "support".into(),
+            direction: direction.into(),
+            dialed: dialed.map(str::to_string),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn record(profile: &str, direction: &str, dialed: Option<&str>) -> CallRecord {
+        let mut r = CallRecord::new("CA1", Api::TwilioMedia, "twilio-voice", Utc::now());
+        r.profile = profile.into();
+        r.dialed = dialed.map(str::to_string);
+        r.media = Some(MediaInfo {
+            direction: direction.into(),
+            ..MediaInfo::default()
+        });
+        r
+    }
+
+    #[test]
+    fn a_record_matches_only_the_call_it_was_granted_for() {
+        let inbound = grant(Some("CA1"), "inbound", None);
+        assert!(record_matches(
+            &record("support", "inbound", Some("+18005550100")),
+            &inbound
+        ));
+        assert!(!record_matches(&record("sales", "inbound", None), &inbound));
+        assert!(!record_matches(
+            &record("support", "outbound", None),
+            &inbound
+        ));
+        // Outbound grants have no CallSid: the callee binds them.
+        let outbound = grant(None, "outbound", Some("+14155550123"));
+        assert!(record_matches(
+            &record("support", "outbound", Some("+14155550123")),
+            &outbound
+        ));
+        assert!(!record_matches(
+            &record("support", "outbound", Some("+14155550199")),
+            &outbound
+        ));
+        assert!(!record_matches(
+            &record("support", "inbound", Some("+14155550123")),
+            &outbound
+        ));
+    }
+
+    #[test]
+    fn refusal_labels() {
+        for (r, label) in [
+            (Refusal::NoToken, "no_token"),
+            (Refusal::InvalidToken, "invalid_token"),
+            (Refusal::CallMismatch, "call_mismatch"),
+            (Refusal::NotWaiting, "not_waiting"),
+            (Refusal::AlreadyBridged, "already_bridged"),
+            (Refusal::StoreUnavailable, "store_unavailable"),
+        ] {
+            assert_eq!(r.as_str(), label);
+            // A close reason must fit in a control frame (RFC 6455 §5.5: 123 bytes).
+            assert!(format!("stream refused: {label}").len() <= 123);
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Persistence: call records, transcript lines, call events, webhook dedupe and handover tokens.
+//! Persistence: call records, transcript lines, call events, webhook dedupe, handover tokens and
+//! Media Streams stream tokens.
 //!
 //! [`Store`] is the one interface the rest of the controller uses. [`sqlite::SqliteStore`] is the
 //! embedded implementation (one file, WAL); [`dynamodb::DynamoStore`] is the distributed one
