@@ -1,7 +1,8 @@
 //! The `twilio_dial` escalation action end to end, against the fake Twilio (real HTTP on
 //! 127.0.0.1) and the OpenAI emulator: `POST /twilio/voice` in `[twilio] voice_mode = "sip"`
-//! answers `<Dial><Sip>` with the `X-Twilio-CallSid` URI header (signature checked, 403
-//! otherwise), the SIP webhook keeps that parent CallSid on the record, and the hand-off
+//! answers `<Dial><Sip>` with the `X-Twilio-CallSid` URI header and our HMAC binding of it
+//! (signature checked, 403 otherwise), the SIP webhook keeps that bound parent CallSid on the
+//! record (the INVITE carries the TwiML's URI headers, as Twilio sends them), and the hand-off
 //! redirects the parent call with `<Dial><Number sendDigits="wwww{token}#">` (exact REST
 //! request), or falls back to a REFER when it cannot.
 
@@ -10,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::fake_twilio::{ACCOUNT_SID, AUTH_TOKEN, FakeTwilio};
+use support::fake_twilio::{ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, sip_dial_headers};
 use support::harness::{API_KEY, Harness, test_config, test_secrets, webhook_secret};
 use voxmachina::app;
 use voxmachina::calls::record::{CallRecord, CallState};
@@ -84,15 +85,16 @@ async fn start() -> Setup {
 }
 
 /// The caller explains, the model calls `transfer_to_human`, then the caller stays on the line.
-fn transfer_script(parent: Option<&str>) -> Script {
+/// `parent`: the SIP headers naming the Twilio parent call (see [`Setup::dial_headers`]).
+fn transfer_script(parent: &[(String, String)]) -> Script {
     let mut s = Script::new()
         .from(format!("<sip:{CALLER}@pstn.twilio.com>;tag=t1"))
         .auto_reply(false)
         .greeting_wait_ms(300)
         .turn_gap_ms(20)
         .tool_timeout_ms(5_000);
-    if let Some(sid) = parent {
-        s = s.header("X-Twilio-CallSid", sid);
+    for (name, value) in parent {
+        s = s.header(name, value);
     }
     // No escalation phrase: the tool call is the trigger.
     s.caller("I was charged twice for my order last week.")
@@ -151,6 +153,36 @@ impl Setup {
     fn local(&self, path: &str) -> String {
         format!("{}{path}", self.h.server.base_url())
     }
+
+    /// The headers Twilio puts on the INVITE to OpenAI for the parent call `sid`: the URI
+    /// headers of the `<Dial><Sip>` our signed voice webhook answers.
+    async fn dial_headers(&self, sid: &str) -> Vec<(String, String)> {
+        let params = self.twilio.voice_params(sid, CALLER, LINE);
+        let resp = self
+            .twilio
+            .post_webhook_signed_as(
+                &self.local("/twilio/voice"),
+                &format!("{PUBLIC_URL}/twilio/voice"),
+                &params,
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        sip_dial_headers(&resp.text().await.unwrap()).expect("<Dial><Sip> TwiML")
+    }
+}
+
+/// HMAC-SHA256 of our `CallSid` binding, computed here independently of the code under test:
+/// `hex(HMAC-SHA256(auth token, "voxmachina twilio CallSid binding v1\n" + CallSid))`.
+fn expected_binding(sid: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(AUTH_TOKEN.as_bytes()).unwrap();
+    mac.update(b"voxmachina twilio CallSid binding v1\n");
+    mac.update(sid.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,10 +205,11 @@ async fn sip_mode_voice_webhook_dials_openai_with_the_call_sid() {
             .unwrap()
             .starts_with("text/xml")
     );
+    let mac = expected_binding(&sid);
     assert_eq!(
         resp.text().await.unwrap(),
         format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial><Sip>{OPENAI_SIP_URI}?X-Twilio-CallSid={sid}</Sip></Dial></Response>"#
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial><Sip>{OPENAI_SIP_URI}?X-Twilio-CallSid={sid}&amp;X-Voxmachina-CallSid-Mac={mac}</Sip></Dial></Response>"#
         )
     );
     // No record for the parent: the SIP call's record (created by the OpenAI webhook) is it.
@@ -234,7 +267,7 @@ async fn sip_mode_voice_webhook_dials_openai_with_the_call_sid() {
 async fn twilio_dial_redirects_the_parent_call_with_the_token_as_digits() {
     let s = start().await;
     let sid = s.twilio.add_inbound_call(CALLER, LINE);
-    let call_id = s.place(transfer_script(Some(&sid))).await;
+    let call_id = s.place(transfer_script(&s.dial_headers(&sid).await)).await;
 
     let update = s.wait_update(&sid).await;
     // Twilio dropped the <Dial><Sip> leg: OpenAI ends the session.
@@ -309,7 +342,7 @@ async fn twilio_dial_falls_back_to_refer_without_a_parent_call_or_on_a_twilio_er
 
     // 1. No X-Twilio-CallSid on the INVITE: nothing to redirect, REFER to the fallback.
     let call_id = s
-        .place(transfer_script(None).refer_faults([ReferFault::Transfer]))
+        .place(transfer_script(&[]).refer_faults([ReferFault::Transfer]))
         .await;
     let (view, record) = s.wait_final(&call_id).await;
     assert_eq!(record.twilio_call_sid, None);
@@ -333,7 +366,10 @@ async fn twilio_dial_falls_back_to_refer_without_a_parent_call_or_on_a_twilio_er
 
     // 2. A malformed header value is ignored the same way.
     let call_id = s
-        .place(transfer_script(Some("CA-not-a-sid")).refer_faults([ReferFault::Transfer]))
+        .place(
+            transfer_script(&[("X-Twilio-CallSid".into(), "CA-not-a-sid".into())])
+                .refer_faults([ReferFault::Transfer]),
+        )
         .await;
     let (view, record) = s.wait_final(&call_id).await;
     assert_eq!(record.twilio_call_sid, None);
@@ -343,7 +379,7 @@ async fn twilio_dial_falls_back_to_refer_without_a_parent_call_or_on_a_twilio_er
     let sid = s.twilio.add_inbound_call(CALLER, LINE);
     s.twilio.fail_next(500, 20500, "Internal Server Error");
     let call_id = s
-        .place(transfer_script(Some(&sid)).refer_faults([ReferFault::Transfer]))
+        .place(transfer_script(&s.dial_headers(&sid).await).refer_faults([ReferFault::Transfer]))
         .await;
     let (view, record) = s.wait_final(&call_id).await;
     assert_eq!(record.twilio_call_sid.as_deref(), Some(sid.as_str()));

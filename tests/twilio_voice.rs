@@ -40,10 +40,20 @@ async fn signed_voice_webhook_gets_connect_stream_twiml_and_a_record() {
             .starts_with("text/xml")
     );
     let twiml = resp.text().await.unwrap();
+    // A fresh single-use stream token first (random: checked for shape, then put in the
+    // expected document), then the informational parameters.
+    let (_, params) = stream_of_twiml(&twiml).unwrap();
+    let token = &params[0];
+    assert_eq!(token.0, "stream_token");
+    assert!(
+        voxmachina::store::tokens::is_stream_token(&token.1),
+        "{twiml}"
+    );
     assert_eq!(
         twiml,
         format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="{STREAM_URL}" statusCallback="{PUBLIC_URL}/twilio/status"><Parameter name="profile" value="media_pcm16"/><Parameter name="direction" value="inbound"/><Parameter name="from" value="{CALLER}"/><Parameter name="to" value="{PCM16_LINE}"/></Stream></Connect></Response>"#
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="{STREAM_URL}" statusCallback="{PUBLIC_URL}/twilio/status"><Parameter name="stream_token" value="{}"/><Parameter name="profile" value="media_pcm16"/><Parameter name="direction" value="inbound"/><Parameter name="from" value="{CALLER}"/><Parameter name="to" value="{PCM16_LINE}"/></Stream></Connect></Response>"#,
+            token.1
         )
     );
     let rec = m.h.store().get_call(&sid).await.unwrap().unwrap();
@@ -78,10 +88,13 @@ async fn signed_voice_webhook_gets_connect_stream_twiml_and_a_record() {
     let rec = m.h.store().get_call(&sid2).await.unwrap().unwrap();
     assert_eq!(rec.media.unwrap().audio, "pcmu");
 
-    // A retried webhook is answered the same way.
+    // A retried webhook is answered the same way, with a token of its own.
     let (status, again) = m.voice_webhook(&sid, CALLER, PCM16_LINE).await;
     assert_eq!(status, 200);
     assert!(again.contains(r#"value="media_pcm16""#));
+    let (_, again_params) = stream_of_twiml(&again).unwrap();
+    assert_eq!(again_params[0].0, "stream_token");
+    assert_ne!(&again_params[0], token);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,8 +350,10 @@ async fn outbound_call_posts_the_expected_form_to_twilio() {
     assert!(twiml.starts_with(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://voice.test/twilio/media""#));
     let (url, params) = stream_of_twiml(twiml).unwrap();
     assert_eq!(url, STREAM_URL);
+    assert_eq!(params[0].0, "stream_token");
+    assert!(voxmachina::store::tokens::is_stream_token(&params[0].1));
     assert_eq!(
-        params,
+        params[1..],
         vec![
             ("profile".to_string(), "media_pcmu".to_string()),
             ("direction".to_string(), "outbound".to_string()),

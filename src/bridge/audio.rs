@@ -88,8 +88,8 @@ impl Inbound {
     }
 }
 
-/// Decoded length of a padded or unpadded standard base64 string.
-fn b64_decoded_len(b64: &str) -> usize {
+/// Decoded length of a padded or unpadded standard base64 string (without decoding it).
+pub(crate) fn b64_decoded_len(b64: &str) -> usize {
     let pad = b64.bytes().rev().take_while(|&b| b == b'=').count();
     (b64.len() - pad) * 3 / 4
 }

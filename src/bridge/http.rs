@@ -2,8 +2,8 @@
 //!
 //! | route | checks | answer |
 //! |---|---|---|
-//! | `POST /twilio/voice` | `X-Twilio-Signature` over `{public URL}{path}[?query]` and all form parameters (403 otherwise); `CallSid`, `AccountSid`, `From`, `To` present (400) | TwiML: `<Connect><Stream>` (`[twilio] voice_mode = "stream"`), `<Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={CallSid}</Sip></Dial>` (`voice_mode = "sip"`, see [`crate::escalation::twilio_dial`]), or a reject |
-//! | `GET /twilio/media` | signature over the stream URL `wss://{public host}{prefix}/twilio/media`, no params (403) | WebSocket upgrade → [`super::stream::run`] |
+//! | `POST /twilio/voice` | `X-Twilio-Signature` over `{public URL}{path}[?query]` and all form parameters (403 otherwise); `CallSid`, `AccountSid`, `From`, `To` present (400) | TwiML: `<Connect><Stream>` (`[twilio] voice_mode = "stream"`), `<Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={CallSid}&X-Voxmachina-CallSid-Mac={HMAC}</Sip></Dial>` (`voice_mode = "sip"`, see [`crate::escalation::twilio_dial`]), or a reject |
+//! | `GET /twilio/media` | signature over the stream URL `wss://{public host}{prefix}/twilio/media`, no params (403); then the `start` message must carry a live single-use `stream_token` whose grant names its `callSid`/`accountSid` (else the socket is closed 1008 before any Realtime session, see [`super::stream`]) | WebSocket upgrade → [`super::stream::run`] |
 //! | `POST /twilio/status` | signature over `{public URL}/twilio/status` + form (403); `CallSid` (400) | 200; events, and `missed` for outbound calls that never connected |
 //! | `POST /v1/calls/outbound` (admin token) | JSON `{"to": "+E164", "profile": "name"?}` | 201 `{"call": record}`; 400/404/409/502 `{"error"}` |
 //!
@@ -50,6 +50,7 @@ use crate::config::TwilioVoiceMode;
 use crate::escalation::twilio_dial;
 use crate::prompts::{Admission, Profile, RejectReason};
 use crate::sip::{CallParties, E164, SipHeader};
+use crate::store::StreamGrant;
 use crate::telemetry::{mask_number, names};
 use crate::twilio::signature;
 use crate::twilio::twiml::{Response as Twiml, Stream, TwimlError};
@@ -168,20 +169,23 @@ fn signature_ok(
 }
 
 /// The `<Connect><Stream>` document: stream URL from `base`, `statusCallback`
-/// `{base}/twilio/status`, and the `profile`, `direction`, `from`, `to` parameters (each left
-/// out when name plus value would reach Twilio's 500-character limit).
+/// `{base}/twilio/status`, the single-use [`params::STREAM_TOKEN`] `stream_token`, then the
+/// informational `profile`, `direction`, `from`, `to` parameters (each left out when name plus
+/// value would reach Twilio's 500-character limit; the bridge never reads them back).
 ///
 /// # Errors
 /// [`TwimlError`] when `base` makes an unusable stream URL (e.g. it has a query string).
 pub fn connect_twiml(
     base: &str,
+    stream_token: &str,
     profile: &str,
     direction: &str,
     from: &str,
     to: &str,
 ) -> Result<String, TwimlError> {
-    let mut stream =
-        Stream::new(stream_url(base))?.status_callback(format!("{base}{STATUS_PATH}"), None);
+    let mut stream = Stream::new(stream_url(base))?
+        .status_callback(format!("{base}{STATUS_PATH}"), None)
+        .parameter(params::STREAM_TOKEN, stream_token)?;
     for (name, value) in [
         (params::PROFILE, profile),
         (params::DIRECTION, direction),
@@ -193,6 +197,25 @@ pub fn connect_twiml(
         }
     }
     Ok(Twiml::new().connect_stream(stream).render())
+}
+
+/// Mints the single-use stream token of `grant`, valid for [`super::STREAM_TOKEN_TTL`]. A
+/// store failure is logged and counted (`voxmachina_store_errors_total{op="mint_stream_token"}`):
+/// without a token the stream would be refused, so the caller answers an error instead.
+///
+/// # Errors
+/// The [`crate::store::StoreError`] of [`crate::store::Store::mint_stream_token`].
+pub async fn mint_stream_token(
+    app: &AppState,
+    grant: &StreamGrant,
+) -> Result<String, crate::store::StoreError> {
+    let ttl = chrono::Duration::from_std(super::STREAM_TOKEN_TTL).unwrap_or(chrono::Duration::MAX);
+    let minted = app.store.mint_stream_token(grant, ttl, Utc::now()).await;
+    if let Err(e) = &minted {
+        warn!(error = %e, "cannot mint the stream token");
+        metrics::counter!(names::STORE_ERRORS, "op" => "mint_stream_token").increment(1);
+    }
+    minted
 }
 
 /// The TwiML answering a call refused by `reason` (see the module docs).
@@ -230,8 +253,30 @@ pub fn parties(hook: &VoiceWebhook) -> CallParties {
     }
 }
 
-fn answer_connect(base: &str, profile: &str, hook: &VoiceWebhook) -> Response {
-    match connect_twiml(base, profile, "inbound", &hook.from, &hook.to) {
+/// The `<Connect><Stream>` answer for an inbound call waiting for its stream: a fresh stream
+/// token bound to the webhook's `CallSid`/`AccountSid` and `profile`. 503 when the token cannot
+/// be stored (Twilio then tries the number's fallback URL).
+async fn answer_connect(
+    app: &AppState,
+    base: &str,
+    profile: &str,
+    hook: &VoiceWebhook,
+) -> Response {
+    let grant = StreamGrant {
+        call_sid: Some(hook.call_sid.clone()),
+        account_sid: hook.account_sid.clone(),
+        profile: profile.to_string(),
+        direction: "inbound".into(),
+        dialed: None,
+        created_at: Utc::now(),
+    };
+    let Ok(token) = mint_stream_token(app, &grant).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot bind the media stream to the call",
+        );
+    };
+    match connect_twiml(base, &token, profile, "inbound", &hook.from, &hook.to) {
         Ok(body) => xml(body),
         Err(e) => {
             warn!(error = %e, "cannot build the stream TwiML from the public URL");
@@ -262,7 +307,10 @@ async fn voice(
     let span = tracing::info_span!("call", call_id = %hook.call_sid);
     if tw.voice_mode == TwilioVoiceMode::Sip {
         let sip_uri = tw.openai_sip_uri.clone();
-        return dial_openai(app, sip_uri, hook).instrument(span).await;
+        let binding = signature::call_sid_binding(&tw.auth_token, &hook.call_sid);
+        return dial_openai(app, sip_uri, binding, hook)
+            .instrument(span)
+            .await;
     }
     incoming(app, base, hook).instrument(span).await
 }
@@ -283,9 +331,14 @@ fn select_profile(app: &AppState, hook: &VoiceWebhook) -> (CallParties, Arc<Prof
 /// `[twilio] voice_mode = "sip"`: the profile's reject rules answer as in `stream` mode (a
 /// `rejected` record keyed by the `CallSid`); an admitted call is answered with
 /// [`twilio_dial::dial_sip_twiml`] and gets no record here: its record is the SIP call's,
-/// created by the `realtime.call.incoming` webhook, which carries this `CallSid` as
-/// `twilio_call_sid`.
-async fn dial_openai(app: Arc<AppState>, sip_uri: String, hook: VoiceWebhook) -> Response {
+/// created by the `realtime.call.incoming` webhook, which keeps this `CallSid` as
+/// `twilio_call_sid` when the binding we put next to it verifies.
+async fn dial_openai(
+    app: Arc<AppState>,
+    sip_uri: String,
+    binding: Option<String>,
+    hook: VoiceWebhook,
+) -> Response {
     let now = Utc::now();
     let (parties, profile) = select_profile(&app, &hook);
     let active = app.registry().count_for_profile(&profile.name);
@@ -311,7 +364,14 @@ async fn dial_openai(app: Arc<AppState>, sip_uri: String, hook: VoiceWebhook) ->
         }
         return xml(reject_twiml(reason));
     }
-    match twilio_dial::dial_sip_twiml(&sip_uri, &hook.call_sid) {
+    let Some(binding) = binding else {
+        warn!("no key to bind the CallSid with: TWILIO_AUTH_TOKEN is empty");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "TWILIO_AUTH_TOKEN is empty",
+        );
+    };
+    match twilio_dial::dial_sip_twiml(&sip_uri, &hook.call_sid, &binding) {
         Ok(body) => {
             info!(
                 caller = %parties.caller.as_ref().map(|n| mask_number(n.as_str())).unwrap_or_default(),
@@ -368,7 +428,12 @@ async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Respo
             {
                 return xml(reject_twiml(reason));
             }
-            return answer_connect(&base, &existing.profile, &hook);
+            if existing.state != CallState::Accepting {
+                // Its stream started already (or the call ended): a replay of this webhook
+                // gets no new stream token.
+                return xml(Twiml::new().hangup().render());
+            }
+            return answer_connect(&app, &base, &existing.profile, &hook).await;
         }
         Err(e) => {
             warn!(error = %e, "cannot store the call record; answering anyway");
@@ -399,7 +464,7 @@ async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Respo
         rejected(&app, &record, reason).await;
         return xml(reject_twiml(reason));
     }
-    answer_connect(&base, &profile.name, &hook)
+    answer_connect(&app, &base, &profile.name, &hook).await
 }
 
 /// `GET /twilio/media`: signature first, then the upgrade.
@@ -574,6 +639,7 @@ mod tests {
     fn connect_twiml_carries_parameters_without_query() {
         let xml = connect_twiml(
             "https://voice.example.com",
+            "vst_0123456789abcdef0123456789abcdef",
             "support",
             "inbound",
             "+14155550123",
@@ -581,14 +647,14 @@ mod tests {
         )
         .unwrap();
         assert!(xml.contains(r#"<Connect><Stream url="wss://voice.example.com/twilio/media" statusCallback="https://voice.example.com/twilio/status">"#), "{xml}");
-        assert!(xml.contains(r#"<Parameter name="profile" value="support"/>"#));
+        assert!(xml.contains(r#"<Parameter name="stream_token" value="vst_0123456789abcdef0123456789abcdef"/><Parameter name="profile" value="support"/>"#));
         assert!(xml.contains(r#"<Parameter name="direction" value="inbound"/>"#));
         assert!(xml.contains(r#"<Parameter name="from" value="+14155550123"/>"#));
         assert!(xml.contains(r#"<Parameter name="to" value="+18005550100"/>"#));
-        assert!(connect_twiml("https://h/x?y=1", "p", "inbound", "", "").is_err());
+        assert!(connect_twiml("https://h/x?y=1", "vst_x", "p", "inbound", "", "").is_err());
         let long = "x".repeat(600);
         assert!(
-            !connect_twiml("https://h", "p", "inbound", &long, "")
+            !connect_twiml("https://h", "vst_x", "p", "inbound", &long, "")
                 .unwrap()
                 .contains("xxxx")
         );

@@ -62,7 +62,17 @@
 //! `<Say>…<Hangup/>`), `missed` (an outbound call ended `busy`/`no-answer`/`failed`/`canceled`
 //! before any stream), then the monitor's `active` … `ended`/`transferred`/`transfer_failed`.
 //!
+//! # Binding and pacing
+//!
+//! A stream is bridged only for a call we answered: the voice webhook (or the outbound call
+//! placement) mints a single-use stream token in the store ([`STREAM_TOKEN_TTL`]) and puts it
+//! in the `<Stream>` as [`params::STREAM_TOKEN`]; the bridge redeems it from the `start`
+//! message and checks `callSid`/`accountSid` against it before it opens a Realtime session
+//! ([`stream`]). Caller audio is paced ([`pacer`]): never forwarded ahead of real time, and a
+//! stream sending it faster than 1.5× real time for long is closed as abusive.
+//!
 //! Modules: [`http`] (routes), [`stream`] (one bridged call), [`audio`] (per-mode processing),
+//! [`pacer`] (inbound pacing),
 //! [`playback`] (marks and played position), [`events`] (message shapes), [`link`] (monitor
 //! seams), [`stats`] (frame statistics), [`outbound`] (placing calls), [`extract`].
 
@@ -71,6 +81,7 @@ pub mod events;
 pub mod http;
 pub mod link;
 pub mod outbound;
+pub mod pacer;
 pub mod playback;
 pub mod stats;
 pub mod stream;
@@ -87,9 +98,14 @@ pub const MEDIA_PATH: &str = "/twilio/media";
 /// Path of call and stream status callbacks (`POST`, form-encoded, signed).
 pub const STATUS_PATH: &str = "/twilio/status";
 
-/// `<Parameter>` names the bridge puts on its `<Stream>` and reads back from
-/// `start.customParameters` (twilio.md §1.1).
+/// `<Parameter>` names the bridge puts on its `<Stream>`; Twilio sends them back in
+/// `start.customParameters` (<https://www.twilio.com/docs/voice/twiml/stream#custom-parameters>).
+/// Only [`params::STREAM_TOKEN`] is read back: the others are informational (Twilio's console
+/// and logs show them), the bridge takes the profile, direction and parties from its own call
+/// record.
 pub mod params {
+    /// The single-use stream token ([`crate::store::Store::mint_stream_token`]).
+    pub const STREAM_TOKEN: &str = "stream_token";
     /// The prompt profile chosen for the call.
     pub const PROFILE: &str = "profile";
     /// `inbound` or `outbound`.
@@ -100,13 +116,18 @@ pub mod params {
     pub const TO: &str = "to";
 }
 
+/// How long a stream token minted by the voice webhook or an outbound call placement stays
+/// redeemable: Twilio opens the stream within a second of our TwiML for an inbound call, and
+/// when the callee answers (Twilio rings up to 60 s by default) for an outbound one.
+pub const STREAM_TOKEN_TTL: Duration = Duration::from_secs(300);
+
 /// Metric names of the bridge (all prefixed `voxmachina_bridge_`).
 pub mod metric_names {
     /// Counter: Twilio `media` messages, by `direction` (`in` = caller audio received, `out` =
     /// agent audio frames sent).
     pub const FRAMES: &str = "voxmachina_bridge_frames_total";
     /// Counter: skipped or repaired messages, by `kind` (`malformed`, `bad_audio`, `odd_pcm`,
-    /// `dropped_delta`).
+    /// `dropped_delta`, `paced_drop` = caller audio ahead of real time, not forwarded).
     pub const ERRORS: &str = "voxmachina_bridge_errors_total";
     /// Counter: barge-ins (Twilio `clear` sent).
     pub const BARGE_INS: &str = "voxmachina_bridge_barge_ins_total";
@@ -114,9 +135,14 @@ pub mod metric_names {
     /// received → `input_audio_buffer.append` written; `outbound`: model audio delta received →
     /// its last Twilio frame written).
     pub const FRAME_SECONDS: &str = "voxmachina_bridge_frame_seconds";
-    /// Counter: media streams by `outcome` (`bridged`, `refused`, `model_unavailable`,
-    /// `duplicate`, `no_start`).
+    /// Counter: media streams by `outcome` (`bad_signature`, `bridged`, `refused`,
+    /// `model_unavailable`, `duplicate`, `no_start`). `refused` carries a `reason`
+    /// ([`super::stream::Refusal::as_str`]: `no_token`, `invalid_token`, `call_mismatch`,
+    /// `not_waiting`, `already_bridged`, `store_unavailable`).
     pub const STREAMS: &str = "voxmachina_bridge_streams_total";
+    /// Counter: streams closed for sending caller audio faster than real time
+    /// ([`super::pacer`]).
+    pub const ABUSIVE: &str = "voxmachina_bridge_abusive_streams_total";
 }
 
 /// What the Twilio routes need: the Auth Token (signatures and REST), the REST client and the

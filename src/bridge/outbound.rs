@@ -2,7 +2,9 @@
 //!
 //! `POST {api_base_url}/2010-04-01/Accounts/{AccountSid}/Calls.json` (twilio.md §4.1) with
 //! `To`, `From` = `[twilio] from_number`, inline `Twiml` = the same `<Connect><Stream>` as
-//! inbound calls (parameters `profile`, `direction=outbound`, `from`, `to`), `StatusCallback` =
+//! inbound calls (parameters `stream_token`, `profile`, `direction=outbound`, `from`, `to`; the
+//! token is minted before the call is created, so its [`StreamGrant`] has no `CallSid` and names
+//! the callee instead, and the bridge binds it through this call's record), `StatusCallback` =
 //! `{public_url}/twilio/status` and `StatusCallbackEvent` = `initiated`, `ringing`, `answered`,
 //! `completed`. The record (`call_id` = the returned `CallSid`, state `accepting`) waits for the
 //! stream, which Twilio opens when the callee answers; a status callback ends it `missed` when
@@ -13,11 +15,11 @@ use serde_json::json;
 use tracing::info;
 
 use super::STATUS_PATH;
-use super::http::connect_twiml;
+use super::http::{connect_twiml, mint_stream_token};
 use crate::app::AppState;
 use crate::calls::record::{Api, CallRecord, MediaInfo};
 use crate::sip::E164;
-use crate::store::CreateOutcome;
+use crate::store::{CreateOutcome, StoreError, StreamGrant};
 use crate::telemetry::mask_number;
 use crate::twilio::rest::{CallInstructions, CreateCall, TwilioError};
 
@@ -54,6 +56,9 @@ pub enum OutboundError {
     /// Twilio refused or did not answer (502).
     #[error("Twilio: {0}")]
     Twilio(#[from] TwilioError),
+    /// The stream token could not be stored, so the call's stream would be refused (503).
+    #[error("cannot store the stream token: {0}")]
+    Store(StoreError),
 }
 
 impl OutboundError {
@@ -64,6 +69,7 @@ impl OutboundError {
             Self::Missing(_) | Self::Twiml(_) => 409,
             Self::InvalidNumber(_) | Self::UnknownProfile(_) => 400,
             Self::Twilio(_) => 502,
+            Self::Store(_) => 503,
         }
     }
 }
@@ -95,8 +101,20 @@ pub async fn place_call(
             None => profiles.default_profile().clone(),
         }
     };
+    let grant = StreamGrant {
+        call_sid: None,
+        account_sid: app.config.twilio.account_sid.clone(),
+        profile: profile.name.clone(),
+        direction: "outbound".into(),
+        dialed: Some(to.as_str().to_string()),
+        created_at: Utc::now(),
+    };
+    let token = mint_stream_token(app, &grant)
+        .await
+        .map_err(OutboundError::Store)?;
     let twiml = connect_twiml(
         &tw.public_url,
+        &token,
         &profile.name,
         "outbound",
         &tw.from_number,

@@ -19,13 +19,24 @@
 //! The bridge time of a message ([`FrameStats`]) runs from its read to the flush of its last
 //! resulting message.
 //!
-//! Start-up: wait up to [`START_TIMEOUT`] for `start` (after `connected`); take the profile from
-//! the `profile` parameter (else select it from `from`/`to` as the SIP path does); the call
-//! record must be `accepting` or absent (then it is created); connect
-//! `{openai.sideband_url}?model={profile model}` with the bearer key and send
-//! [`events::session_update`]; mark the record `active`; spawn the monitor (greeting first, as on
-//! the SIP path). If the model cannot be reached the record ends `model_unavailable` and the
-//! Twilio socket is closed, which ends the call (no TwiML follows `<Connect>`).
+//! Start-up: wait up to [`START_TIMEOUT`] for `start` (after `connected`); redeem the single-use
+//! `stream_token` of its `customParameters` ([`crate::store::Store::redeem_stream_token`]); its
+//! [`StreamGrant`] must name the `start`'s `accountSid` and (inbound) `callSid`; the call record
+//! must be `accepting` (an outbound one: direction, callee and profile as granted) or absent
+//! (then it is created from the grant); the profile is the record's, never a stream parameter.
+//! Any failure is a [`Refusal`]: the socket is closed with code 1008 and the reason, counted
+//! (`voxmachina_bridge_streams_total{outcome="refused",reason}`), logged, and recorded as a
+//! `media_stream_refused` event on the call when we have its record; no Realtime session is
+//! opened. Then connect `{openai.sideband_url}?model={profile model}` with the bearer key and
+//! send [`events::session_update`]; mark the record `active`; spawn the monitor (greeting first,
+//! as on the SIP path). If the model cannot be reached the record ends `model_unavailable` and
+//! the Twilio socket is closed, which ends the call (no TwiML follows `<Connect>`).
+//!
+//! Pacing: every caller `media` frame goes through a [`Pacer`] before it is processed: frames
+//! ahead of real time are not forwarded (`voxmachina_bridge_errors_total{kind="paced_drop"}`),
+//! and a stream found abusive (sustained > 1.5× real time) is closed with code 1008, a
+//! `media_abusive` event, `voxmachina_bridge_abusive_streams_total` and end reason
+//! [`ABUSIVE_MEDIA`].
 //!
 //! End: Twilio `stop`/close → the link reports a clean close → the monitor finishes (`call_ended`,
 //! or `transferred` when a transfer was awaiting its outcome). The monitor finishing first (hang-up,
@@ -50,10 +61,11 @@ use tokio_tungstenite::tungstenite::{self as tung};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::audio::{Inbound, MediaFrameWriter, Outbound, frames_ms};
+use super::audio::{Inbound, MediaFrameWriter, Outbound, b64_decoded_len, frames_ms};
 use super::events::{self, ModelPeek, TwilioPeek, kinds};
 use super::link::{MediaLink, ModelWriter, TwilioActions};
 use super::metric_names;
+use super::pacer::{Pacer, PacerLimits, Verdict, ulaw_duration};
 use super::params;
 use super::playback::{Echo, Playback, ResponseEnd};
 use super::stats::{Direction, FrameStats};
@@ -67,6 +79,7 @@ use crate::media::MediaError;
 use crate::openai::sideband::SidebandError;
 use crate::prompts::Profile;
 use crate::sip::{CallParties, E164};
+use crate::store::StreamGrant;
 use crate::telemetry::names;
 use crate::twilio::media::{ServerMessage, TwilioMessage};
 
@@ -74,6 +87,44 @@ use crate::twilio::media::{ServerMessage, TwilioMessage};
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the monitor to finish after the Twilio stream ended.
 pub const MONITOR_GRACE: Duration = Duration::from_secs(30);
+
+/// End reason (and `ended_by`) of a stream closed for sending audio faster than real time.
+pub const ABUSIVE_MEDIA: &str = "abusive_media";
+
+/// WebSocket close code of refused and abusive streams: 1008, policy violation (RFC 6455 §7.4.1).
+pub const CLOSE_POLICY: u16 = 1008;
+
+/// Why a stream was refused before any Realtime session was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `start.customParameters` has no `stream_token`.
+    NoToken,
+    /// The token is unknown, already used, expired or forged.
+    InvalidToken,
+    /// The token was granted for another `callSid` or `accountSid` (or, for an outbound call,
+    /// the record is not the call it was granted for).
+    CallMismatch,
+    /// The call is not waiting for a stream (its stream started already, or it ended).
+    NotWaiting,
+    /// A stream of this call is bridged on this instance already.
+    AlreadyBridged,
+    /// The store could not be asked: refused (fail closed).
+    StoreUnavailable,
+}
+
+impl Refusal {
+    /// The label of the reason (metric `reason`, event detail, close reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoToken => "no_token",
+            Self::InvalidToken => "invalid_token",
+            Self::CallMismatch => "call_mismatch",
+            Self::NotWaiting => "not_waiting",
+            Self::AlreadyBridged => "already_bridged",
+            Self::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
 
 /// The model socket.
 pub type ModelStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -403,22 +454,70 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket) {
     async move {
         // Boxed: `prepare` holds the model WebSocket connect (~37 KB of future state), which
         // would otherwise stay reserved in this task for the whole stream.
-        let Some(prepared) = Box::pin(prepare(&app, &start)).await else {
-            metrics::counter!(metric_names::STREAMS, "outcome" => "refused").increment(1);
-            close_twilio(&mut tw_sink).await;
-            return;
-        };
-        bridge(app, start, prepared, tw_sink, tw_stream).await;
+        match Box::pin(prepare(&app, &start)).await {
+            Ok(prepared) => bridge(app, start, prepared, tw_sink, tw_stream).await,
+            Err(NotBridged::Refused(refusal, known_call)) => {
+                refused(&app, &start, refusal, known_call).await;
+                let reason = format!("stream refused: {}", refusal.as_str());
+                close_twilio_with(&mut tw_sink, CLOSE_POLICY, reason).await;
+            }
+            Err(NotBridged::ModelUnavailable) => close_twilio(&mut tw_sink).await,
+        }
     }
     .instrument(span)
     .await;
 }
 
+/// At most this many characters of a stream-supplied identifier go into an event.
+const ECHO_CHARS: usize = 64;
+
+/// Logs, counts and (when the call is ours) records a refused stream.
+async fn refused(app: &AppState, start: &StartInfo, refusal: Refusal, known_call: Option<String>) {
+    warn!(
+        reason = refusal.as_str(),
+        stream_sid = %start.stream_sid.chars().take(ECHO_CHARS).collect::<String>(),
+        "media stream refused; no Realtime session opened"
+    );
+    metrics::counter!(metric_names::STREAMS, "outcome" => "refused", "reason" => refusal.as_str())
+        .increment(1);
+    // The event goes on a call we have a record of, never on an id the stream made up (a
+    // replayed upgrade must not create rows).
+    let call_id = match known_call {
+        Some(c) => Some(c),
+        None if refusal == Refusal::StoreUnavailable => None,
+        None => app
+            .store
+            .get_call(&start.call_sid)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.call_id),
+    };
+    if let Some(call_id) = call_id {
+        let echo = |v: &str| v.chars().take(ECHO_CHARS).collect::<String>();
+        event(
+            app,
+            &call_id,
+            "media_stream_refused",
+            json!({
+                "reason": refusal.as_str(),
+                "stream_sid": echo(&start.stream_sid),
+                "call_sid": echo(&start.call_sid),
+                "account_sid": echo(&start.account_sid),
+            }),
+        )
+        .await;
+    }
+}
+
 /// The parts of `start` the bridge uses.
 struct StartInfo {
     call_sid: String,
+    account_sid: String,
     stream_sid: String,
     params: std::collections::BTreeMap<String, String>,
+    /// When `start` was read.
+    at: Instant,
 }
 
 async fn wait_for_start(stream: &mut SplitStream<WebSocket>) -> Option<StartInfo> {
@@ -432,8 +531,10 @@ async fn wait_for_start(stream: &mut SplitStream<WebSocket>) -> Option<StartInfo
                 Ok(TwilioMessage::Start(s)) => {
                     return Some(StartInfo {
                         call_sid: s.start.call_sid,
+                        account_sid: s.start.account_sid,
                         stream_sid: s.stream_sid,
                         params: s.start.custom_parameters,
+                        at: Instant::now(),
                     });
                 }
                 Ok(TwilioMessage::Stop(_)) => return None,
@@ -453,50 +554,81 @@ struct Prepared {
     model: ModelStream,
 }
 
-/// Chooses the profile, claims the record, connects the model. `None` = refuse the stream (the
-/// reason is logged and, when there is a record, stored).
-async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Option<Prepared> {
-    let p = &start.params;
-    let from = p.get(params::FROM).cloned().unwrap_or_default();
-    let to = p.get(params::TO).cloned().unwrap_or_default();
-    let direction = match p.get(params::DIRECTION).map(String::as_str) {
-        Some("outbound") => "outbound",
-        _ => "inbound",
-    };
-    let profile = {
-        let profiles = app.profiles.load();
-        match p.get(params::PROFILE).and_then(|n| profiles.get(n)) {
-            Some(profile) => profile.clone(),
-            None => {
-                let parties = CallParties {
-                    caller: E164::parse(&from).ok(),
-                    dialed: E164::parse(&to).ok(),
-                    ..CallParties::default()
-                };
-                profiles.select(&parties, &[]).clone()
-            }
+/// Why [`prepare`] did not bridge the stream.
+enum NotBridged {
+    /// Refused before any Realtime session; the call we hold a record of, when known.
+    Refused(Refusal, Option<String>),
+    /// The Realtime session could not be opened (already recorded on the call).
+    ModelUnavailable,
+}
+
+/// Redeems the stream token and checks its grant against the `start` message.
+async fn redeem(app: &AppState, start: &StartInfo) -> Result<StreamGrant, NotBridged> {
+    let refuse = |r| NotBridged::Refused(r, None);
+    let token = start
+        .params
+        .get(params::STREAM_TOKEN)
+        .ok_or(refuse(Refusal::NoToken))?;
+    let grant = match app.store.redeem_stream_token(token, Utc::now()).await {
+        Ok(Some(grant)) => grant,
+        Ok(None) => return Err(refuse(Refusal::InvalidToken)),
+        Err(e) => {
+            warn!(error = %e, "cannot redeem the stream token; refusing the stream");
+            metrics::counter!(names::STORE_ERRORS, "op" => "redeem_stream_token").increment(1);
+            return Err(refuse(Refusal::StoreUnavailable));
         }
     };
+    let call_ok = grant
+        .call_sid
+        .as_deref()
+        .is_none_or(|sid| sid == start.call_sid);
+    if grant.account_sid != start.account_sid || !call_ok {
+        return Err(NotBridged::Refused(Refusal::CallMismatch, grant.call_sid));
+    }
+    Ok(grant)
+}
+
+/// True when `record` is the call `grant` was made for: same profile and direction; an outbound
+/// grant (no `CallSid` yet) also the same callee.
+fn record_matches(record: &CallRecord, grant: &StreamGrant) -> bool {
+    let direction = record.media.as_ref().map(|m| m.direction.as_str());
+    record.profile == grant.profile
+        && direction.is_none_or(|d| d == grant.direction)
+        && (grant.call_sid.is_some() || record.dialed == grant.dialed)
+}
+
+/// Redeems the token, claims the record, takes the profile from it, connects the model.
+async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Result<Prepared, NotBridged> {
     if app.registry().contains(&start.call_sid) {
         warn!("a stream for this call is already bridged here; refusing the second one");
-        return None;
+        return Err(NotBridged::Refused(
+            Refusal::AlreadyBridged,
+            Some(start.call_sid.clone()),
+        ));
     }
+    let grant = redeem(app, start).await?;
+    let known = || Some(start.call_sid.clone());
     let mut record = match app.store.get_call(&start.call_sid).await {
-        Ok(Some(r)) if r.state == CallState::Accepting => r,
-        Ok(Some(r)) => {
+        Ok(Some(r)) if r.state != CallState::Accepting => {
             warn!(state = %r.state, "media stream for a call that is not waiting for one; refused");
-            return None;
+            return Err(NotBridged::Refused(Refusal::NotWaiting, known()));
         }
+        Ok(Some(r)) if !record_matches(&r, &grant) => {
+            warn!("the stream token was granted for another call; refused");
+            return Err(NotBridged::Refused(Refusal::CallMismatch, known()));
+        }
+        Ok(Some(r)) => r,
         Ok(None) => {
+            // Ours (the grant proves it) but not stored: the voice webhook's or the outbound
+            // placement's write failed or has not landed yet.
             let mut r = CallRecord::new(
                 &start.call_sid,
                 Api::TwilioMedia,
                 "twilio-stream",
                 Utc::now(),
             );
-            r.profile = profile.name.clone();
-            r.caller = E164::parse(&from).ok().map(|n| n.as_str().to_string());
-            r.dialed = E164::parse(&to).ok().map(|n| n.as_str().to_string());
+            r.profile = grant.profile.clone();
+            r.dialed = grant.dialed.clone();
             if let Err(e) = app.store.create_call(&r).await {
                 warn!(error = %e, "cannot store the call record; bridging anyway");
                 metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
@@ -504,20 +636,31 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Option<Prepared> {
             r
         }
         Err(e) => {
-            warn!(error = %e, "cannot read the call record; bridging anyway");
+            warn!(error = %e, "cannot read the call record; refusing the stream");
             metrics::counter!(names::STORE_ERRORS, "op" => "get_call").increment(1);
-            CallRecord::new(
-                &start.call_sid,
-                Api::TwilioMedia,
-                "twilio-stream",
-                Utc::now(),
-            )
+            return Err(NotBridged::Refused(Refusal::StoreUnavailable, None));
         }
     };
+    let profile = {
+        let profiles = app.profiles.load();
+        match profiles.get(&record.profile) {
+            Some(p) => p.clone(),
+            None => {
+                // Removed by a reload since the call was answered: choose again from the
+                // record's own parties.
+                warn!(profile = %record.profile, "the call's profile is gone; selecting again");
+                let parties = CallParties {
+                    caller: record.caller.as_deref().and_then(|n| E164::parse(n).ok()),
+                    dialed: record.dialed.as_deref().and_then(|n| E164::parse(n).ok()),
+                    ..CallParties::default()
+                };
+                profiles.select(&parties, &[]).clone()
+            }
+        }
+    };
+    let direction = grant.direction.as_str();
     record.api = Api::TwilioMedia;
-    if record.profile.is_empty() {
-        record.profile = profile.name.clone();
-    }
+    record.profile = profile.name.clone();
     let media = record.media.get_or_insert_with(MediaInfo::default);
     media.direction = direction.to_string();
     media.audio = profile.session.audio.as_str().to_string();
@@ -546,7 +689,7 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Option<Prepared> {
             )
             .await;
             metrics::counter!(names::CALLS_ENDED, "state" => "ended", "reason" => "model_unavailable").increment(1);
-            return None;
+            return Err(NotBridged::ModelUnavailable);
         }
     };
     if let Err(e) = model
@@ -557,7 +700,7 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Option<Prepared> {
     }
     record.state = CallState::Active;
     record.accepted_at = Some(Utc::now());
-    Some(Prepared {
+    Ok(Prepared {
         record,
         profile,
         model,
@@ -643,12 +786,14 @@ async fn bridge(
 
     let mut inbound = Inbound::new(mode);
     let mut buf = String::new();
+    let mut pacer = Pacer::with_backlog(PacerLimits::default(), start.at, Instant::now());
     let end = loop {
         tokio::select! {
             result = &mut monitor => break TwilioEnd::Monitor(result.ok().map(Box::new)),
             msg = tw_stream.next() => match msg {
                 Some(Ok(ws::Message::Text(t))) => {
-                    if let Some(why) = on_twilio_text(&bridge, t.as_str(), &mut inbound, &mut buf).await {
+                    let mut inbound = InboundState { audio: &mut inbound, buf: &mut buf, pacer: &mut pacer };
+                    if let Some(why) = on_twilio_text(&bridge, t.as_str(), &mut inbound).await {
                         break TwilioEnd::Stream(why);
                     }
                 }
@@ -662,6 +807,9 @@ async fn bridge(
             },
         }
     };
+    if matches!(end, TwilioEnd::Stream(ABUSIVE_MEDIA)) {
+        abusive(&app, &bridge, &pacer, start.at).await;
+    }
     let (ended_by, final_record) = match end {
         TwilioEnd::Stream(why) => {
             info!(why, "Twilio stream ended");
@@ -704,6 +852,40 @@ async fn bridge(
     finalize(&app, &mut rec, &stats, ended_by).await;
 }
 
+/// A stream found abusive by the pacer: closed at once (1008, no more caller audio is read),
+/// recorded (`media_abusive` event, `voxmachina_bridge_abusive_streams_total`); the record's
+/// end reason becomes [`ABUSIVE_MEDIA`] in [`finalize`].
+async fn abusive(app: &AppState, bridge: &Bridge, pacer: &Pacer, started: Instant) {
+    let elapsed = started.elapsed();
+    warn!(
+        forwarded_ms = pacer.forwarded().as_millis(),
+        dropped_ms = pacer.dropped().as_millis(),
+        elapsed_ms = elapsed.as_millis(),
+        "caller audio faster than real time: closing the stream as abusive"
+    );
+    metrics::counter!(metric_names::ABUSIVE).increment(1);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        close_twilio_with(
+            &mut *bridge.twilio.lock().await,
+            CLOSE_POLICY,
+            "caller audio faster than real time".into(),
+        ),
+    )
+    .await;
+    event(
+        app,
+        &bridge.call_id,
+        "media_abusive",
+        json!({
+            "forwarded_ms": u64::try_from(pacer.forwarded().as_millis()).unwrap_or(u64::MAX),
+            "dropped_ms": u64::try_from(pacer.dropped().as_millis()).unwrap_or(u64::MAX),
+            "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        }),
+    )
+    .await;
+}
+
 /// Stats and closing out a record the monitor left live (extraction and the other after-call
 /// work are the monitor's, as on the SIP path).
 async fn finalize(
@@ -722,6 +904,9 @@ async fn finalize(
         };
         rec.end_reason = Some(reason.into());
         metrics::counter!(names::CALLS_ENDED, "state" => "ended", "reason" => reason).increment(1);
+    }
+    if ended_by == ABUSIVE_MEDIA {
+        rec.end_reason = Some(ABUSIVE_MEDIA.into());
     }
     let summary = stats.summary();
     let media = rec.media.get_or_insert_with(MediaInfo::default);
@@ -752,12 +937,18 @@ async fn finalize(
     );
 }
 
+/// The caller-audio state of the Twilio reader.
+struct InboundState<'a> {
+    audio: &'a mut Inbound,
+    buf: &'a mut String,
+    pacer: &'a mut Pacer,
+}
+
 /// Handles one Twilio text frame; `Some(reason)` ends the stream.
 async fn on_twilio_text(
     bridge: &Bridge,
     text: &str,
-    inbound: &mut Inbound,
-    buf: &mut String,
+    inbound: &mut InboundState<'_>,
 ) -> Option<&'static str> {
     let received = Instant::now();
     let Ok(peek) = TwilioPeek::parse(text) else {
@@ -781,11 +972,20 @@ async fn on_twilio_text(
             if media.track.as_deref().is_some_and(|t| t != "inbound") {
                 return None;
             }
-            match inbound.append_event(&media.payload, buf) {
+            let audio = ulaw_duration(b64_decoded_len(&media.payload));
+            match inbound.pacer.on_frame(audio, received) {
+                Verdict::Forward => {}
+                Verdict::Drop => {
+                    metrics::counter!(metric_names::ERRORS, "kind" => "paced_drop").increment(1);
+                    return None;
+                }
+                Verdict::Abusive => return Some(ABUSIVE_MEDIA),
+            }
+            match inbound.audio.append_event(&media.payload, inbound.buf) {
                 Ok(0) => {}
                 Ok(n) => {
                     bridge.stats.frame_in(n);
-                    let text = std::mem::take(buf);
+                    let text = std::mem::take(inbound.buf);
                     if bridge.send_model(text).await.is_ok() {
                         FrameStats::bump(&bridge.stats.appends);
                         bridge.stats.latency(Direction::Inbound, received.elapsed());
@@ -834,15 +1034,17 @@ async fn read_model(bridge: Arc<Bridge>, mut stream: SplitStream<ModelStream>) {
     bridge.close_link(clean);
 }
 
-fn close_message() -> ws::Message {
-    ws::Message::Close(Some(ws::CloseFrame {
-        code: 1000,
-        reason: ws::Utf8Bytes::from_static(""),
-    }))
+async fn close_twilio(sink: &mut TwilioSink) {
+    close_twilio_with(sink, 1000, String::new()).await;
 }
 
-async fn close_twilio(sink: &mut TwilioSink) {
-    let _ = sink.send(close_message()).await;
+/// Sends a close frame with `code` and `reason` (at most 123 bytes, RFC 6455 §5.5) and closes.
+async fn close_twilio_with(sink: &mut TwilioSink, code: u16, reason: String) {
+    let frame = ws::CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = sink.send(ws::Message::Close(Some(frame))).await;
     let _ = sink.close().await;
 }
 
@@ -870,4 +1072,75 @@ async fn write_all(sink: &mut TwilioSink, texts: Vec<String>) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(call_sid: Option<&str>, direction: &str, dialed: Option<&str>) -> StreamGrant {
+        StreamGrant {
+            call_sid: call_sid.map(str::to_string),
+            account_sid: "AC1".into(),
+            profile: "support".into(),
+            direction: direction.into(),
+            dialed: dialed.map(str::to_string),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn record(profile: &str, direction: &str, dialed: Option<&str>) -> CallRecord {
+        let mut r = CallRecord::new("CA1", Api::TwilioMedia, "twilio-voice", Utc::now());
+        r.profile = profile.into();
+        r.dialed = dialed.map(str::to_string);
+        r.media = Some(MediaInfo {
+            direction: direction.into(),
+            ..MediaInfo::default()
+        });
+        r
+    }
+
+    #[test]
+    fn a_record_matches_only_the_call_it_was_granted_for() {
+        let inbound = grant(Some("CA1"), "inbound", None);
+        assert!(record_matches(
+            &record("support", "inbound", Some("+18005550100")),
+            &inbound
+        ));
+        assert!(!record_matches(&record("sales", "inbound", None), &inbound));
+        assert!(!record_matches(
+            &record("support", "outbound", None),
+            &inbound
+        ));
+        // Outbound grants have no CallSid: the callee binds them.
+        let outbound = grant(None, "outbound", Some("+14155550123"));
+        assert!(record_matches(
+            &record("support", "outbound", Some("+14155550123")),
+            &outbound
+        ));
+        assert!(!record_matches(
+            &record("support", "outbound", Some("+14155550199")),
+            &outbound
+        ));
+        assert!(!record_matches(
+            &record("support", "inbound", Some("+14155550123")),
+            &outbound
+        ));
+    }
+
+    #[test]
+    fn refusal_labels() {
+        for (r, label) in [
+            (Refusal::NoToken, "no_token"),
+            (Refusal::InvalidToken, "invalid_token"),
+            (Refusal::CallMismatch, "call_mismatch"),
+            (Refusal::NotWaiting, "not_waiting"),
+            (Refusal::AlreadyBridged, "already_bridged"),
+            (Refusal::StoreUnavailable, "store_unavailable"),
+        ] {
+            assert_eq!(r.as_str(), label);
+            // A close reason must fit in a control frame (RFC 6455 §5.5: 123 bytes).
+            assert!(format!("stream refused: {label}").len() <= 123);
+        }
+    }
 }

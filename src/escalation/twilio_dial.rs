@@ -19,14 +19,26 @@
 //! ```
 //!
 //! The parent `CallSid` travels as a SIP URI header of the `<Dial><Sip>` target
-//! ([`dial_sip_twiml`]) and comes back in the webhook's `sip_headers` ([`parent_call_sid`]); it is
-//! kept on the call record (`twilio_call_sid`). That `<Dial><Sip>` sends URI headers as INVITE
-//! headers is Twilio's `<Sip>` noun documentation (<https://www.twilio.com/docs/voice/twiml/sip>),
-//! **[unverified]** (see [`crate::twilio::twiml::SipTarget`]); without the header a `twilio_dial`
-//! hand-off has no call to redirect and falls back like a failed REFER.
+//! ([`dial_sip_twiml`]) together with our HMAC binding of it ([`CALL_SID_BINDING_HEADER`]), and
+//! comes back in the webhook's `sip_headers` ([`parent_call_sid`]); only a bound one is kept on
+//! the call record (`twilio_call_sid`): anyone can put an `X-Twilio-CallSid` on an INVITE. That
+//! `<Dial><Sip>` sends URI headers as INVITE headers is Twilio's `<Sip>` noun documentation
+//! (<https://www.twilio.com/docs/voice/twiml/sip>), **[unverified]** (see
+//! [`crate::twilio::twiml::SipTarget`]); without the header a `twilio_dial` hand-off has no call
+//! to redirect and falls back like a failed REFER.
 
-use crate::sip::{E164, SipHeader, header};
+use std::sync::Arc;
+
+use serde_json::json;
+use tracing::warn;
+
+use crate::app::AppState;
+use crate::calls::persist::append;
+use crate::calls::record::CallEvent;
+use crate::config::Secret;
+use crate::sip::{E164, SipHeader, header, headers_named};
 use crate::twilio::rest::{CallUpdate, TwilioError, TwilioRest};
+use crate::twilio::signature::verify_call_sid_binding;
 use crate::twilio::twiml::{Dial, Number, Response, SipTarget, TwimlError};
 
 /// The SIP header (a URI header of the `<Dial><Sip>` target) carrying the parent `CallSid`.
@@ -63,26 +75,95 @@ pub fn is_call_sid(s: &str) -> bool {
     s.len() == 34 && s.starts_with("CA") && s.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
 }
 
-/// The parent `CallSid` from a `realtime.call.incoming` webhook's `sip_headers`: the first
-/// [`CALL_SID_HEADER`] (name matched case-insensitively), trimmed, when it is a well-formed SID
-/// ([`is_call_sid`]). Header values are untrusted caller metadata (openai.md §3): anything else
-/// is ignored.
-pub fn parent_call_sid(sip_headers: &[SipHeader]) -> Option<String> {
-    header(sip_headers, CALL_SID_HEADER)
+/// The SIP header (a URI header of the `<Dial><Sip>` target) carrying our binding of the parent
+/// `CallSid` ([`crate::twilio::signature::call_sid_binding`]).
+pub const CALL_SID_BINDING_HEADER: &str = "X-Voxmachina-CallSid-Mac";
+
+/// Counter: SIP calls whose [`CALL_SID_HEADER`] was not bound by us and was ignored.
+pub const UNBOUND_METRIC: &str = "voxmachina_sip_unbound_call_sid_total";
+
+/// What a SIP call's INVITE says about its Twilio parent call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentCallSid {
+    /// No [`CALL_SID_HEADER`].
+    Absent,
+    /// A well-formed `CallSid` with our matching [`CALL_SID_BINDING_HEADER`]: it came from a
+    /// `<Dial><Sip>` we generated.
+    Bound(String),
+    /// Anything else: a missing, wrong or unverifiable binding, or a malformed value (kept,
+    /// cut to 64 characters, for the log and the event only).
+    Unbound(String),
+}
+
+/// The parent `CallSid` from a `realtime.call.incoming` webhook's `sip_headers`: the
+/// [`CALL_SID_HEADER`] values and the first [`CALL_SID_BINDING_HEADER`] (names matched
+/// case-insensitively, values trimmed). Header values are untrusted caller metadata (openai.md
+/// §3): a `CallSid` is [`ParentCallSid::Bound`] only when it is a well-formed SID
+/// ([`is_call_sid`]) and the binding verifies for it under `auth_token` (the Twilio Auth Token);
+/// every value is tried, since Twilio's INVITE may carry an `X-Twilio-CallSid` of its own
+/// besides our URI header. Without a key (Twilio not configured, or an empty token) nothing is
+/// bound (fail closed); [`ParentCallSid::Unbound`] reports the first value.
+pub fn parent_call_sid(sip_headers: &[SipHeader], auth_token: Option<&Secret>) -> ParentCallSid {
+    let mut claims = headers_named(sip_headers, CALL_SID_HEADER)
         .map(str::trim)
-        .filter(|v| is_call_sid(v))
-        .map(str::to_string)
+        .filter(|v| !v.is_empty())
+        .peekable();
+    let Some(first) = claims.peek().copied() else {
+        return ParentCallSid::Absent;
+    };
+    let mac = auth_token.zip(header(sip_headers, CALL_SID_BINDING_HEADER));
+    match claims.find(|sid| {
+        is_call_sid(sid)
+            && mac.is_some_and(|(key, mac)| verify_call_sid_binding(key, sid, mac.trim()))
+    }) {
+        Some(sid) => ParentCallSid::Bound(sid.to_string()),
+        None => ParentCallSid::Unbound(first.chars().take(64).collect()),
+    }
+}
+
+/// [`parent_call_sid`] for the SIP webhook of `call_id`: the bound `CallSid`, to keep as the
+/// record's `twilio_call_sid`. An unbound one is ignored: logged (warn), counted
+/// ([`UNBOUND_METRIC`]) and recorded as an `untrusted_sip_header` event of the call.
+pub fn trusted_parent_call_sid(
+    app: &Arc<AppState>,
+    call_id: &str,
+    sip_headers: &[SipHeader],
+) -> Option<String> {
+    let key = app.twilio.as_ref().map(|t| &t.auth_token);
+    match parent_call_sid(sip_headers, key) {
+        ParentCallSid::Absent => None,
+        ParentCallSid::Bound(sid) => Some(sid),
+        ParentCallSid::Unbound(claimed) => {
+            warn!(claimed = %claimed, "X-Twilio-CallSid without our binding; ignored");
+            metrics::counter!(UNBOUND_METRIC).increment(1);
+            let event = CallEvent::new(
+                call_id,
+                "untrusted_sip_header",
+                json!({ "header": CALL_SID_HEADER, "value": claimed, "reason": "unbound" }),
+            );
+            let app = app.clone();
+            tokio::spawn(async move { append(&app, event).await });
+            None
+        }
+    }
 }
 
 /// The voice webhook answer of `[twilio] voice_mode = "sip"`:
-/// `<Response><Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={call_sid}</Sip></Dial></Response>`,
-/// the URI header percent-encoded and the document XML-escaped (twilio.md §5.2, §5.3).
+/// `<Response><Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={call_sid}&X-Voxmachina-CallSid-Mac={binding}</Sip></Dial></Response>`,
+/// the URI headers percent-encoded and the document XML-escaped (twilio.md §5.2, §5.3);
+/// `binding` is [`crate::twilio::signature::call_sid_binding`] of `call_sid`.
 ///
 /// # Errors
 /// [`TwimlError::InvalidSipUri`] when `openai_sip_uri` is not a `sip:`/`sips:` URI without
 /// headers.
-pub fn dial_sip_twiml(openai_sip_uri: &str, call_sid: &str) -> Result<String, TwimlError> {
-    let target = SipTarget::new(openai_sip_uri)?.header(CALL_SID_HEADER, call_sid)?;
+pub fn dial_sip_twiml(
+    openai_sip_uri: &str,
+    call_sid: &str,
+    binding: &str,
+) -> Result<String, TwimlError> {
+    let target = SipTarget::new(openai_sip_uri)?
+        .header(CALL_SID_HEADER, call_sid)?
+        .header(CALL_SID_BINDING_HEADER, binding)?;
     Ok(Response::new().dial(Dial::new(target)).render())
 }
 
@@ -134,28 +215,68 @@ mod tests {
 
     #[test]
     fn parent_call_sid_from_headers() {
+        let key = Secret::new("auth-token");
         let sid = "CA0123456789abcdef0123456789abcdef";
+        let mac = crate::twilio::signature::call_sid_binding(&key, sid).unwrap();
         let hs = vec![
             SipHeader::new("From", "sip:+14155550123@pstn.twilio.com"),
             SipHeader::new("x-twilio-callsid", format!(" {sid} ")),
+            SipHeader::new("x-voxmachina-callsid-mac", format!(" {mac}")),
         ];
-        assert_eq!(parent_call_sid(&hs).as_deref(), Some(sid));
+        assert_eq!(
+            parent_call_sid(&hs, Some(&key)),
+            ParentCallSid::Bound(sid.into())
+        );
+        // Fail closed: no key, an empty key, another key.
+        for key in [None, Some(&Secret::new("")), Some(&Secret::new("other"))] {
+            assert_eq!(
+                parent_call_sid(&hs, key),
+                ParentCallSid::Unbound(sid.into())
+            );
+        }
+        // No binding, or a binding of another CallSid.
+        let spoofed = vec![SipHeader::new(CALL_SID_HEADER, sid)];
+        assert_eq!(
+            parent_call_sid(&spoofed, Some(&key)),
+            ParentCallSid::Unbound(sid.into())
+        );
+        let other = "CA0123456789abcdef0123456789abcdee";
+        let moved = vec![
+            SipHeader::new(CALL_SID_HEADER, other),
+            SipHeader::new(CALL_SID_BINDING_HEADER, &mac),
+        ];
+        assert_eq!(
+            parent_call_sid(&moved, Some(&key)),
+            ParentCallSid::Unbound(other.into())
+        );
         let bad = vec![SipHeader::new(CALL_SID_HEADER, "CA123; drop table")];
-        assert_eq!(parent_call_sid(&bad), None);
-        assert_eq!(parent_call_sid(&[]), None);
+        assert_eq!(
+            parent_call_sid(&bad, Some(&key)),
+            ParentCallSid::Unbound("CA123; drop table".into())
+        );
+        assert_eq!(parent_call_sid(&[], Some(&key)), ParentCallSid::Absent);
+        // Another X-Twilio-CallSid before ours (Twilio's own, or a caller's): ours is found.
+        let mut two = vec![SipHeader::new(CALL_SID_HEADER, other)];
+        two.extend(hs.clone());
+        assert_eq!(
+            parent_call_sid(&two, Some(&key)),
+            ParentCallSid::Bound(sid.into())
+        );
     }
 
     #[test]
     fn twiml_documents() {
         let sid = "CA0123456789abcdef0123456789abcdef";
-        let xml = dial_sip_twiml("sip:proj_abc@sip.api.openai.com;transport=tls", sid).unwrap();
+        let mac = "0f".repeat(32);
+        let xml =
+            dial_sip_twiml("sip:proj_abc@sip.api.openai.com;transport=tls", sid, &mac).unwrap();
         assert!(
             xml.ends_with(&format!(
-                "<Response><Dial><Sip>sip:proj_abc@sip.api.openai.com;transport=tls?X-Twilio-CallSid={sid}</Sip></Dial></Response>"
+                "<Response><Dial><Sip>sip:proj_abc@sip.api.openai.com;transport=tls?X-Twilio-CallSid={sid}&amp;X-Voxmachina-CallSid-Mac={mac}</Sip></Dial></Response>"
             )),
             "{xml}"
         );
-        assert!(dial_sip_twiml("https://x", sid).is_err());
+        assert!(dial_sip_twiml("https://x", sid, &mac).is_err());
         let n = E164::parse("+18005550100").unwrap();
         assert!(
             handover_twiml(&n, Some("0123456789"))

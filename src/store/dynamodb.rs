@@ -52,7 +52,10 @@
 //! `expires_ms`, `expires_at` (TTL) and, when the caller number is not empty, `caller_key` (the
 //! number, so the `by_caller` GSI is sparse). Minting is `PutItem` with
 //! `attribute_not_exists(pk) OR expires_ms <= :now`; redeeming is `DeleteItem` with
-//! `attribute_exists(pk) AND expires_ms > :now` and `ReturnValues=ALL_OLD` (§3.4).
+//! `attribute_exists(pk) AND expires_ms > :now` and `ReturnValues=ALL_OLD` (§3.4). Media
+//! Streams tokens (`vst_…`, [`tokens::is_stream_token`]) share the table and both conditions;
+//! their item is `kind = "stream"`, `grant` (the [`StreamGrant`] as a JSON string),
+//! `minted_at`, `expires_ms`, `expires_at`, and no `caller_key` (so the GSI never holds them).
 //!
 //! **Leases.** One item per monitored call: `owner` (instance id), `expires_ms` (logic) and
 //! `expires_at` (TTL). Acquiring is `PutItem` with `attribute_not_exists(call_id) OR owner =
@@ -79,7 +82,7 @@ use aws_sdk_dynamodb::types::{
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::tokens::{self, HandoverPayload};
+use super::tokens::{self, HandoverPayload, StreamGrant};
 use super::{
     CallQuery, CreateOutcome, Lease, PurgeStats, Store, StoreError, api_name, lease_ttl_ms,
     parse_api, parse_speaker,
@@ -91,6 +94,9 @@ use crate::config::DynamoDbConfig;
 
 /// Most records [`Store::list_calls`] returns, whatever the query's `limit` (as SQLite).
 pub const LIST_LIMIT_CAP: usize = 1000;
+
+/// The `kind` attribute of a Media Streams token item (handover token items have none).
+pub const STREAM_TOKEN_KIND: &str = "stream";
 
 /// The constant partition value of the `by_created` GSI (`list_pk`).
 pub const LIST_PK: &str = "CALL";
@@ -347,9 +353,23 @@ impl DynamoStore {
     ) -> Result<String, StoreError> {
         let expires = tokens::expiry(now, ttl)?;
         let base = token_item(payload, now, expires);
+        self.put_token(base, now, candidates, tokens::is_token)
+            .await
+    }
+
+    /// The conditional `PutItem` shared by handover and stream tokens: `base` (every attribute
+    /// but `pk`) under the first of the first [`tokens::MINT_ATTEMPTS`] candidates that is free
+    /// or holds only an expired token.
+    async fn put_token(
+        &self,
+        base: Item,
+        now: DateTime<Utc>,
+        candidates: impl IntoIterator<Item = String>,
+        shape: fn(&str) -> bool,
+    ) -> Result<String, StoreError> {
         let mut tried = 0;
         for token in candidates.into_iter().take(tokens::MINT_ATTEMPTS) {
-            if !tokens::is_token(&token) {
+            if !shape(&token) {
                 return Err(StoreError::Invalid(format!("not a token: {token:?}")));
             }
             tried += 1;
@@ -373,8 +393,35 @@ impl DynamoStore {
             }
         }
         Err(StoreError::Backend(format!(
-            "no free handover token after {tried} attempts"
+            "no free token after {tried} attempts"
         )))
+    }
+
+    /// The conditional `DeleteItem` shared by handover and stream tokens: removes the live item
+    /// of `token` and returns it (`None`: unknown, redeemed or expired, §3.4).
+    async fn delete_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Item>, StoreError> {
+        let del = self
+            .client
+            .delete_item()
+            .table_name(&self.tables.tokens)
+            .key("pk", s(token))
+            .condition_expression("attribute_exists(#pk) AND #exp > :now")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#exp", "expires_ms")
+            .expression_attribute_values(":now", n(ms(now)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match del {
+            Ok(out) => Ok(out.attributes),
+            // Unknown, already redeemed or expired: all the same to the caller (§3.4).
+            Err(e) if is_ccf(&e) => Ok(None),
+            Err(e) => Err(sdk_err("DeleteItem", &self.tables.tokens, e)),
+        }
     }
 
     async fn describe(&self, table: &str) -> Result<Option<TableDescription>, StoreError> {
@@ -1140,24 +1187,11 @@ impl Store for DynamoStore {
         if !tokens::is_token(token) {
             return Ok(None);
         }
-        let del = self
-            .client
-            .delete_item()
-            .table_name(&self.tables.tokens)
-            .key("pk", s(token))
-            .condition_expression("attribute_exists(#pk) AND #exp > :now")
-            .expression_attribute_names("#pk", "pk")
-            .expression_attribute_names("#exp", "expires_ms")
-            .expression_attribute_values(":now", n(ms(now)))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
-        match del {
-            Ok(out) => out.attributes.as_ref().map(decode_payload).transpose(),
-            // Unknown, already redeemed or expired: all the same to the caller (§3.4).
-            Err(e) if is_ccf(&e) => Ok(None),
-            Err(e) => Err(sdk_err("DeleteItem", &self.tables.tokens, e)),
-        }
+        self.delete_token(token, now)
+            .await?
+            .as_ref()
+            .map(decode_payload)
+            .transpose()
     }
 
     async fn peek_token(
@@ -1208,6 +1242,42 @@ impl Store for DynamoStore {
             }
         }
         Ok(None)
+    }
+
+    async fn mint_stream_token(
+        &self,
+        grant: &StreamGrant,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        let expires = ms(tokens::expiry(now, ttl)?);
+        let mut base = Item::new();
+        base.insert("kind".into(), s(STREAM_TOKEN_KIND));
+        base.insert("grant".into(), s(to_json(grant)?));
+        base.insert("minted_at".into(), n(ms(now)));
+        base.insert("expires_ms".into(), n(expires));
+        base.insert(TTL_ATTRIBUTE.into(), n(ttl_secs(expires)));
+        self.put_token(
+            base,
+            now,
+            tokens::random_stream_candidates(),
+            tokens::is_stream_token,
+        )
+        .await
+    }
+
+    async fn redeem_stream_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StreamGrant>, StoreError> {
+        if !tokens::is_stream_token(token) {
+            return Ok(None);
+        }
+        match self.delete_token(token, now).await? {
+            Some(item) => from_json(&get_s(&item, "grant")?, "stream grant").map(Some),
+            None => Ok(None),
+        }
     }
 }
 

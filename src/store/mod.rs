@@ -1,11 +1,13 @@
-//! Persistence: call records, transcript lines, call events, webhook dedupe and handover tokens.
+//! Persistence: call records, transcript lines, call events, webhook dedupe, handover tokens and
+//! Media Streams stream tokens.
 //!
 //! [`Store`] is the one interface the rest of the controller uses. [`sqlite::SqliteStore`] is the
 //! embedded implementation (one file, WAL); [`dynamodb::DynamoStore`] is the distributed one
 //! (several controller instances sharing DynamoDB tables). The trait is shaped for both: every
 //! write that guards against duplicates is a conditional insert or compare-and-set
 //! ([`Store::claim_webhook`], [`Store::create_call`], [`Store::transition_call`],
-//! [`Store::mint_token`], [`Store::redeem_token`], the call leases [`Store::acquire_lease`],
+//! [`Store::mint_token`], [`Store::redeem_token`], [`Store::mint_stream_token`],
+//! [`Store::redeem_stream_token`], the call leases [`Store::acquire_lease`],
 //! [`Store::renew_lease`], [`Store::release_lease`]), which maps to DynamoDB conditional writes,
 //! and reads never rely on a background TTL sweep.
 
@@ -22,7 +24,7 @@ use crate::calls::record::{CallEvent, CallRecord, CallState, TranscriptLine};
 pub use dynamodb::DynamoStore;
 pub use resilient::{HoldLimits, ResilientStore, StoreHealth};
 pub use sqlite::SqliteStore;
-pub use tokens::HandoverPayload;
+pub use tokens::{HandoverPayload, StreamGrant};
 
 /// Store failures. Callers degrade (log, count in `voxmachina_store_errors_total`) rather than
 /// drop a call because of them.
@@ -338,6 +340,34 @@ pub trait Store: Send + Sync + 'static {
         caller_number: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(String, HandoverPayload)>, StoreError>;
+
+    // -----------------------------------------------------------------------------------------
+    // Media Streams tokens (`tokens` module docs): the same table and the same conditional
+    // writes as handover tokens, a disjoint token shape.
+
+    /// Stores `grant` under a fresh single-use stream token valid until `now + ttl` and returns
+    /// the token ([`tokens::is_stream_token`]: `vst_` + 32 hex digits from a CSPRNG; unique
+    /// among live tokens by the same conditional insert as [`Store::mint_token`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] when `ttl` is not positive; [`StoreError::Backend`] when the
+    /// backend fails or [`tokens::MINT_ATTEMPTS`] candidates all collided.
+    async fn mint_stream_token(
+        &self,
+        grant: &StreamGrant,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError>;
+
+    /// Redeems a stream token once: atomically removes it and returns its grant when it exists
+    /// and `expires_at > now`. `None` for an unknown, already redeemed or expired token, and
+    /// for anything that is not [`tokens::is_stream_token`] (a handover token included). Of
+    /// concurrent redemptions of one token, exactly one gets `Some`.
+    async fn redeem_stream_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StreamGrant>, StoreError>;
 }
 
 /// Checks a lease TTL argument: positive, in milliseconds.

@@ -20,7 +20,8 @@
 //! call_events(id INTEGER PRIMARY KEY AUTOINCREMENT, call_id, at, kind, detail TEXT -- JSON)
 //! webhooks(webhook_id TEXT PRIMARY KEY, received_at INTEGER, expires_at INTEGER)
 //! handover_tokens(token TEXT PRIMARY KEY, caller_number TEXT NULL, minted_at INTEGER,
-//!       expires_at INTEGER, payload TEXT -- JSON HandoverPayload)
+//!       expires_at INTEGER, payload TEXT -- JSON HandoverPayload, or StreamGrant for the
+//!       `vst_…` Media Streams tokens, caller_number NULL)
 //!       + INDEX (caller_number, minted_at) WHERE caller_number IS NOT NULL
 //! call_leases(call_id TEXT PRIMARY KEY, owner TEXT, expires_at INTEGER)   -- v5
 //! ```
@@ -81,7 +82,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
-use super::tokens::{self, HandoverPayload};
+use super::tokens::{self, HandoverPayload, StreamGrant};
 use super::{
     CallQuery, CreateOutcome, Lease, PurgeStats, Store, StoreError, TakeoverCandidate, api_name,
     lease_ttl_ms, parse_api, parse_speaker,
@@ -383,13 +384,33 @@ impl SqliteStore {
         now: DateTime<Utc>,
         candidates: impl IntoIterator<Item = String>,
     ) -> Result<String, StoreError> {
+        let json = to_json(payload)?;
+        self.mint_row(
+            payload.caller_number.clone(),
+            json,
+            (ttl, now),
+            candidates,
+            tokens::is_token,
+        )
+        .await
+    }
+
+    /// The conditional insert shared by handover and stream tokens: a row `(token,
+    /// caller_number, minted_at, expires_at, payload)` under the first of the first
+    /// [`tokens::MINT_ATTEMPTS`] candidates that is free or holds only an expired token.
+    async fn mint_row(
+        &self,
+        caller: Option<String>,
+        json: String,
+        (ttl, now): (chrono::Duration, DateTime<Utc>),
+        candidates: impl IntoIterator<Item = String>,
+        shape: fn(&str) -> bool,
+    ) -> Result<String, StoreError> {
         let expires_at = ms(tokens::expiry(now, ttl)?);
         let candidates: Vec<String> = candidates.into_iter().take(tokens::MINT_ATTEMPTS).collect();
-        if let Some(bad) = candidates.iter().find(|t| !tokens::is_token(t)) {
+        if let Some(bad) = candidates.iter().find(|t| !shape(t)) {
             return Err(StoreError::Invalid(format!("not a token: {bad:?}")));
         }
-        let caller = payload.caller_number.clone();
-        let json = to_json(payload)?;
         let now = ms(now);
         self.write(move |conn| {
             let mut stmt = conn
@@ -415,8 +436,33 @@ impl SqliteStore {
                 }
             }
             Err(StoreError::Backend(format!(
-                "no free handover token after {tried} attempts"
+                "no free token after {tried} attempts"
             )))
+        })
+        .await
+    }
+
+    /// The conditional delete shared by handover and stream tokens: removes the live row of
+    /// `token` and returns its payload JSON (`None`: unknown, redeemed or expired).
+    async fn redeem_row(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let token = token.to_string();
+        let now = ms(now);
+        self.write(move |conn| {
+            // One statement: the check and the delete cannot be separated, and the writer
+            // mutex serialises redemptions anyway.
+            conn.prepare_cached(
+                "DELETE FROM handover_tokens WHERE token = ?1 AND expires_at > ?2
+                 RETURNING payload",
+            )
+            .and_then(|mut s| {
+                let mut rows = s.query(params![token, now])?;
+                rows.next()?.map(|r| r.get(0)).transpose()
+            })
+            .map_err(backend)
         })
         .await
     }
@@ -1413,26 +1459,10 @@ impl Store for SqliteStore {
         if !tokens::is_token(token) {
             return Ok(None);
         }
-        let token = token.to_string();
-        let now = ms(now);
-        self.write(move |conn| {
-            // One statement: the check and the delete cannot be separated, and the writer
-            // mutex serialises redemptions anyway.
-            let payload: Option<String> = conn
-                .prepare_cached(
-                    "DELETE FROM handover_tokens WHERE token = ?1 AND expires_at > ?2
-                     RETURNING payload",
-                )
-                .and_then(|mut s| {
-                    let mut rows = s.query(params![token, now])?;
-                    rows.next()?.map(|r| r.get(0)).transpose()
-                })
-                .map_err(backend)?;
-            payload
-                .map(|p| from_json(&p, "handover payload"))
-                .transpose()
-        })
-        .await
+        self.redeem_row(token, now)
+            .await?
+            .map(|p| from_json(&p, "handover payload"))
+            .transpose()
     }
 
     async fn peek_token(
@@ -1486,6 +1516,37 @@ impl Store for SqliteStore {
                 .transpose()
         })
         .await
+    }
+
+    async fn mint_stream_token(
+        &self,
+        grant: &StreamGrant,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        let json = to_json(grant)?;
+        self.mint_row(
+            None,
+            json,
+            (ttl, now),
+            tokens::random_stream_candidates(),
+            tokens::is_stream_token,
+        )
+        .await
+    }
+
+    async fn redeem_stream_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StreamGrant>, StoreError> {
+        if !tokens::is_stream_token(token) {
+            return Ok(None);
+        }
+        self.redeem_row(token, now)
+            .await?
+            .map(|p| from_json(&p, "stream grant"))
+            .transpose()
     }
 }
 

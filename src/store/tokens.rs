@@ -16,6 +16,18 @@
 //!   token redeems at most once and never after its expiry, whether or not the backend has
 //!   removed the expired entry yet (DynamoDB TTL deletion lags by up to ~48 h);
 //! - the clock is a parameter (`now`), never read inside the store.
+//!
+//! # Media Streams tokens
+//!
+//! The same facility (same table, same conditional insert and conditional delete) holds
+//! single-use **stream tokens**: the voice webhook and the outbound call placement mint one per
+//! answered call ([`super::Store::mint_stream_token`]) for a [`StreamGrant`], put it in the
+//! `<Connect><Stream>` TwiML as a `<Parameter>`, and the Media Streams bridge redeems it from
+//! the `start` message's `customParameters` ([`super::Store::redeem_stream_token`]; Twilio
+//! documents that custom parameters come back there:
+//! <https://www.twilio.com/docs/voice/twiml/stream#custom-parameters>). A stream token has its
+//! own shape ([`is_stream_token`]: `vst_` + 32 lowercase hex digits, 128 random bits), disjoint
+//! from the 10-digit handover tokens, so neither kind can be peeked at or redeemed as the other.
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -58,6 +70,55 @@ pub struct HandoverPayload {
     pub route_to_queue: Option<String>,
     /// When the payload was assembled.
     pub created_at: DateTime<Utc>,
+}
+
+/// The prefix of a Media Streams token ([`generate_stream_token`]).
+pub const STREAM_TOKEN_PREFIX: &str = "vst_";
+
+/// Hex digits after [`STREAM_TOKEN_PREFIX`] (128 random bits).
+pub const STREAM_TOKEN_HEX: usize = 32;
+
+/// What a Media Streams token grants: one stream, for one call we answered, with the profile we
+/// chose. Stored as given and returned unchanged by [`super::Store::redeem_stream_token`]
+/// (timestamps to the nanosecond).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamGrant {
+    /// Twilio `CallSid` (`CA…`) of the call our voice webhook answered. `None` for an outbound
+    /// call: its TwiML (with the token) is sent before Twilio assigns the `CallSid`; the bridge
+    /// then binds the stream through the call record instead (direction `outbound`, same
+    /// profile and dialed number, created after the grant).
+    pub call_sid: Option<String>,
+    /// Twilio `AccountSid` (`AC…`) the call belongs to.
+    pub account_sid: String,
+    /// The prompt profile chosen for the call (never taken from the stream).
+    pub profile: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// The dialed number (E.164) when known: the callee of an outbound call.
+    pub dialed: Option<String>,
+    /// When the grant was made.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A fresh stream token: [`STREAM_TOKEN_PREFIX`] and [`STREAM_TOKEN_HEX`] lowercase hex
+/// digits (128 bits from the thread-local CSPRNG, as [`generate_token`]).
+pub fn generate_stream_token() -> String {
+    let n: u128 = rand::rng().random();
+    format!("{STREAM_TOKEN_PREFIX}{n:032x}")
+}
+
+/// True when `token` has the shape of a stream token: [`STREAM_TOKEN_PREFIX`] followed by
+/// exactly [`STREAM_TOKEN_HEX`] lowercase hex digits. Stores answer `None` for anything else
+/// without asking the backend.
+pub fn is_stream_token(token: &str) -> bool {
+    token.strip_prefix(STREAM_TOKEN_PREFIX).is_some_and(|hex| {
+        hex.len() == STREAM_TOKEN_HEX && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// An endless stream of [`generate_stream_token`] values.
+pub fn random_stream_candidates() -> impl Iterator<Item = String> {
+    std::iter::repeat_with(generate_stream_token)
 }
 
 /// A fresh token: [`TOKEN_DIGITS`] decimal digits, uniformly distributed over `0..10^10`,
@@ -111,6 +172,29 @@ mod tests {
         assert!(tokens.len() >= 999);
         // Leading zeros are kept: some of 1000 uniform draws start with '0' (p(miss) ~ 1.7e-46).
         assert!(tokens.iter().any(|t| t.starts_with('0')));
+    }
+
+    #[test]
+    fn stream_tokens_have_their_own_shape() {
+        let tokens: std::collections::HashSet<String> =
+            (0..1000).map(|_| generate_stream_token()).collect();
+        assert_eq!(tokens.len(), 1000);
+        for t in &tokens {
+            assert!(is_stream_token(t), "{t}");
+            assert!(!is_token(t), "{t}");
+        }
+        assert!(!is_stream_token(&generate_token()));
+        for bad in [
+            "",
+            "vst_",
+            "vst_0123456789abcdef0123456789abcde",
+            "vst_0123456789abcdef0123456789abcdef0",
+            "vst_0123456789ABCDEF0123456789abcdef",
+            "vsx_0123456789abcdef0123456789abcdef",
+            " vst_0123456789abcdef0123456789abcde",
+        ] {
+            assert!(!is_stream_token(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -121,13 +121,43 @@ pub fn validate_websocket(auth_token: &Secret, url: &str, signature: &str) -> bo
 
 /// Lowercase hex SHA-256 of `body`: the value Twilio puts in `bodySHA256` (64 characters).
 pub fn body_sha256_hex(body: &[u8]) -> String {
-    let digest = Sha256::digest(body);
-    let mut out = String::with_capacity(64);
-    for byte in digest {
+    to_hex(&Sha256::digest(body))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
         out.push(char::from(HEX[usize::from(byte >> 4)]));
         out.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     out
+}
+
+/// Domain separation of [`call_sid_binding`]: the MAC of a `CallSid` can never equal a MAC of
+/// anything else keyed with the Auth Token.
+const CALL_SID_BINDING_CONTEXT: &[u8] = b"voxmachina twilio CallSid binding v1\n";
+
+/// Our binding of a Twilio `CallSid`: lowercase hex (64 characters) of
+/// `HMAC-SHA256(auth_token, "voxmachina twilio CallSid binding v1\n" + call_sid)` (RFC 2104,
+/// FIPS 180-4). Only the holder of the Auth Token can produce it; the `<Dial><Sip>` URI we
+/// generate carries it next to the `CallSid`
+/// ([`crate::escalation::twilio_dial::dial_sip_twiml`]). `None` when the key is empty or blank
+/// (fail closed: no binding is made with an empty key).
+pub fn call_sid_binding(auth_token: &Secret, call_sid: &str) -> Option<String> {
+    if auth_token.expose().trim().is_empty() {
+        return None;
+    }
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(auth_token.expose().as_bytes()).expect("HMAC takes any key");
+    mac.update(CALL_SID_BINDING_CONTEXT);
+    mac.update(call_sid.as_bytes());
+    Some(to_hex(&mac.finalize().into_bytes()))
+}
+
+/// True when `binding` is [`call_sid_binding`] of `call_sid` (constant-time comparison; false
+/// for an empty key).
+pub fn verify_call_sid_binding(auth_token: &Secret, call_sid: &str, binding: &str) -> bool {
+    call_sid_binding(auth_token, call_sid).is_some_and(|want| constant_time_eq(&want, binding))
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -229,6 +259,37 @@ impl<'a> UrlParts<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_sid_binding_is_keyed_and_fails_closed() {
+        let key = Secret::new("12345");
+        let sid = "CA0123456789abcdef0123456789abcdef";
+        let mac = call_sid_binding(&key, sid).unwrap();
+        assert_eq!(mac.len(), 64);
+        assert!(
+            mac.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert!(verify_call_sid_binding(&key, sid, &mac));
+        assert!(!verify_call_sid_binding(
+            &key,
+            "CA0123456789abcdef0123456789abcdee",
+            &mac
+        ));
+        assert!(!verify_call_sid_binding(&Secret::new("12346"), sid, &mac));
+        assert!(!verify_call_sid_binding(&key, sid, &mac[..63]));
+        assert!(!verify_call_sid_binding(&key, sid, &mac.to_uppercase()));
+        assert!(!verify_call_sid_binding(&key, sid, ""));
+        // Not a bare HMAC of the CallSid: the context separates it.
+        let mut bare = Hmac::<Sha256>::new_from_slice(b"12345").unwrap();
+        bare.update(sid.as_bytes());
+        assert_ne!(to_hex(&bare.finalize().into_bytes()), mac);
+        for empty in ["", "  \t"] {
+            let k = Secret::new(empty);
+            assert_eq!(call_sid_binding(&k, sid), None);
+            assert!(!verify_call_sid_binding(&k, sid, ""));
+        }
+    }
 
     #[test]
     fn candidates_add_and_remove_ports() {

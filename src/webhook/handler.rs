@@ -201,8 +201,10 @@ async fn incoming_call(
     record.caller = parties.caller.as_ref().map(|n| n.as_str().to_string());
     record.dialed = parties.dialed.as_ref().map(|n| n.as_str().to_string());
     record.sip_call_id = parties.sip_call_id.clone();
-    // Calls dialed in by Twilio (`[twilio] voice_mode = "sip"`) name their parent call.
-    record.twilio_call_sid = crate::escalation::twilio_dial::parent_call_sid(&data.sip_headers);
+    // Calls dialed in by Twilio (`[twilio] voice_mode = "sip"`) name their parent call; only
+    // the one our `<Dial><Sip>` bound (HMAC) is trusted.
+    record.twilio_call_sid =
+        crate::escalation::twilio_dial::trusted_parent_call_sid(&app, &data.id, &data.sip_headers);
     let other_owns = profile.api != data.api;
     if other_owns {
         // The other API's delivery of this SIP call owns the decision: record, never decide.

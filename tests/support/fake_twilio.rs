@@ -418,6 +418,29 @@ impl FakeTwilio {
     }
 }
 
+/// What Twilio puts on the INVITE of a `<Dial><Sip>` leg: the `(name, value)` URI headers of
+/// the first `<Sip>` URI of `twiml` (after `?`, `&`-separated, values percent-decoded), as
+/// Twilio documents for `<Dial><Sip>` (<https://www.twilio.com/docs/voice/api/receiving-sip>).
+/// `None` when the document has no `<Sip>`.
+pub fn sip_dial_headers(twiml: &str) -> Option<Vec<(String, String)>> {
+    let start = twiml.find("<Sip>")? + "<Sip>".len();
+    let end = start + twiml[start..].find("</Sip>")?;
+    let uri = twiml[start..end].replace("&amp;", "&");
+    let Some((_, query)) = uri.split_once('?') else {
+        return Some(Vec::new());
+    };
+    Some(
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(n, v)| {
+                let value = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                (n.to_string(), value.into_owned())
+            })
+            .collect(),
+    )
+}
+
 fn next_sid(state: &mut State, prefix: &str) -> String {
     state.next_sid += 1;
     format!("{prefix}{:032x}", 0xfa4e_0000_u64 + state.next_sid)
@@ -496,8 +519,79 @@ impl MediaStreamClient {
         self.stream_sid.clone()
     }
 
+    /// Announces `account_sid` in later `start`/`stop` messages (a stream claiming another
+    /// account).
+    pub fn set_account_sid(&mut self, account_sid: &str) {
+        self.account_sid = account_sid.to_string();
+    }
+
     /// `media` with `mulaw` (inbound track).
     pub async fn send_media(&mut self, mulaw: &[u8]) {
+        self.try_send_media(mulaw).await.unwrap();
+    }
+
+    /// Sends caller silence (160-byte frames) so that the audio sent keeps up with `rate` ×
+    /// the wall-clock time since the call (checked every 5 ms, catching up when late), while
+    /// reading what the server sends, until the server closes the socket or `max` has passed.
+    pub async fn pump_media(&mut self, rate: f64, max: Duration) -> Pumped {
+        let frame = [0xFFu8; 160];
+        let started = std::time::Instant::now();
+        let mut frames = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let close = loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let elapsed = started.elapsed();
+                    if elapsed > max {
+                        break None;
+                    }
+                    let due = (elapsed.as_secs_f64() * rate / 0.020) as u64 + 1;
+                    while frames < due {
+                        if self.try_send_media(&frame).await.is_err() {
+                            break;
+                        }
+                        frames += 1;
+                    }
+                }
+                msg = self.ws.next() => match msg {
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        break Some(frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new())));
+                    }
+                    None | Some(Err(_)) => break Some((1006, String::new())),
+                    Some(Ok(_)) => {}
+                },
+            }
+        };
+        Pumped {
+            sent: Duration::from_millis(frames * 20),
+            elapsed: started.elapsed(),
+            close,
+        }
+    }
+
+    /// Reads until the server's close frame (skipping anything else) and returns its code and
+    /// reason; `(1006, "")` when the socket dropped without one. Panics after `timeout`.
+    pub async fn recv_close(&mut self, timeout: Duration) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("the server did not close the stream in time");
+            match frame {
+                Some(Ok(WsMessage::Close(Some(f)))) => {
+                    return (u16::from(f.code), f.reason.to_string());
+                }
+                Some(Ok(WsMessage::Close(None))) => return (1005, String::new()),
+                None | Some(Err(_)) => return (1006, String::new()),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn try_send_media(
+        &mut self,
+        mulaw: &[u8],
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         self.chunk += 1;
         let sequence_number = self.seq();
         let msg = TwilioMessage::Media(Media {
@@ -511,7 +605,7 @@ impl MediaStreamClient {
             stream_sid: self.stream_sid.clone(),
         });
         self.timestamp_ms += mulaw.len() as u64 / 8;
-        self.send(&msg).await;
+        self.ws.send(WsMessage::text(msg.to_json())).await
     }
 
     /// `dtmf`.
@@ -579,6 +673,17 @@ impl MediaStreamClient {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// What [`MediaStreamClient::pump_media`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pumped {
+    /// Caller audio sent (20 ms per frame).
+    pub sent: Duration,
+    /// Wall-clock time from the first frame to the end.
+    pub elapsed: Duration,
+    /// The server's close `(code, reason)`, when it closed the stream.
+    pub close: Option<(u16, String)>,
 }
 
 fn rand_u64() -> u64 {

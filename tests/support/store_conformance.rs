@@ -25,9 +25,9 @@ use voxmachina::calls::record::{
     CrmRecord, EscalationSummary, HandoverRecord, MediaInfo, SmsFollowUp, Speaker, TokenDetail,
     TranscriptLine, Usage,
 };
-use voxmachina::store::tokens::is_token;
+use voxmachina::store::tokens::{is_stream_token, is_token};
 use voxmachina::store::{
-    CallQuery, CreateOutcome, HandoverPayload, Lease, PurgeStats, Store, StoreError,
+    CallQuery, CreateOutcome, HandoverPayload, Lease, PurgeStats, Store, StoreError, StreamGrant,
     TakeoverCandidate,
 };
 
@@ -76,6 +76,9 @@ macro_rules! store_conformance_tests {
             token_expiry_is_checked_on_every_read,
             token_invalid_inputs,
             token_latest_for_caller,
+            stream_token_mint_redeem_once,
+            stream_token_redeem_concurrent_exactly_one,
+            stream_token_expiry_and_invalid_inputs,
             lease_competing_owners_one_wins,
             lease_concurrent_acquire_exactly_one,
             lease_expiry_allows_takeover,
@@ -1150,6 +1153,24 @@ pub fn handover(call_id: &str, caller: Option<&str>, created_at: DateTime<Utc>) 
     }
 }
 
+/// A Media Streams grant for `call_sid` (`None`: an outbound call not placed yet).
+pub fn stream_grant(call_sid: Option<&str>, created_at: DateTime<Utc>) -> StreamGrant {
+    StreamGrant {
+        call_sid: call_sid.map(str::to_string),
+        account_sid: "AC0123456789abcdef0123456789abcdef".to_string(),
+        profile: "support \"line\" ☎".to_string(),
+        direction: if call_sid.is_some() {
+            "inbound"
+        } else {
+            "outbound"
+        }
+        .to_string(),
+        dialed: call_sid.is_none().then(|| "+14155550123".to_string()),
+        // Nanoseconds: the grant comes back exactly as given.
+        created_at: created_at + Duration::nanoseconds(987_654_321),
+    }
+}
+
 fn minutes(m: i64) -> Duration {
     Duration::minutes(m)
 }
@@ -1751,4 +1772,144 @@ pub async fn takeover_candidates_are_the_free_live_calls(store: Arc<dyn Store>) 
             expires_at: t + secs(65),
         })
     );
+}
+
+/// A stream token is `vst_` + 32 hex digits, redeems once with its grant as stored (both the
+/// inbound and the outbound shape), and is invisible to the handover-token reads: neither kind
+/// of token is accepted by the other kind's methods.
+pub async fn stream_token_mint_redeem_once(store: Arc<dyn Store>) {
+    let t = window();
+    let inbound = stream_grant(Some(&uniq("CA-stream")), t);
+    let token = store
+        .mint_stream_token(&inbound, minutes(5), t)
+        .await
+        .unwrap();
+    assert!(is_stream_token(&token), "{token:?}");
+    assert!(!is_token(&token));
+    assert_eq!(store.peek_token(&token, t).await.unwrap(), None);
+    assert_eq!(store.redeem_token(&token, t).await.unwrap(), None);
+    assert_eq!(
+        store
+            .redeem_stream_token(&token, t + secs(1))
+            .await
+            .unwrap(),
+        Some(inbound),
+        "the handover reads above did not consume it"
+    );
+    assert_eq!(
+        store
+            .redeem_stream_token(&token, t + secs(2))
+            .await
+            .unwrap(),
+        None,
+        "single use"
+    );
+
+    let outbound = stream_grant(None, t);
+    let token = store
+        .mint_stream_token(&outbound, minutes(5), t)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.redeem_stream_token(&token, t).await.unwrap(),
+        Some(outbound)
+    );
+
+    // A live handover token is not a stream token, and stays redeemable as what it is.
+    let payload = handover(&uniq("rtc-not-stream"), Some("+14155550123"), t);
+    let handover_token = store.mint_token(&payload, minutes(5), t).await.unwrap();
+    assert_eq!(
+        store.redeem_stream_token(&handover_token, t).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.redeem_token(&handover_token, t).await.unwrap(),
+        Some(payload)
+    );
+}
+
+/// 20 concurrent redemptions of one stream token: exactly one gets the grant.
+pub async fn stream_token_redeem_concurrent_exactly_one(store: Arc<dyn Store>) {
+    let t = window();
+    let grant = stream_grant(Some(&uniq("CA-stream-race")), t);
+    let token = store
+        .mint_stream_token(&grant, minutes(5), t)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (store, token) = (store.clone(), token.clone());
+        tasks.spawn(async move {
+            store
+                .redeem_stream_token(&token, t + Duration::milliseconds(i))
+                .await
+                .unwrap()
+        });
+    }
+    let mut got = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Some(g) = done.unwrap() {
+            got.push(g);
+        }
+    }
+    assert_eq!(got, vec![grant], "exactly one redemption succeeds");
+}
+
+/// A stream token is live while `now < minted + ttl` (a refused late redemption does not
+/// delete it); malformed and unknown tokens are `None`; a TTL that is not positive is refused.
+pub async fn stream_token_expiry_and_invalid_inputs(store: Arc<dyn Store>) {
+    let t = window();
+    let grant = stream_grant(Some(&uniq("CA-stream-expiry")), t);
+    let token = store
+        .mint_stream_token(&grant, minutes(5), t)
+        .await
+        .unwrap();
+    let expires = t + minutes(5);
+    assert_eq!(
+        store.redeem_stream_token(&token, expires).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .redeem_stream_token(&token, expires + minutes(60))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .redeem_stream_token(&token, expires - Duration::milliseconds(1))
+            .await
+            .unwrap(),
+        Some(grant.clone()),
+        "live 1 ms before expiry, and still stored after the refused late redemptions"
+    );
+    for bad in [
+        "",
+        "vst_",
+        "vst_0123456789abcdef",
+        "vst_0123456789ABCDEF0123456789ABCDEF",
+        "0123456789",
+        "' OR 1=1 --",
+    ] {
+        assert_eq!(
+            store.redeem_stream_token(bad, t).await.unwrap(),
+            None,
+            "{bad:?}"
+        );
+    }
+    // Well-formed, never minted.
+    assert_eq!(
+        store
+            .redeem_stream_token("vst_00000000000000000000000000000000", t)
+            .await
+            .unwrap(),
+        None
+    );
+    for ttl in [Duration::zero(), secs(-5)] {
+        match store.mint_stream_token(&grant, ttl, t).await {
+            Err(StoreError::Invalid(msg)) => assert!(msg.contains("ttl"), "{msg}"),
+            other => panic!("ttl {ttl}: expected Invalid, got {other:?}"),
+        }
+    }
 }
