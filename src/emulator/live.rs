@@ -208,6 +208,7 @@ struct Shared {
     creates: Mutex<u32>,
     version: watch::Sender<u64>,
     http: reqwest::Client,
+    recorder: super::record::Recorder,
 }
 
 impl Shared {
@@ -321,11 +322,12 @@ impl LiveEmulator {
             creates: Mutex::new(0),
             version: watch::channel(0).0,
             http,
+            recorder: super::record::Recorder::from_env(),
         });
         let app = Router::new()
-            .route("/v1/live/sessions", post(create))
+            .route("/v1/live/sessions", post(recorded_create))
             .route("/v1/live/sessions/{id}/attach", get(attach))
-            .route("/v1/live/sessions/{id}/{action}", post(action))
+            .route("/v1/live/sessions/{id}/{action}", post(recorded_action))
             .with_state(shared.clone());
         let cancel = shared.cancel.clone();
         tokio::spawn(async move {
@@ -340,6 +342,15 @@ impl LiveEmulator {
             shared,
             _guard: guard,
         })
+    }
+
+    /// Appends every REST request body and attach client event received from now on to
+    /// `path`, one JSON line each (shape in [`super::record`]).
+    ///
+    /// # Errors
+    /// When the file cannot be created or opened.
+    pub fn record_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.shared.recorder.record_to(path)
     }
 
     /// `http://127.0.0.1:PORT/v1` (the controller's `openai.live_base_url`).
@@ -577,6 +588,62 @@ fn decision_made() -> Response {
         Some("decision_already_made"),
         "An accept or reject decision was already made for this session.",
     )
+}
+
+/// Records a REST request (body as JSON, `null` when empty, else the text) with the status of
+/// the answer `resp`.
+fn record_rest(shared: &Shared, path: &str, body: &Bytes, resp: &Response) {
+    if !shared.recorder.is_on() {
+        return;
+    }
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()))
+    };
+    shared.recorder.record(
+        super::record::Received {
+            api: "live",
+            channel: "rest",
+            method: Some("POST"),
+            path,
+            status: Some(resp.status().as_u16()),
+        },
+        &value,
+    );
+}
+
+async fn recorded_action(
+    State(shared): State<Arc<Shared>>,
+    Path((id, action_name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resp = action(
+        State(shared.clone()),
+        Path((id.clone(), action_name.clone())),
+        headers,
+        body.clone(),
+    )
+    .await;
+    record_rest(
+        &shared,
+        &format!("/v1/live/sessions/{id}/{action_name}"),
+        &body,
+        &resp,
+    );
+    resp
+}
+
+async fn recorded_create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resp = create(State(shared.clone()), headers, body.clone()).await;
+    record_rest(&shared, "/v1/live/sessions", &body, &resp);
+    resp
 }
 
 async fn action(
@@ -906,6 +973,16 @@ async fn connection(shared: Arc<Shared>, id: String, socket: WebSocket) {
             let v: Value = serde_json::from_str(text.as_str())
                 .unwrap_or_else(|_| Value::String(text.to_string()));
             shared.with(&id, |s| s.view.client_events.push(v.clone()));
+            shared.recorder.record(
+                super::record::Received {
+                    api: "live",
+                    channel: "attach",
+                    method: None,
+                    path: "/v1/live/sessions/{id}/attach",
+                    status: None,
+                },
+                &v,
+            );
             let kind = v["type"].as_str().unwrap_or_default();
             match kind {
                 "session.instructions.append" => {
