@@ -8,7 +8,9 @@
 //!   session id; [`LiveEmulator::deliver`] signs and POSTs it like OpenAI.
 //! - **Call control** (§7.1): `POST /v1/live/sessions/{id}/accept|reject|refer|hangup`, bearer
 //!   auth (401), unknown id 404 `session_not_found`, `200` with an empty body on success.
-//!   - accept: body `{"session":{"type":"live","model":<string>,...}}` else 400; the script's
+//!   - accept: body `{"session":{"type":"live","model":<string>,...}}` else 400, and a
+//!     `responses` delegation needs `delegation.responses.model` (400 otherwise, as the SDK
+//!     type requires it; also on create); the script's
 //!     `accept_statuses` faults first (each used once, no decision made);
 //!   - reject: `status_code` **required**, an integer 300–699, else 400;
 //!   - a second decision (accept or reject after one succeeded) is 409
@@ -734,6 +736,9 @@ fn accept(shared: &Shared, id: &str, body: Value) -> Response {
             "session.type must be \"live\" and session.model is required.",
         );
     }
+    if let Some(r) = delegation_refused(session) {
+        return r;
+    }
     shared.with(id, |s| {
         s.decided = true;
         s.view.status = LiveStatus::Live;
@@ -768,6 +773,21 @@ fn reject(shared: &Shared, id: &str, body: Value) -> Response {
         s.done.cancel();
     });
     ok()
+}
+
+/// `session.delegation` of type `responses` needs `responses.model` (the `openai` SDK's
+/// `openai.types.live.ResponsesDelegationConfigParam` marks it required).
+fn delegation_refused(session: &Value) -> Option<Response> {
+    let d = &session["delegation"];
+    if d["type"] == "responses" && !d["responses"]["model"].is_string() {
+        return Some(err(
+            400,
+            "invalid_request_error",
+            Some("missing_required_parameter"),
+            "Missing required parameter: 'session.delegation.responses.model'.",
+        ));
+    }
+    None
 }
 
 async fn refer(shared: &Arc<Shared>, id: &str, body: Value) -> Response {
@@ -836,6 +856,9 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return err(400, "invalid_request_error", None, "Body must be JSON.");
     };
+    if let Some(r) = delegation_refused(&body["session"]) {
+        return r;
+    }
     let t = &body["transport"];
     let dest = t["destination"].as_str().unwrap_or_default();
     if crate::sip::E164::parse(dest).is_err() {
