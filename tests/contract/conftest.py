@@ -229,3 +229,37 @@ def served(tmp_path_factory, openai_stub):
     )
     yield s
     s.stop()
+
+
+# --- The DynamoDB tables the recorded calls wrote ---------------------------------------------
+
+#: Table suffixes of the DynamoDB store (README "DynamoDB tables").
+DYNAMODB_TABLES = ("calls", "transcripts", "events", "webhooks", "tokens", "leases")
+
+
+@pytest.fixture(scope="session")
+def dynamo():
+    """``(boto3 client, manifest)`` for the tables of ``tests/contract_calls.rs`` (manifest
+    ``dynamodb.json``: endpoint, region, prefix, number of calls); deleted after the session.
+    Skips when the run had no DynamoDB engine (tools/setup.d/10-dynamodb.sh starts one)."""
+    import boto3
+
+    path = OUT / "dynamodb.json"
+    if not path.is_file():
+        if os.environ.get("VOXMACHINA_TEST_DYNAMODB_ENDPOINT"):
+            raise AssertionError(f"{path} is missing although a DynamoDB engine is configured")
+        pytest.skip("no DynamoDB engine for this run (tools/setup.d/10-dynamodb.sh starts one)")
+    m = json.loads(path.read_text())
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=m["endpoint"],
+        region_name=m["region"],
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    yield client, m
+    for t in DYNAMODB_TABLES:
+        try:
+            client.delete_table(TableName=f"{m['prefix']}_{t}")
+        except client.exceptions.ResourceNotFoundException:
+            pass

@@ -2,7 +2,7 @@
 # The vendors' SDKs as test oracles (issue 14): re-records whole calls through the controller
 # (`cargo test --test contract_calls`, tests/contract_calls.rs, writes target/contract/) and
 # validates every recorded message with the official openai, twilio and boto3 Python packages
-# (tests/contract/, pytest). Prints the number of messages validated per type; fails when pytest
+# (tests/contract/, pytest), and runs the connect-lambda binary on AWS's sample ContactFlowEvent. Prints the number of messages validated per type; fails when pytest
 # fails or collects no tests (exit code 5).
 #
 # Uses the virtualenv of tools/setup.d/30-contract-venv.sh (sourced here when tools/test.sh did
@@ -15,6 +15,8 @@ if [ -z "${VOXMACHINA_CONTRACT_PYTHON:-}" ] || [ ! -x "$VOXMACHINA_CONTRACT_PYTH
   source tools/setup.d/30-contract-venv.sh
 fi
 cargo build --locked --quiet --bin voxmachina
+# The Amazon Connect Lambda, run by tests/contract/test_connect_lambda.py.
+cargo build --locked --quiet --features connect-lambda --bin connect-lambda
 cargo test --locked --quiet --test contract_calls
 set +e
 "$VOXMACHINA_CONTRACT_PYTHON" -m pytest -p no:cacheprovider -q -rfE tests/contract
