@@ -8,7 +8,7 @@
 //! hand-over). Every message the fakes receive is written under `target/contract/`:
 //!
 //! - `openai-realtime.jsonl`, `openai-live.jsonl`: every OpenAI REST body and every sideband,
-//!   model-session and Live attach client event (the emulators' contract recording,
+//!   model-session (a Twilio Media Streams call with a barge-in) and Live attach client event (the emulators' contract recording,
 //!   `voxmachina::emulator::record`);
 //! - `twilio.jsonl`: every Twilio REST request (method, path, form fields in order);
 //! - `twiml.jsonl`: every TwiML document the controller answered to a signed voice webhook;
@@ -35,6 +35,7 @@ use voxmachina::app::{self, Running};
 use voxmachina::calls::record::{CallRecord, CallState};
 use voxmachina::config::{LiveTrunkConfig, TwilioVoiceMode};
 use voxmachina::emulator::live::{LiveEmulator, OutboundPlan};
+use voxmachina::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
 use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
 use voxmachina::store::{DynamoStore, Store};
 use voxmachina::webhook::event::LIVE_TRANSPORT_INCOMING;
@@ -312,8 +313,9 @@ impl Env {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// Posts a signed Twilio voice webhook to `server`; returns the status and the body.
-    async fn voice_webhook(&self, server: &Running, from: &str, to: &str) -> (u16, String) {
+    /// Posts a signed Twilio voice webhook to `server` for a new inbound call; returns the
+    /// status, the body and the CallSid.
+    async fn voice_webhook(&self, server: &Running, from: &str, to: &str) -> (u16, String, String) {
         let sid = self.twilio.add_inbound_call(from, to);
         let params = self.twilio.voice_params(&sid, from, to);
         let resp = self
@@ -325,8 +327,21 @@ impl Env {
             )
             .await;
         let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap())
+        (status, resp.text().await.unwrap(), sid)
     }
+}
+
+/// One second of a loud two-tone signal in μ-law (the emulator's energy VAD hears it as
+/// speech).
+fn tone_ulaw() -> Vec<u8> {
+    (0..8_000)
+        .map(|i| {
+            let t = f64::from(i) / 8000.0;
+            let x = (2.0 * std::f64::consts::PI * 700.0 * t).sin()
+                + 0.6 * (2.0 * std::f64::consts::PI * 1200.0 * t).sin();
+            voxmachina::media::g711::ulaw_encode((9000.0 * x) as i16)
+        })
+        .collect()
 }
 
 fn append_line(path: &Path, v: &Value) {
@@ -514,9 +529,53 @@ async fn whole_calls_record_every_message_for_the_sdk_contract_checks() {
             "+18005550100",
         ),
     ] {
-        let (status, twiml) = env.voice_webhook(server, from, to).await;
+        let (status, twiml, _) = env.voice_webhook(server, from, to).await;
         assert_eq!(status, 200, "{case}: {twiml}");
         append_line(&twiml_path, &json!({"case": case, "twiml": twiml}));
+    }
+    // A Media Streams call on the stream-mode controller: the bridge's Realtime model session
+    // (`session.update`, `input_audio_buffer.append`, the greeting, a barge-in truncate).
+    env.realtime.push_model_script(
+        Script::new()
+            .greeting("Hello, you have reached Example Corp billing support. How can I help you today with your account or your last invoice?")
+            .audio_chunk_ms(100),
+    );
+    let (status, twiml, sid) = env
+        .voice_webhook(&env.stream, "+14155550123", "+18005550177")
+        .await;
+    assert_eq!(status, 200, "{twiml}");
+    let (stream_url, parameters) = stream_of_twiml(&twiml).expect("<Connect><Stream>");
+    let phone = Phone::connect(PhoneConfig {
+        url: format!("ws://{}/twilio/media", env.stream.addr),
+        signed_url: stream_url,
+        auth_token: env.twilio.auth_token(),
+        account_sid: fake_twilio::ACCOUNT_SID.into(),
+        call_sid: sid.clone(),
+        parameters,
+    })
+    .await
+    .expect("media stream connects");
+    phone
+        .wait_until(WAIT, |l| l.frames.len() >= 5)
+        .await
+        .expect("the greeting plays");
+    phone.say(&tone_ulaw());
+    phone
+        .wait_until(WAIT, |l| !l.clears.is_empty())
+        .await
+        .expect("barge-in clears the playback");
+    phone.stop();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = env.stream.state.store.get_call(&sid).await.unwrap();
+        if r.as_ref().is_some_and(|r| r.state.is_final()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "media call never ended: {r:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let twilio_path = out.join("twilio.jsonl");
     let reqs = env.twilio.requests();
@@ -560,6 +619,17 @@ async fn whole_calls_record_every_message_for_the_sdk_contract_checks() {
     }
     assert_eq!(paths_ending(&lv, "rest", "/live/sessions"), 1);
     assert!(rt.iter().any(|l| l["channel"] == "sideband"));
+    for kind in [
+        "session.update",
+        "input_audio_buffer.append",
+        "conversation.item.truncate",
+    ] {
+        assert!(
+            rt.iter()
+                .any(|l| l["channel"] == "model_session" && l["body"]["type"] == kind),
+            "model session {kind}"
+        );
+    }
     assert!(lv.iter().any(|l| l["channel"] == "attach"));
     let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
     assert!(
