@@ -598,12 +598,7 @@ fn record_rest(shared: &Shared, path: &str, body: &Bytes, resp: &Response) {
     if !shared.recorder.is_on() {
         return;
     }
-    let value = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()))
-    };
+    let value = super::rest::body_value(body);
     shared.recorder.record(
         super::record::Received {
             api: "live",
