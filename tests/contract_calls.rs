@@ -4,8 +4,8 @@
 //! `voxmachina::app`, exactly as `voxmachina serve` does) against the local OpenAI emulators
 //! (Realtime and GPT-Live), the fake Twilio REST API and a local tool server, for every profile
 //! shipped in `prompts/` plus a few test-only profiles (a Live profile whose only tool is the
-//! built-in `end_call`, a Live blocklist for the Live reject, a Realtime `twilio_dial`
-//! hand-over). Every message the fakes receive is written under `target/contract/`:
+//! built-in `end_call`, one with a declared HTTP tool, a Live blocklist for the Live reject, a
+//! Realtime `twilio_dial` hand-over). Every message the fakes receive is written under `target/contract/`:
 //!
 //! - `openai-realtime.jsonl`, `openai-live.jsonl`: every OpenAI REST body and every sideband,
 //!   model-session (a Twilio Media Streams call with a barge-in) and Live attach client event (the emulators' contract recording,
@@ -91,6 +91,28 @@ enabled = false
 "#,
     ),
     (
+        "contract_live_tools",
+        r#"name = "contract-live-tools"
+api = "live"
+tools_base_url = "{base}"
+[match]
+dialed = ["+18005550184"]
+[escalation]
+enabled = false
+[[tools]]
+name = "lookup_order"
+description = "Look up an order by its number."
+[tools.parameters]
+type = "object"
+required = ["order_id"]
+[tools.parameters.properties.order_id]
+type = "string"
+[tools.http]
+method = "GET"
+url = "{{base_url}}/orders/{{args.order_id}}"
+"#,
+    ),
+    (
         "contract_live_blocked",
         r#"name = "contract-live-blocked"
 api = "live"
@@ -127,7 +149,11 @@ fn write_prompts(dest: &Path, base: &str) {
         std::fs::write(dest.join(path.file_name().unwrap()), text).unwrap();
     }
     for (stem, toml) in EXTRA_PROFILES {
-        std::fs::write(dest.join(format!("{stem}.toml")), toml).unwrap();
+        std::fs::write(
+            dest.join(format!("{stem}.toml")),
+            toml.replace("\"{base}\"", &format!("\"{base}\"")),
+        )
+        .unwrap();
         std::fs::write(
             dest.join(format!("{stem}.md")),
             format!("You answer the {stem} line.\n"),
@@ -469,6 +495,24 @@ async fn whole_calls_record_every_message_for_the_sdk_contract_checks() {
         (r.profile.as_str(), r.state),
         ("contract-live-plain", CallState::Ended)
     );
+    // contract-live-tools: a declared HTTP tool on Live (function_call_output, then
+    // response.create), then end_call.
+    let (_, r) = env
+        .live_call(
+            Script::new()
+                .from("<sip:+14155550123@pstn.example.com>;tag=l4")
+                .to("<sip:+18005550184@sip.api.openai.com>")
+                .caller("Where is my order SK-10423?")
+                .tool("lookup_order", json!({"order_id": "SK-10423"}))
+                .wait_ms(500)
+                .tool("end_call", json!({"reason": "answered"}))
+                .wait_ms(2_000),
+        )
+        .await;
+    assert_eq!(
+        (r.profile.as_str(), r.state),
+        ("contract-live-tools", CallState::Ended)
+    );
     // contract-live-blocked: Live /reject.
     let (_, r) = env
         .live_call(
@@ -630,7 +674,17 @@ async fn whole_calls_record_every_message_for_the_sdk_contract_checks() {
             "model session {kind}"
         );
     }
-    assert!(lv.iter().any(|l| l["channel"] == "attach"));
+    for kind in [
+        "session.instructions.append",
+        "response.item.create",
+        "response.create",
+    ] {
+        assert!(
+            lv.iter()
+                .any(|l| l["channel"] == "attach" && l["body"]["type"] == kind),
+            "attach {kind}"
+        );
+    }
     let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
     assert!(
         paths.iter().any(|p| p.ends_with("/Calls.json")),
