@@ -36,7 +36,7 @@ use voxmachina::calls::record::{CallRecord, CallState};
 use voxmachina::config::{LiveTrunkConfig, TwilioVoiceMode};
 use voxmachina::emulator::live::{LiveEmulator, OutboundPlan};
 use voxmachina::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
-use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
+use voxmachina::emulator::{Emulator, EmulatorConfig, ReferFault, Script};
 use voxmachina::store::{DynamoStore, Store};
 use voxmachina::webhook::event::LIVE_TRANSPORT_INCOMING;
 
@@ -435,6 +435,23 @@ async fn whole_calls_record_every_message_for_the_sdk_contract_checks() {
     assert_eq!(
         (r.profile.as_str(), r.state),
         ("support", CallState::Rejected)
+    );
+    // support, a caller who is not blocked: answered and transferred inside its opening hours,
+    // rejected (480) outside them; either way its messages are recorded.
+    let (_, r) = env
+        .realtime_call(
+            Script::new()
+                .from("<sip:+14155550123@pstn.example.com>;tag=s2")
+                .to("<sip:+18005550100@sip.api.openai.com>")
+                .refer_faults([ReferFault::Transfer])
+                .caller("My build server is down.")
+                .caller("Can I speak to a real person please?"),
+        )
+        .await;
+    assert_eq!(r.profile, "support");
+    assert!(
+        matches!(r.state, CallState::Transferred | CallState::Rejected),
+        "{r:#?}"
     );
     // contract-dial: twilio_dial hand-over redirects the parent Twilio call (call update).
     let parent = env.twilio.add_inbound_call("+14155550123", "+18005550181");
