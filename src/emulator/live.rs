@@ -8,7 +8,9 @@
 //!   session id; [`LiveEmulator::deliver`] signs and POSTs it like OpenAI.
 //! - **Call control** (§7.1): `POST /v1/live/sessions/{id}/accept|reject|refer|hangup`, bearer
 //!   auth (401), unknown id 404 `session_not_found`, `200` with an empty body on success.
-//!   - accept: body `{"session":{"type":"live","model":<string>,...}}` else 400; the script's
+//!   - accept: body `{"session":{"type":"live","model":<string>,...}}` else 400, and a
+//!     `responses` delegation needs `delegation.responses.model` (400 otherwise, as the SDK
+//!     type requires it; also on create); the script's
 //!     `accept_statuses` faults first (each used once, no decision made);
 //!   - reject: `status_code` **required**, an integer 300–699, else 400;
 //!   - a second decision (accept or reject after one succeeded) is 409
@@ -208,6 +210,7 @@ struct Shared {
     creates: Mutex<u32>,
     version: watch::Sender<u64>,
     http: reqwest::Client,
+    recorder: super::record::Recorder,
 }
 
 impl Shared {
@@ -321,11 +324,12 @@ impl LiveEmulator {
             creates: Mutex::new(0),
             version: watch::channel(0).0,
             http,
+            recorder: super::record::Recorder::from_env(),
         });
         let app = Router::new()
-            .route("/v1/live/sessions", post(create))
+            .route("/v1/live/sessions", post(recorded_create))
             .route("/v1/live/sessions/{id}/attach", get(attach))
-            .route("/v1/live/sessions/{id}/{action}", post(action))
+            .route("/v1/live/sessions/{id}/{action}", post(recorded_action))
             .with_state(shared.clone());
         let cancel = shared.cancel.clone();
         tokio::spawn(async move {
@@ -340,6 +344,15 @@ impl LiveEmulator {
             shared,
             _guard: guard,
         })
+    }
+
+    /// Appends every REST request body and attach client event received from now on to
+    /// `path`, one JSON line each (shape in [`super::record`]).
+    ///
+    /// # Errors
+    /// When the file cannot be created or opened.
+    pub fn record_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.shared.recorder.record_to(path)
     }
 
     /// `http://127.0.0.1:PORT/v1` (the controller's `openai.live_base_url`).
@@ -579,6 +592,57 @@ fn decision_made() -> Response {
     )
 }
 
+/// Records a REST request (body as JSON, `null` when empty, else the text) with the status of
+/// the answer `resp`.
+fn record_rest(shared: &Shared, path: &str, body: &Bytes, resp: &Response) {
+    if !shared.recorder.is_on() {
+        return;
+    }
+    let value = super::rest::body_value(body);
+    shared.recorder.record(
+        super::record::Received {
+            api: "live",
+            channel: "rest",
+            method: Some("POST"),
+            path,
+            status: Some(resp.status().as_u16()),
+        },
+        &value,
+    );
+}
+
+async fn recorded_action(
+    State(shared): State<Arc<Shared>>,
+    Path((id, action_name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resp = action(
+        State(shared.clone()),
+        Path((id.clone(), action_name.clone())),
+        headers,
+        body.clone(),
+    )
+    .await;
+    record_rest(
+        &shared,
+        &format!("/v1/live/sessions/{id}/{action_name}"),
+        &body,
+        &resp,
+    );
+    resp
+}
+
+async fn recorded_create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resp = create(State(shared.clone()), headers, body.clone()).await;
+    record_rest(&shared, "/v1/live/sessions", &body, &resp);
+    resp
+}
+
 async fn action(
     State(shared): State<Arc<Shared>>,
     Path((id, action)): Path<(String, String)>,
@@ -667,6 +731,9 @@ fn accept(shared: &Shared, id: &str, body: Value) -> Response {
             "session.type must be \"live\" and session.model is required.",
         );
     }
+    if let Some(r) = delegation_refused(session) {
+        return r;
+    }
     shared.with(id, |s| {
         s.decided = true;
         s.view.status = LiveStatus::Live;
@@ -701,6 +768,21 @@ fn reject(shared: &Shared, id: &str, body: Value) -> Response {
         s.done.cancel();
     });
     ok()
+}
+
+/// `session.delegation` of type `responses` needs `responses.model` (the `openai` SDK's
+/// `openai.types.live.ResponsesDelegationConfigParam` marks it required).
+fn delegation_refused(session: &Value) -> Option<Response> {
+    let d = &session["delegation"];
+    if d["type"] == "responses" && !d["responses"]["model"].is_string() {
+        return Some(err(
+            400,
+            "invalid_request_error",
+            Some("missing_required_parameter"),
+            "Missing required parameter: 'session.delegation.responses.model'.",
+        ));
+    }
+    None
 }
 
 async fn refer(shared: &Arc<Shared>, id: &str, body: Value) -> Response {
@@ -769,6 +851,9 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return err(400, "invalid_request_error", None, "Body must be JSON.");
     };
+    if let Some(r) = delegation_refused(&body["session"]) {
+        return r;
+    }
     let t = &body["transport"];
     let dest = t["destination"].as_str().unwrap_or_default();
     if crate::sip::E164::parse(dest).is_err() {
@@ -906,6 +991,16 @@ async fn connection(shared: Arc<Shared>, id: String, socket: WebSocket) {
             let v: Value = serde_json::from_str(text.as_str())
                 .unwrap_or_else(|_| Value::String(text.to_string()));
             shared.with(&id, |s| s.view.client_events.push(v.clone()));
+            shared.recorder.record(
+                super::record::Received {
+                    api: "live",
+                    channel: "attach",
+                    method: None,
+                    path: "/v1/live/sessions/{id}/attach",
+                    status: None,
+                },
+                &v,
+            );
             let kind = v["type"].as_str().unwrap_or_default();
             match kind {
                 "session.instructions.append" => {

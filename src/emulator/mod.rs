@@ -38,6 +38,7 @@
 
 pub mod live;
 pub mod phone;
+pub mod record;
 pub mod rest;
 pub mod script;
 pub mod sideband;
@@ -524,6 +525,8 @@ pub(crate) struct Shared {
     pub(crate) model_scripts: Mutex<VecDeque<Script>>,
     /// Ids of the model sessions opened so far, in order.
     pub(crate) model_sessions: Mutex<Vec<String>>,
+    /// Contract recording of every request body and client event ([`record`]).
+    pub(crate) recorder: record::Recorder,
 }
 
 /// A command to a live sideband connection.
@@ -631,6 +634,16 @@ impl Shared {
     }
 
     pub(crate) fn record(&self, req: RecordedRequest) {
+        self.recorder.record(
+            record::Received {
+                api: "realtime",
+                channel: "rest",
+                method: Some(&req.method),
+                path: &req.path,
+                status: Some(req.status),
+            },
+            &req.body,
+        );
         self.requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -703,6 +716,7 @@ impl Emulator {
             http,
             model_scripts: Mutex::new(VecDeque::new()),
             model_sessions: Mutex::new(Vec::new()),
+            recorder: record::Recorder::from_env(),
         });
         let app = rest::router(shared.clone());
         let cancel = shared.cancel.clone();
@@ -728,6 +742,15 @@ impl Emulator {
 
     fn shared(&self) -> &Shared {
         &self.handle.shared
+    }
+
+    /// Appends every REST request body and sideband/model-session client event received from
+    /// now on to `path`, one JSON line each (shape in [`record`]).
+    ///
+    /// # Errors
+    /// When the file cannot be created or opened.
+    pub fn record_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.shared().recorder.record_to(path)
     }
 
     /// The socket address the servers listen on.

@@ -190,7 +190,7 @@ pub(crate) fn check_auth(headers: &HeaderMap, api_key: &str) -> Result<(), ApiEr
 }
 
 /// The body as recorded: `Null` when empty, parsed JSON, or the raw text as a JSON string.
-fn body_value(body: &[u8]) -> Value {
+pub(crate) fn body_value(body: &[u8]) -> Value {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Value::Null;
     }

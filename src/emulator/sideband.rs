@@ -639,6 +639,20 @@ impl Conn {
         let value: Value =
             serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()));
         let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+        self.shared.recorder.record(
+            super::record::Received {
+                api: "realtime",
+                channel: if self.media.is_some() {
+                    "model_session"
+                } else {
+                    "sideband"
+                },
+                method: None,
+                path: "/v1/realtime",
+                status: None,
+            },
+            &value,
+        );
         if self.media.is_some() && kind == "input_audio_buffer.append" {
             return self.on_append(ws, &value).await;
         }

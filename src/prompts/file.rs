@@ -92,6 +92,7 @@ pub(crate) struct RawSession {
     pub noise_reduction: Option<NoiseReduction>,
     pub turn_detection: Option<Spanned<RawTurnDetection>>,
     pub audio: Option<super::profile::MediaAudio>,
+    pub delegation_model: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -401,6 +401,11 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
     let live_model_unset = raw_session.model.is_none();
     if api == crate::calls::record::Api::Live {
         live_only_checks(&mut cx, &raw_session);
+    } else if let Some(v) = &raw_session.delegation_model {
+        cx.err(
+            v,
+            "session.delegation_model is a GPT-Live setting (api = \"live\"); Realtime runs tools itself",
+        );
     }
     let mut session = session(&mut cx, raw_session);
     if api == crate::calls::record::Api::Live && live_model_unset {
@@ -626,6 +631,9 @@ fn session(cx: &mut Ctx<'_>, s: RawSession) -> SessionSettings {
         noise_reduction: s.noise_reduction,
         turn_detection,
         audio: s.audio.unwrap_or_default(),
+        delegation_model: cx
+            .text(s.delegation_model, "session.delegation_model")
+            .unwrap_or(d.delegation_model),
     }
 }
 

@@ -41,6 +41,8 @@
 //! noise_reduction = "far_field"  # optional: near_field | far_field
 //! audio = "pcmu"               # Twilio Media Streams path only: pcmu (default; μ-law passed
 //!                              # through) | pcm16 (PCM16 24 kHz, transcoded by the bridge)
+//! delegation_model = "gpt-5.4-mini"  # api = "live" only (default shown): the Responses model
+//!                              # of the tool delegation, session.delegation.responses.model
 //! [session.turn_detection]     # default: semantic_vad, eagerness auto
 //! type = "semantic_vad"        # semantic_vad | server_vad | none (manual turns, sent as null)
 //! eagerness = "auto"           # semantic_vad only: low | medium | high | auto

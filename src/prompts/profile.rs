@@ -229,6 +229,10 @@ pub struct SessionSettings {
     /// Audio format between the Twilio Media Streams bridge and the Realtime session (unused
     /// on the SIP path, where SDP negotiates the codec).
     pub audio: MediaAudio,
+    /// `api = "live"` only: the Responses model behind the Live session's tool delegation
+    /// (`session.delegation.responses.model`), default
+    /// [`crate::openai::live::DEFAULT_DELEGATION_MODEL`].
+    pub delegation_model: String,
 }
 
 /// `[session] audio`: how the Twilio Media Streams bridge (`crate::bridge`) carries audio to and
@@ -277,6 +281,7 @@ impl Default for SessionSettings {
             noise_reduction: None,
             turn_detection: TurnDetection::default(),
             audio: MediaAudio::default(),
+            delegation_model: crate::openai::live::DEFAULT_DELEGATION_MODEL.into(),
         }
     }
 }
@@ -652,14 +657,23 @@ impl Profile {
     /// `types/live/session_accept_params.py`; the loop itself is **[unverified]**)
     /// (calls arrive in `response.event`, answered with `response.item.create`), limited to
     /// `function` tools, so a profile with tools (declared or built-in) gets
-    /// `{"type":"responses","responses":{"tools":[...],"tool_choice":"auto"}}`, where the
-    /// controller runs every call; a profile without tools gets `{"type":"client"}`.
+    /// `{"type":"responses","responses":{"model":...,"tools":[...],"tool_choice":"auto"}}`
+    /// (`model` is `[session] delegation_model`; the SDK type
+    /// `openai.types.live.ResponsesDelegationConfigParam` requires it), where the controller
+    /// runs every call; a profile without tools gets `{"type":"client"}`.
     pub fn live_session(&self) -> Value {
         let tools = self
             .tools
             .session_tools(builtin_tools(self.escalation.enabled));
         let delegation = if !tools.is_empty() {
-            json!({ "type": "responses", "responses": { "tools": tools, "tool_choice": "auto" } })
+            json!({
+                "type": "responses",
+                "responses": {
+                    "model": self.session.delegation_model,
+                    "tools": tools,
+                    "tool_choice": "auto",
+                },
+            })
         } else {
             json!({ "type": "client" })
         };

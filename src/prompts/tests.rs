@@ -94,6 +94,11 @@ fn shipped_example_profiles_load() {
     assert_eq!(body["type"], "live");
     assert!(body["audio"].get("input").is_none());
     assert_eq!(body["delegation"]["type"], "responses");
+    // Required by openai.types.live.ResponsesDelegationConfigParam.
+    assert_eq!(
+        body["delegation"]["responses"]["model"],
+        crate::openai::live::DEFAULT_DELEGATION_MODEL
+    );
     assert!(
         set.iter()
             .filter(|p| p.name != "live-frontdesk")
@@ -1090,4 +1095,29 @@ fn readme_profile_example_loads() {
     assert_eq!(orders.tools.len(), 3);
     assert_eq!(orders.after_call.extract[0].name, "ticket");
     assert!(orders.after_call.sms.is_some());
+}
+
+#[test]
+fn live_delegation_carries_its_responses_model() {
+    // openai.types.live.ResponsesDelegationConfigParam requires `model`.
+    let dir = tempfile::tempdir().unwrap();
+    profile(dir.path(), "front", DEFAULT);
+    profile(
+        dir.path(),
+        "live",
+        "api = \"live\"\n[match]\ndialed = [\"+18005550111\"]\n[session]\ndelegation_model = \"gpt-5.4\"\n",
+    );
+    let set = load_ok(dir.path());
+    let body = set.get("live").unwrap().live_session();
+    assert_eq!(body["delegation"]["type"], "responses");
+    assert_eq!(body["delegation"]["responses"]["model"], "gpt-5.4");
+
+    // A Realtime profile has no delegation: the key is refused, with its line.
+    profile(
+        dir.path(),
+        "rt",
+        "[match]\ndialed = [\"+18005550112\"]\n[session]\ndelegation_model = \"gpt-5.4\"\n",
+    );
+    let errs = load_err(dir.path());
+    has(&errs, "rt.toml", Some(4), "GPT-Live setting");
 }

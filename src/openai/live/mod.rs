@@ -15,3 +15,10 @@ pub use link::{LiveActions, LiveLink};
 
 /// Default GPT-Live model (openai.md §1).
 pub const DEFAULT_LIVE_MODEL: &str = "gpt-live-1";
+
+/// Default `[session] delegation_model` of an `api = "live"` profile: the Responses model that
+/// runs the tool-calling backend of a Live session (`session.delegation.responses.model`,
+/// required by the `openai` SDK's `openai.types.live.ResponsesDelegationConfigParam`; the API
+/// reference: https://developers.openai.com/api/reference/resources/live). Our choice, not an
+/// OpenAI default: a small, fast model, since it only routes function calls to our tools.
+pub const DEFAULT_DELEGATION_MODEL: &str = "gpt-5.4-mini";
