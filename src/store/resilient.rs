@@ -42,7 +42,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    CallQuery, CreateOutcome, HandoverPayload, Lease, PurgeStats, Store, StoreError,
+    CallQuery, CreateOutcome, HandoverPayload, Lease, PurgeStats, Store, StoreError, StreamGrant,
     TakeoverCandidate,
 };
 use crate::calls::record::{CallEvent, CallRecord, CallState, TranscriptLine};
@@ -726,5 +726,24 @@ impl Store for ResilientStore {
             .inner
             .latest_handover_for_caller(caller_number, now)
             .await
+    }
+
+    async fn mint_stream_token(
+        &self,
+        grant: &StreamGrant,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        self.shared
+            .noted(self.shared.inner.mint_stream_token(grant, ttl, now).await)
+    }
+
+    async fn redeem_stream_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StreamGrant>, StoreError> {
+        self.shared
+            .noted(self.shared.inner.redeem_stream_token(token, now).await)
     }
 }
