@@ -442,6 +442,10 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             for w in tool_warnings(&config, &set) {
                 println!("warning: {w}");
             }
+            if let Err(e) = crate::app::check_named_secrets(&config, &set) {
+                println!("error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {

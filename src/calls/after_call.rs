@@ -343,20 +343,15 @@ pub fn on_opt_out_list(path: &Path, number: &str) -> bool {
     })
 }
 
-/// Appends `number` to the opt-out file (creating it and its directory) unless listed.
+/// Appends `number` to the opt-out file unless listed, creating it mode 0600 (and its directory
+/// 0700) when missing ([`crate::private_fs::open_private_append`]).
 pub fn add_to_opt_out_list(path: &Path, number: &str) {
     use std::io::Write as _;
     if path.as_os_str().is_empty() || on_opt_out_list(path, number) {
         return;
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| writeln!(f, "{number}"));
+    let written =
+        crate::private_fs::open_private_append(path).and_then(|mut f| writeln!(f, "{number}"));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot update the SMS opt-out list");
     }
