@@ -200,10 +200,10 @@ pub async fn start_with_store(
     )
     .map_err(|e| StartError::Http(e.to_string()))?;
     let tools = tool_services(&config, &secrets, store.clone())?;
-    let after_call = Arc::new(AfterCallServices::from_config(
-        &config,
-        secrets.twilio_auth_token.clone(),
-    ));
+    let after_call = Arc::new(
+        AfterCallServices::from_config(&config, secrets.twilio_auth_token.clone())
+            .with_store(store.clone()),
+    );
     let twilio = crate::bridge::TwilioContext::from_config(
         &config.twilio,
         secrets.twilio_auth_token.as_ref(),

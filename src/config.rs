@@ -230,6 +230,10 @@ pub struct AfterCallConfig {
     /// Read at each send; callers who opt out during a call (or whose SMS Twilio refuses as
     /// unsubscribed, error 21610) are appended. Empty: no file.
     pub sms_opt_out_file: PathBuf,
+    /// At most one SMS follow-up per caller number in this many seconds (default 86 400, a
+    /// day), whatever the profile and instance: the window is claimed in the store
+    /// (`Store::claim_sms_window`) before sending, so it holds across restarts and instances.
+    pub sms_window_secs: u64,
 }
 
 impl Default for AfterCallConfig {
@@ -238,7 +242,29 @@ impl Default for AfterCallConfig {
             summary: SummaryMode::Model,
             summary_timeout_ms: 4_000,
             sms_opt_out_file: PathBuf::from("data/sms_opt_out.txt"),
+            sms_window_secs: 86_400,
         }
+    }
+}
+
+impl AfterCallConfig {
+    /// `sms_window_secs` as a [`chrono::Duration`].
+    pub fn sms_window(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.sms_window_secs).unwrap_or(i64::MAX))
+    }
+
+    /// Checks `sms_window_secs`: 1 second to 366 days.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=366 * 86_400).contains(&self.sms_window_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "after_call.sms_window_secs = {}: use 1 to 31622400 (366 days)",
+                self.sms_window_secs
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -772,6 +798,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
+        self.after_call.validate()?;
         for (key, url, schemes) in [
             (
                 "openai.base_url",

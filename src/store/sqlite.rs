@@ -872,6 +872,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn claim_sms_window(
+        &self,
+        number: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.claim_webhook(&super::sms_window_key(number), now, until)
+            .await
+    }
+
     async fn release_webhook(&self, webhook_id: &str) -> Result<(), StoreError> {
         let id = webhook_id.to_string();
         self.write(move |conn| {
