@@ -16,8 +16,8 @@
 //!
 //! File-descriptor exhaustion (`accept()` failing with `EMFILE`/`ENFILE`, or `ENOBUFS`/`ENOMEM`)
 //! pauses accepting with a backoff from 10 ms to 1 s (new connections wait in the kernel's listen
-//! backlog or are refused by it), logs once when it starts and once when accepting works again,
-//! and never spins. Per-connection accept errors (`ECONNABORTED`, ...) are skipped.
+//! backlog or are refused by it), warns at most every 30 s and logs when accepting works again,
+//! counts each failure (`voxmachina_http_accept_errors_total`), and never spins. Per-connection accept errors (`ECONNABORTED`, ...) are skipped.
 //!
 //! Shutdown ([`serve`]'s `shutdown` token): the listener is closed, idle connections close at
 //! once, requests in flight may finish within the body read timeout (at most [`DRAIN_MAX`]),
@@ -56,6 +56,8 @@ pub const DRAIN_MAX: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between accept attempts while resources are exhausted.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one accept-failure warning per this interval (a draining backlog can flap).
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(30);
 /// How often a connection's deadline is re-checked at most (its phase may have moved it).
 const DEADLINE_RECHECK: Duration = Duration::from_millis(250);
 
@@ -80,7 +82,9 @@ pub async fn serve(
     let hard = CancellationToken::new();
     let mut conns = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut failing_since: Option<(Instant, u64)> = None;
+    // The current run of accept failures: (since, failures, warned about), and the last warning.
+    let mut failing: Option<(Instant, u64, bool)> = None;
+    let mut last_warning: Option<Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -88,7 +92,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    if let Some((since, failures)) = failing_since.take() {
+                    if let Some((since, failures, true)) = failing.take() {
                         info!(
                             failures,
                             paused_ms = since.elapsed().as_millis() as u64,
@@ -113,16 +117,16 @@ pub async fn serve(
                 }
                 Err(e) => {
                     metrics::counter!(names::HTTP_ACCEPT_ERRORS).increment(1);
-                    match &mut failing_since {
-                        Some((_, failures)) => *failures += 1,
-                        None => {
-                            warn!(
-                                error = %e,
-                                "accept failed (file descriptors or memory exhausted?); new \
-                                 connections wait until it works again"
-                            );
-                            failing_since = Some((Instant::now(), 1));
-                        }
+                    let run = failing.get_or_insert((Instant::now(), 0, false));
+                    run.1 += 1;
+                    if last_warning.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                        warn!(
+                            error = %e,
+                            "accept failed (file descriptors or memory exhausted?); new \
+                             connections wait until it works again"
+                        );
+                        last_warning = Some(Instant::now());
+                        run.2 = true;
                     }
                     tokio::select! {
                         () = shutdown.cancelled() => break,
