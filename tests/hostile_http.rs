@@ -16,7 +16,8 @@ use support::serve::Controller;
 /// Reads until EOF (or an error such as a reset); returns what was read and when it ended.
 /// Panics if the connection is still open after `limit`.
 fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Instant) {
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let started = Instant::now();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -70,7 +71,8 @@ async fn slowloris_headers_are_cut_at_the_header_timeout() {
     let closed = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(a).unwrap();
         let opened = Instant::now();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n").unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+            .unwrap();
         // One header byte every 100 ms: never a complete head.
         let writer = {
             let mut w = s.try_clone().unwrap();
@@ -100,7 +102,9 @@ async fn slowloris_headers_are_cut_at_the_header_timeout() {
     );
     // A normal client is served meanwhile and afterwards.
     let a = addr(&h);
-    let status = tokio::task::spawn_blocking(move || healthz(a)).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || healthz(a))
+        .await
+        .unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK");
 }
 
@@ -236,9 +240,12 @@ async fn slow_clients_do_not_hold_shutdown() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let Harness { server, .. } = h;
-    tokio::time::timeout(Duration::from_secs(15), server.shutdown(Duration::from_secs(1)))
-        .await
-        .expect("shutdown finishes although two clients never finish their requests");
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        server.shutdown(Duration::from_secs(1)),
+    )
+    .await
+    .expect("shutdown finishes although two clients never finish their requests");
     // Both connections were closed by the server.
     let (_, _) = read_to_close(&mut slow_head, Duration::from_secs(5));
     let (_, _) = read_to_close(&mut slow_body, Duration::from_secs(5));
@@ -247,7 +254,9 @@ async fn slow_clients_do_not_hold_shutdown() {
 
 /// Open file descriptors of process `pid`.
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +298,9 @@ async fn fd_exhaustion_pauses_accepting_and_recovers() {
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let status = tokio::task::spawn_blocking(move || healthz(a)).await.unwrap();
+        let status = tokio::task::spawn_blocking(move || healthz(a))
+            .await
+            .unwrap();
         if status == "HTTP/1.1 200 OK" {
             break;
         }

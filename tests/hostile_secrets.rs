@@ -262,7 +262,7 @@ async fn trace_logs_hold_no_secret_files_are_private_and_tool_echoes_are_redacte
         "basic": format!("Basic {}", STANDARD.encode(format!("svc:{TOOL_SECRET}"))),
         "raw": TOOL_SECRET,
     });
-    tools.route("/orders/SK-1234", Answer::json(echoes.clone()));
+    tools.route("/v1/orders/SK-1234", Answer::json(echoes.clone()));
     let dir = tempfile::tempdir().unwrap();
     write_prompts(dir.path(), &tools.base_url());
     let opt_out = dir.path().join("private/optout/list.txt");
@@ -340,7 +340,10 @@ async fn trace_logs_hold_no_secret_files_are_private_and_tool_echoes_are_redacte
         };
         assert!(!output.contains(probe), "{k} reached the model: {output}");
     }
-    assert!(output.contains("SK-1234") && output.contains("***"), "{output}");
+    assert!(
+        output.contains("SK-1234") && output.contains("***"),
+        "{output}"
+    );
 
     // The log at trace level: our own debug/trace lines are there, no secret in any form.
     let logs = controller.log_text();
@@ -358,7 +361,10 @@ async fn trace_logs_hold_no_secret_files_are_private_and_tool_echoes_are_redacte
             );
         }
     }
-    assert!(!logs.contains("Bearer "), "no Authorization header in the log");
+    assert!(
+        !logs.contains("Bearer "),
+        "no Authorization header in the log"
+    );
 
     // Files: 0600 in 0700 directories, under umask 000.
     let db = dir.path().join("state/db/voxmachina.db");
@@ -455,7 +461,10 @@ async fn sms_never_relays_the_callers_words_and_goes_out_once_per_window() {
     // Another number has its own window.
     let (_, _, r3) = h.call_to_end(script("+14155550177")).await;
     h.wait_record(&r3.call_id, Duration::from_secs(10), |r| {
-        r.after_call.sms.as_ref().is_some_and(|s| s.status == "sent")
+        r.after_call
+            .sms
+            .as_ref()
+            .is_some_and(|s| s.status == "sent")
     })
     .await;
     assert_eq!(twilio.messages().len(), 2);

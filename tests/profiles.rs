@@ -403,5 +403,8 @@ async fn connect_support_checks_history_then_transfers_to_amazon_connect() {
         !body.contains("I called earlier this week about a double charge"),
         "{body}"
     );
-    assert!(body.starts_with("Example Corp billing: thanks for your call."), "{body}");
+    assert!(
+        body.starts_with("Example Corp billing: thanks for your call."),
+        "{body}"
+    );
 }

@@ -50,8 +50,8 @@ use crate::calls::record::{
     CallRecord, CallState, CallSummary, SmsFollowUp, Speaker, TokenDetail, TranscriptLine,
 };
 use crate::config::{AfterCallConfig, Config, ModelPrice, PricingConfig, Secret};
-use crate::store::Store;
 use crate::prompts::{ExtractFrom, ExtractRule, SmsSettings};
+use crate::store::Store;
 use crate::tools::template::{CallField, Encoding, SummaryField, Values};
 use crate::twilio::rest::{TwilioError, TwilioRest};
 

@@ -1083,8 +1083,18 @@ allow_transcript_fields = true
         "default = true\n[[after_call.extract]]\nname = \"conf\"\nregex = 'code is ([A-Z0-9]+)'\n[after_call.sms]\ntemplate = \"Thanks. {{summary.intent}} {{extract.conf}}\"\n",
     );
     let errs = load_err(dir.path());
-    has(&errs, "a.toml", Some(6), "{{summary...}} is taken from what was said");
-    has(&errs, "a.toml", Some(6), "{{extract...}} is taken from what was said");
+    has(
+        &errs,
+        "a.toml",
+        Some(6),
+        "{{summary...}} is taken from what was said",
+    );
+    has(
+        &errs,
+        "a.toml",
+        Some(6),
+        "{{extract...}} is taken from what was said",
+    );
     let dir = tempfile::tempdir().unwrap();
     profile(
         dir.path(),
@@ -1092,7 +1102,15 @@ allow_transcript_fields = true
         "default = true\n[after_call.sms]\ntemplate = \"Thanks for calling {{call.dialed}}. Reply STOP to opt out.\"\n",
     );
     let set = load_ok(dir.path());
-    assert!(!set.get("a").unwrap().after_call.sms.as_ref().unwrap().allow_transcript_fields);
+    assert!(
+        !set.get("a")
+            .unwrap()
+            .after_call
+            .sms
+            .as_ref()
+            .unwrap()
+            .allow_transcript_fields
+    );
 }
 
 #[test]
