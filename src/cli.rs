@@ -246,8 +246,8 @@ async fn call(config_path: Option<PathBuf>, args: CallArgs) -> anyhow::Result<Ex
     };
     let token = std::env::var("VOXMACHINA_ADMIN_TOKEN")
         .ok()
-        .filter(|t| !t.is_empty())
-        .context("VOXMACHINA_ADMIN_TOKEN must be set (the controller's admin token)")?;
+        .filter(|t| !t.trim().is_empty())
+        .context("VOXMACHINA_ADMIN_TOKEN must be set, not empty (the controller's admin token)")?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;

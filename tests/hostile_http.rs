@@ -43,6 +43,19 @@ fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Instant) {
     (String::from_utf8_lossy(&got).into_owned(), Instant::now())
 }
 
+/// Writes `byte` to `s` every 100 ms for ten seconds, or until the server closes it.
+fn trickle(s: &TcpStream, byte: &'static [u8]) {
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..100 {
+            if w.write_all(byte).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
 async fn harness(adjust: impl FnOnce(&mut voxmachina::config::HttpLimitsConfig)) -> Harness {
     Harness::start_with(|c| adjust(&mut c.http)).await
 }
@@ -74,19 +87,8 @@ async fn slowloris_headers_are_cut_at_the_header_timeout() {
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
             .unwrap();
         // One header byte every 100 ms: never a complete head.
-        let writer = {
-            let mut w = s.try_clone().unwrap();
-            std::thread::spawn(move || {
-                for _ in 0..100 {
-                    if w.write_all(b"X").is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-        };
+        trickle(&s, b"X");
         let (text, at) = read_to_close(&mut s, Duration::from_secs(8));
-        drop(writer);
         (text, at.duration_since(opened))
     })
     .await
@@ -123,15 +125,7 @@ async fn a_slow_body_gets_408_and_the_connection_closes() {
             b"POST /openai/webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
         )
         .unwrap();
-        let mut w = s.try_clone().unwrap();
-        std::thread::spawn(move || {
-            for _ in 0..100 {
-                if w.write_all(b" ").is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
+        trickle(&s, b" ");
         let (text, at) = read_to_close(&mut s, Duration::from_secs(8));
         (text, at.duration_since(opened))
     })
