@@ -263,13 +263,9 @@ impl SqliteStore {
         wal_restart_frames: i64,
         flush_before_restart: bool,
     ) -> Result<SqliteStore, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::private_fs::create_private_dir_all(parent).map_err(|e| {
-                StoreError::Backend(format!("create directory {}: {e}", parent.display()))
-            })?;
-        }
-        // The database file is created 0600 before SQLite opens it; SQLite gives its -wal and
-        // -shm the database file's mode. All three are set to 0600 once they exist.
+        // The database file (and its missing directories, 0700) is created 0600 before SQLite
+        // opens it; SQLite gives its -wal and -shm the database file's mode. All three are set
+        // to 0600 once they exist.
         drop(crate::private_fs::open_private_append(path).map_err(|e| {
             StoreError::Backend(format!("create database file {}: {e}", path.display()))
         })?);
