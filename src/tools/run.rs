@@ -313,7 +313,7 @@ pub fn fit_output(output: Value, max_bytes: usize) -> Value {
 
 /// Replaces every occurrence of a secret value in the strings (and object keys) of `v` with
 /// `***`: an endpoint that echoes its `Authorization` header must not leak it to the model or
-/// the call events. Encoded copies are caught too ([`secret_forms`]): base64 (standard and
+/// the call events. Encoded copies are caught too (`secret_forms`): base64 (standard and
 /// URL-safe alphabets, with or without padding, also inside a longer encoded text such as a
 /// `Basic` credential), hex (lower and upper case) and percent-encoding (RFC 3986 §2.1, upper
 /// and lower case hex digits, and `application/x-www-form-urlencoded`). Secrets shorter than 4
