@@ -50,6 +50,9 @@ pub enum StartError {
     /// Building the HTTP client failed.
     #[error("http client: {0}")]
     Http(String),
+    /// A secret is empty or only whitespace, or a secret file is unreadable (fail closed).
+    #[error(transparent)]
+    Secret(#[from] crate::config::ConfigError),
 }
 
 /// State shared by every request handler and monitor.
@@ -232,6 +235,8 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<Running, StartError> {
     let profiles = ProfileSet::load(&config.prompts.dir)?;
+    secrets.check_not_blank()?;
+    check_named_secrets(&config, &profiles)?;
     let held_writes = ResilientStore::new(
         store,
         HoldLimits {
@@ -251,10 +256,10 @@ pub async fn start_with_store(
     )
     .map_err(|e| StartError::Http(e.to_string()))?;
     let tools = tool_services(&config, &secrets, store.clone())?;
-    let after_call = Arc::new(AfterCallServices::from_config(
-        &config,
-        secrets.twilio_auth_token.clone(),
-    ));
+    let after_call = Arc::new(
+        AfterCallServices::from_config(&config, secrets.twilio_auth_token.clone())
+            .with_store(store.clone()),
+    );
     let twilio = crate::bridge::TwilioContext::from_config(
         &config.twilio,
         secrets.twilio_auth_token.as_ref(),
@@ -309,13 +314,8 @@ pub async fn start_with_store(
     let router = crate::http::router(state.clone());
     let http_shutdown = CancellationToken::new();
     let token = http_shutdown.clone();
-    let join = tokio::spawn(async move {
-        let serve = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await });
-        if let Err(e) = serve.await {
-            error!(error = %e, "http server failed");
-        }
-    });
+    let limits = state.config.http.clone();
+    let join = tokio::spawn(crate::http::server::serve(listener, router, limits, token));
     info!(%addr, instance_id = %state.monitors.leases.owner(), "listening");
     spawn_retention_purge(&state, http_shutdown.clone());
     reattach_live_calls(&state).await;
@@ -373,6 +373,36 @@ pub async fn purge_once(state: &AppState) -> Option<crate::store::PurgeStats> {
             None
         }
     }
+}
+
+/// Start-up check of the named secrets the configuration and profiles use: every
+/// `{{secret:NAME}}` of a profile's tool headers and `[openai.live_trunk] password_secret`.
+/// Secrets fail closed: one that is set but empty or only whitespace (a file or a
+/// `VOXMACHINA_SECRET_<NAME>` variable), or whose file cannot be read, stops the start with an
+/// error naming it. An unset one only makes its tool answer `not_configured` (`voxmachina check`
+/// warns about it).
+///
+/// # Errors
+/// [`crate::config::ConfigError::EmptySecret`] or
+/// [`crate::config::ConfigError::CredentialFile`] naming the secret.
+pub fn check_named_secrets(
+    config: &Config,
+    profiles: &ProfileSet,
+) -> Result<(), crate::config::ConfigError> {
+    let dir = Some(config.tools.secrets_dir.as_path());
+    let tool_secrets = profiles
+        .iter()
+        .flat_map(|p| p.tools.iter())
+        .flat_map(|t| t.secret_names());
+    let trunk = config
+        .openai
+        .live_trunk
+        .as_ref()
+        .map(|t| t.password_secret.as_str());
+    for name in tool_secrets.chain(trunk) {
+        Secrets::named_in(dir, name)?;
+    }
+    Ok(())
 }
 
 /// The [`tools::Services`] of the configuration: `[tools]` settings, the secret lookup, HubSpot

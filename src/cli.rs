@@ -250,8 +250,8 @@ async fn call(config_path: Option<PathBuf>, args: CallArgs) -> anyhow::Result<Ex
     };
     let token = std::env::var("VOXMACHINA_ADMIN_TOKEN")
         .ok()
-        .filter(|t| !t.is_empty())
-        .context("VOXMACHINA_ADMIN_TOKEN must be set (the controller's admin token)")?;
+        .filter(|t| !t.trim().is_empty())
+        .context("VOXMACHINA_ADMIN_TOKEN must be set, not empty (the controller's admin token)")?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -445,6 +445,10 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             }
             for w in tool_warnings(&config, &set) {
                 println!("warning: {w}");
+            }
+            if let Err(e) = crate::app::check_named_secrets(&config, &set) {
+                println!("error: {e}");
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -36,6 +36,18 @@ pub enum ConfigError {
         /// File name looked up in `$CREDENTIALS_DIRECTORY`.
         file: &'static str,
     },
+    /// A secret is set but empty or only whitespace (a credential file, a `whsec_` prefix with
+    /// nothing after it, or an environment variable). Secrets fail closed: such a value never
+    /// disables a check or becomes an empty key.
+    #[error(
+        "secret {name} is empty or only whitespace (from {origin}): give it a value or remove it"
+    )]
+    EmptySecret {
+        /// Name of the secret (the environment variable or credential/secret file name).
+        name: String,
+        /// Where the empty value came from: the file path or `environment variable NAME`.
+        origin: String,
+    },
     /// A credential file exists but could not be read.
     #[error("reading credential {path}: {source}")]
     CredentialFile {
@@ -81,6 +93,86 @@ pub struct Config {
     /// Per-call budgets (`[limits]`): DTMF events, message rate, event rows, transcript lines,
     /// tool calls and pending tool jobs per call ([`crate::calls::budget`]).
     pub limits: crate::calls::budget::LimitsConfig,
+    /// Limits of the HTTP server: header, body and idle timeouts, maximum connections.
+    pub http: HttpLimitsConfig,
+}
+
+/// `[http]`: limits of the HTTP server (`crate::http::server`), so slow or idle clients cannot
+/// hold connections, memory or shutdown. Defaults suit nginx in front (nginx's
+/// `client_header_timeout`/`client_body_timeout` are 60 s; these apply behind it too, and to
+/// anything reaching the port directly).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct HttpLimitsConfig {
+    /// Time a client has to send a complete request head (request line and headers), counted
+    /// from the connection's accept for its first request, and from its first byte for later
+    /// requests on a keep-alive connection, milliseconds. Past it the connection is closed
+    /// (slowloris). Default 10 000.
+    pub header_read_timeout_ms: u64,
+    /// Time a request has, once its head is read, to deliver its whole body and be answered,
+    /// milliseconds. Past it the client gets `408 Request Timeout` and the connection is closed
+    /// (a slow body cannot hold a connection). WebSocket upgrades answer at once and are not
+    /// limited by it afterwards. Default 15 000.
+    pub body_read_timeout_ms: u64,
+    /// How long a keep-alive connection may stay open with no request in flight and no byte
+    /// of a new request received, milliseconds. Default 60 000.
+    pub idle_timeout_ms: u64,
+    /// Most HTTP connections open at once (WebSocket streams included, until they close). More
+    /// are accepted and closed at once with `503 Service Unavailable`. Default 1024.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 15_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpLimitsConfig {
+    /// `header_read_timeout_ms` as a [`Duration`].
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// `body_read_timeout_ms` as a [`Duration`].
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    /// `idle_timeout_ms` as a [`Duration`].
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Checks the limits: timeouts from 100 ms to 1 hour, `max_connections` from 1 to 1 000 000.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, ms) in [
+            ("http.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("http.body_read_timeout_ms", self.body_read_timeout_ms),
+            ("http.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = {ms}: use 100 to 3600000 milliseconds"
+                )));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "http.max_connections = {}: use 1 to 1000000",
+                self.max_connections
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `[tools]`: how the controller runs the tools declared in prompt profiles (`[[tools]]`).
@@ -141,6 +233,10 @@ pub struct AfterCallConfig {
     /// Read at each send; callers who opt out during a call (or whose SMS Twilio refuses as
     /// unsubscribed, error 21610) are appended. Empty: no file.
     pub sms_opt_out_file: PathBuf,
+    /// At most one SMS follow-up per caller number in this many seconds (default 86 400, a
+    /// day), whatever the profile and instance: the window is claimed in the store
+    /// (`Store::claim_sms_window`) before sending, so it holds across restarts and instances.
+    pub sms_window_secs: u64,
 }
 
 impl Default for AfterCallConfig {
@@ -149,7 +245,29 @@ impl Default for AfterCallConfig {
             summary: SummaryMode::Model,
             summary_timeout_ms: 4_000,
             sms_opt_out_file: PathBuf::from("data/sms_opt_out.txt"),
+            sms_window_secs: 86_400,
         }
+    }
+}
+
+impl AfterCallConfig {
+    /// `sms_window_secs` as a [`chrono::Duration`].
+    pub fn sms_window(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.sms_window_secs).unwrap_or(i64::MAX))
+    }
+
+    /// Checks `sms_window_secs`: 1 second to 366 days.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=366 * 86_400).contains(&self.sms_window_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "after_call.sms_window_secs = {}: use 1 to 31622400 (366 days)",
+                self.sms_window_secs
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -696,6 +814,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.http.validate()?;
+        self.after_call.validate()?;
         for (key, url, schemes) in [
             (
                 "openai.base_url",
@@ -854,40 +974,77 @@ pub struct Secrets {
 impl Secrets {
     /// Reads secrets from `$CREDENTIALS_DIRECTORY/<file>` first, then the environment.
     ///
+    /// Secrets fail closed: a credential file or variable that is set but empty or only
+    /// whitespace (and an `OPENAI_WEBHOOK_SECRET` of `whsec_` with nothing after it) is an error
+    /// naming the secret, never "unset" (which would turn the admin API off) and never an empty
+    /// HMAC key.
+    ///
     /// # Errors
     /// [`ConfigError::MissingSecret`] for a missing OpenAI key or webhook secret,
+    /// [`ConfigError::EmptySecret`] for an empty or whitespace-only value,
     /// [`ConfigError::CredentialFile`] when a credential file exists but cannot be read.
     pub fn from_env() -> Result<Self, ConfigError> {
         let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let lookup =
             |env: &'static str, file: &'static str| -> Result<Option<Secret>, ConfigError> {
                 if let Some(dir) = &creds {
-                    let path = dir.join(file);
-                    match std::fs::read_to_string(&path) {
-                        Ok(v) => return Ok(Some(Secret::new(v.trim_end_matches(['\r', '\n'])))),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(source) => return Err(ConfigError::CredentialFile { path, source }),
+                    if let Some(s) = read_secret_file(&dir.join(file), env)? {
+                        return Ok(Some(s));
                     }
                 }
-                Ok(std::env::var(env)
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .map(Secret::new))
+                read_secret_env(env, env)
             };
         let required = |name, env, file| {
             lookup(env, file)?.ok_or(ConfigError::MissingSecret { name, env, file })
         };
+        let webhook_secret = required(
+            "OpenAI webhook secret",
+            "OPENAI_WEBHOOK_SECRET",
+            "openai_webhook_secret",
+        )?;
+        if webhook_secret
+            .expose()
+            .strip_prefix("whsec_")
+            .is_some_and(|rest| rest.trim().is_empty())
+        {
+            return Err(ConfigError::EmptySecret {
+                name: "OPENAI_WEBHOOK_SECRET".into(),
+                origin: "a whsec_ prefix with no key after it".into(),
+            });
+        }
         Ok(Self {
             openai_api_key: required("OpenAI API key", "OPENAI_API_KEY", "openai_api_key")?,
-            webhook_secret: required(
-                "OpenAI webhook secret",
-                "OPENAI_WEBHOOK_SECRET",
-                "openai_webhook_secret",
-            )?,
+            webhook_secret,
             admin_token: lookup("VOXMACHINA_ADMIN_TOKEN", "admin_token")?,
             twilio_auth_token: lookup("TWILIO_AUTH_TOKEN", "twilio_auth_token")?,
             hubspot_token: lookup("HUBSPOT_TOKEN", "hubspot_token")?,
         })
+    }
+
+    /// Refuses secrets that are empty or only whitespace (for values built in code rather than
+    /// read by [`Secrets::from_env`], e.g. by tests or `voxmachina demo`), and an
+    /// `OPENAI_WEBHOOK_SECRET` of `whsec_` with nothing after it.
+    ///
+    /// # Errors
+    /// [`ConfigError::EmptySecret`] naming the first blank secret.
+    pub fn check_not_blank(&self) -> Result<(), ConfigError> {
+        let blank = |name: &str, s: Option<&Secret>| match s {
+            Some(s) if s.expose().trim().is_empty() => Err(ConfigError::EmptySecret {
+                name: name.to_string(),
+                origin: "the secrets given to the server".into(),
+            }),
+            _ => Ok(()),
+        };
+        let whsec_rest = self.webhook_secret.expose().strip_prefix("whsec_");
+        blank("OPENAI_API_KEY", Some(&self.openai_api_key))?;
+        blank("OPENAI_WEBHOOK_SECRET", Some(&self.webhook_secret))?;
+        blank(
+            "OPENAI_WEBHOOK_SECRET",
+            whsec_rest.map(Secret::new).as_ref(),
+        )?;
+        blank("VOXMACHINA_ADMIN_TOKEN", self.admin_token.as_ref())?;
+        blank("TWILIO_AUTH_TOKEN", self.twilio_auth_token.as_ref())?;
+        blank("HUBSPOT_TOKEN", self.hubspot_token.as_ref())
     }
 
     /// A named secret for tools and integrations: `$CREDENTIALS_DIRECTORY/<name>` first, then
@@ -895,8 +1052,19 @@ impl Secrets {
     /// `name` must be 1–64 characters of `[A-Za-z0-9_.-]`; anything else is `None`.
     ///
     /// # Errors
-    /// [`ConfigError::CredentialFile`] when the file exists but cannot be read.
+    /// [`ConfigError::CredentialFile`] when the file exists but cannot be read,
+    /// [`ConfigError::EmptySecret`] when the file or variable is empty or only whitespace.
     pub fn named(name: &str) -> Result<Option<Secret>, ConfigError> {
+        Self::named_in(None, name)
+    }
+
+    /// [`Secrets::named`] with `<secrets_dir>/<name>` looked up first (`[tools] secrets_dir`;
+    /// `None` or an empty path: not used). Files are read at each call, so a rotated secret is
+    /// used without a restart.
+    ///
+    /// # Errors
+    /// As [`Secrets::named`].
+    pub fn named_in(secrets_dir: Option<&Path>, name: &str) -> Result<Option<Secret>, ConfigError> {
         let valid = !name.is_empty()
             && name.len() <= 64
             && name
@@ -906,22 +1074,66 @@ impl Secrets {
         if !valid {
             return Ok(None);
         }
+        if let Some(dir) = secrets_dir.filter(|d| !d.as_os_str().is_empty()) {
+            if let Some(s) = read_secret_file(&dir.join(name), name)? {
+                return Ok(Some(s));
+            }
+        }
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-            let path = PathBuf::from(dir).join(name);
-            match std::fs::read_to_string(&path) {
-                Ok(v) => return Ok(Some(Secret::new(v.trim_end_matches(['\r', '\n'])))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(ConfigError::CredentialFile { path, source }),
+            if let Some(s) = read_secret_file(&PathBuf::from(dir).join(name), name)? {
+                return Ok(Some(s));
             }
         }
         let var = format!(
             "VOXMACHINA_SECRET_{}",
             name.to_ascii_uppercase().replace(['-', '.'], "_")
         );
-        Ok(std::env::var(var)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(Secret::new))
+        read_secret_env(&var, name)
+    }
+}
+
+/// Reads a secret file: `None` when it does not exist; its content without the trailing line
+/// break otherwise.
+///
+/// # Errors
+/// [`ConfigError::CredentialFile`] when it cannot be read, [`ConfigError::EmptySecret`] (naming
+/// `name`) when the content is empty or only whitespace.
+fn read_secret_file(path: &Path, name: &str) -> Result<Option<Secret>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(v) => {
+            let v = v.trim_end_matches(['\r', '\n']);
+            if v.trim().is_empty() {
+                return Err(ConfigError::EmptySecret {
+                    name: name.to_string(),
+                    origin: format!("file {}", path.display()),
+                });
+            }
+            Ok(Some(Secret::new(v)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConfigError::CredentialFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Reads a secret from the environment variable `var`: `None` when unset.
+///
+/// # Errors
+/// [`ConfigError::EmptySecret`] (naming `name`) when it is set but empty or only whitespace,
+/// [`ConfigError::Invalid`] when it is not UTF-8.
+fn read_secret_env(var: &str, name: &str) -> Result<Option<Secret>, ConfigError> {
+    match std::env::var(var) {
+        Ok(v) if v.trim().is_empty() => Err(ConfigError::EmptySecret {
+            name: name.to_string(),
+            origin: format!("environment variable {var}"),
+        }),
+        Ok(v) => Ok(Some(Secret::new(v))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::Invalid(format!(
+            "secret {name}: environment variable {var} is not UTF-8"
+        ))),
     }
 }
 
@@ -1128,6 +1340,27 @@ mod tests {
         .unwrap();
         let err = Config::load_with_env(Some(&path), Vec::new()).unwrap_err();
         assert!(err.to_string().contains("pricing.models"), "{err}");
+    }
+
+    #[test]
+    fn http_limits_defaults_env_and_validation() {
+        let cfg = Config::load_with_env(None, []).unwrap();
+        assert_eq!(cfg.http, HttpLimitsConfig::default());
+        let env = |k: &str, v: &str| Config::load_with_env(None, [(k.to_string(), v.to_string())]);
+        let cfg = env("VOXMACHINA_HTTP__MAX_CONNECTIONS", "7").unwrap();
+        assert_eq!(cfg.http.max_connections, 7);
+        for (k, v) in [
+            ("VOXMACHINA_HTTP__MAX_CONNECTIONS", "0"),
+            ("VOXMACHINA_HTTP__HEADER_READ_TIMEOUT_MS", "0"),
+            ("VOXMACHINA_HTTP__BODY_READ_TIMEOUT_MS", "99"),
+            ("VOXMACHINA_HTTP__IDLE_TIMEOUT_MS", "3600001"),
+        ] {
+            let err = env(k, v).unwrap_err().to_string();
+            let key = k
+                .trim_start_matches("VOXMACHINA_HTTP__")
+                .to_ascii_lowercase();
+            assert!(err.contains(&format!("http.{key}")), "{k}={v}: {err}");
+        }
     }
 
     #[test]

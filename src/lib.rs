@@ -22,6 +22,7 @@ pub mod http;
 pub mod hubspot;
 pub mod media;
 pub mod openai;
+pub mod private_fs;
 pub mod prompts;
 pub mod sip;
 pub mod store;

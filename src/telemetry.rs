@@ -28,6 +28,10 @@
 //! | `handover_tokens_total` | counter | `event` | handover tokens: `minted`, `mint_failed` (controller); `redeemed`, `expired`, `redeem_failed` (where they are redeemed: the Connect Lambda, `demo --connect`) |
 //! | `handovers_total` | counter | `action`, `outcome` | finished hand-offs by escalation action (`refer`, `connect_refer`, `twilio_dial`) and outcome (`transferred`, `transfer_failed`, `abandoned`) |
 //! | `escalation_crm_total` | counter | `outcome` | HubSpot work on escalation: `ok`, `failed`, `skipped` (no caller number), `late` (not done when the call ended) |
+//! | `http_connections` | gauge | | HTTP connections open (the `[http] max_connections` slots in use by request connections) |
+//! | `http_connections_refused_total` | counter | `reason` | connections answered 503 and closed: `max_connections` |
+//! | `http_timeouts_total` | counter | `phase` | connections closed by a limit: `header` (request head too slow), `idle` (keep-alive idle) |
+//! | `http_accept_errors_total` | counter | | `accept()` failures that pause accepting (file descriptors or memory exhausted) |
 //! | `build_info` | gauge | `version` | always 1 |
 
 use std::io::IsTerminal;
@@ -92,6 +96,14 @@ pub mod names {
     pub const HANDOVERS: &str = "voxmachina_handovers_total";
     /// Counter: HubSpot work on escalation by `outcome`.
     pub const ESCALATION_CRM: &str = "voxmachina_escalation_crm_total";
+    /// Gauge: open HTTP connections ([`crate::http::server`]).
+    pub const HTTP_CONNECTIONS: &str = "voxmachina_http_connections";
+    /// Counter: connections refused by `reason` (`max_connections`).
+    pub const HTTP_CONNECTIONS_REFUSED: &str = "voxmachina_http_connections_refused_total";
+    /// Counter: connections closed by a limit, by `phase` (`header`, `idle`).
+    pub const HTTP_TIMEOUTS: &str = "voxmachina_http_timeouts_total";
+    /// Counter: `accept()` failures that pause accepting.
+    pub const HTTP_ACCEPT_ERRORS: &str = "voxmachina_http_accept_errors_total";
     /// Gauge: build information.
     pub const BUILD_INFO: &str = "voxmachina_build_info";
 }
@@ -125,27 +137,64 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Initialises the global `tracing` subscriber. `RUST_LOG` wins over `cfg.level`. Safe to call
-/// more than once (later calls are ignored).
+/// Log targets of dependencies that, above `INFO`, print request or handshake bytes with
+/// `Authorization` headers, API keys or tokens: `tungstenite` logs the whole client handshake
+/// request (with the sideband's `Authorization: Bearer` header) at `TRACE`; `hyper`, `h2`,
+/// `reqwest`, `rustls` and the AWS SDK (`aws_sigv4` logs the canonical request with the session
+/// token) log wire-level detail at `DEBUG`/`TRACE`. Matched as a target prefix (`hyper` also
+/// covers `hyper_util`).
+pub const WIRE_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "h2",
+    "reqwest",
+    "rustls",
+    "aws_sigv4",
+    "aws_smithy",
+    "aws_runtime",
+    "aws_config",
+    "aws_sdk",
+];
+
+/// True when an event or span of `target` at `level` may be logged: anything at `INFO` or
+/// above, and anything of a target outside [`WIRE_TARGETS`]. Applied on top of `RUST_LOG` and
+/// `[logging] level`, whatever they say, so no log level prints credentials from the wire.
+pub fn wire_target_allowed(target: &str, level: &tracing::Level) -> bool {
+    *level <= tracing::Level::INFO || !WIRE_TARGETS.iter().any(|t| target.starts_with(t))
+}
+
+/// Initialises the global `tracing` subscriber. `RUST_LOG` wins over `cfg.level`, except that
+/// the dependency targets of [`WIRE_TARGETS`] never log below `INFO`
+/// ([`wire_target_allowed`]). Safe to call more than once (later calls are ignored).
 pub fn init_logging(cfg: &LoggingConfig) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let wire = tracing_subscriber::filter::filter_fn(|meta| {
+        wire_target_allowed(meta.target(), meta.level())
+    });
     let json = match cfg.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(wire);
     let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .try_init()
     } else {
-        builder.try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     };
 }
 
@@ -169,6 +218,24 @@ mod tests {
     fn masks_numbers() {
         assert_eq!(mask_number("+14155550123"), "+1415***0123");
         assert_eq!(mask_number("+1234"), "***");
+    }
+
+    #[test]
+    fn wire_targets_are_capped_at_info() {
+        use tracing::Level;
+        for target in [
+            "tungstenite::handshake::client",
+            "hyper_util::client::legacy",
+            "h2::codec",
+            "reqwest::connect",
+            "aws_sigv4::http_request::sign",
+        ] {
+            assert!(!wire_target_allowed(target, &Level::TRACE), "{target}");
+            assert!(!wire_target_allowed(target, &Level::DEBUG), "{target}");
+            assert!(wire_target_allowed(target, &Level::INFO), "{target}");
+            assert!(wire_target_allowed(target, &Level::WARN), "{target}");
+        }
+        assert!(wire_target_allowed("voxmachina::calls", &Level::TRACE));
     }
 
     #[test]

@@ -281,18 +281,19 @@ async fn hinglish_support_looks_up_the_order_and_stock_then_ends_with_a_summary_
         "{hangup_at:?}"
     );
 
-    // The SMS follow-up went out through Twilio with the summary's outcome.
+    // The SMS follow-up went out through Twilio: the profile's fixed text, nothing the caller
+    // said nor the summary made of it.
     let sms = r.after_call.sms.clone().expect("sms");
     assert_eq!(sms.status, "sent", "{sms:?}");
     let messages = s.twilio.messages();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].to, "+919812345678");
     assert_eq!(messages[0].from, SMS_FROM);
-    assert!(
-        messages[0].body.contains(&summary.outcome),
-        "{}",
-        messages[0].body
+    assert_eq!(
+        messages[0].body,
+        "ShopKart: call ke liye dhanyavaad! Order ki jaankari ShopKart app mein dekhein. Reply STOP to opt out."
     );
+    assert!(!messages[0].body.contains(&summary.outcome));
     assert_eq!(sms.sid.as_deref(), Some(messages[0].sid.as_str()));
     assert_eq!(
         r.after_call.cost.as_ref().unwrap().amount_micros,
@@ -400,9 +401,14 @@ async fn connect_support_checks_history_then_transfers_to_amazon_connect() {
     assert_eq!(r.after_call.tools["lookup_call_history"]["ok"], 1);
     let sms = r.after_call.sms.clone().unwrap();
     assert_eq!(sms.status, "sent");
+    // The caller's own sentence is never texted back from our number (issue 13 item 6).
+    let body = &s.twilio.messages()[0].body;
     assert!(
-        s.twilio.messages()[0]
-            .body
-            .contains("I called earlier this week about a double charge")
+        !body.contains("I called earlier this week about a double charge"),
+        "{body}"
+    );
+    assert!(
+        body.starts_with("Example Corp billing: thanks for your call."),
+        "{body}"
     );
 }

@@ -26,10 +26,20 @@
 //! number is on the opt-out list (`[after_call] sms_opt_out_file`, one E.164 number per line).
 //! An in-call opt-out, and a send Twilio refuses with error 21610 (the recipient replied STOP to
 //! our number), add the number to that file, so the choice sticks.
+//!
+//! **What an SMS may say.** A caller chooses what they say and can spoof the number we text,
+//! so an SMS from our number must never relay their words (a phishing link read out on the call
+//! would otherwise arrive as a text from the business). The body is the profile's template with
+//! fields we control (`{{call.*}}`); the transcript-derived `{{summary.*}}` and
+//! `{{extract.NAME}}` load only with `allow_transcript_fields = true`, and their values are
+//! cleaned ([`clean_transcript_field`]). At most one follow-up goes to a number per
+//! `[after_call] sms_window_secs` (claimed in the store before sending,
+//! `Store::claim_sms_window`, so it holds across restarts and instances; a send that fails
+//! still uses the window).
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -41,6 +51,7 @@ use crate::calls::record::{
 };
 use crate::config::{AfterCallConfig, Config, ModelPrice, PricingConfig, Secret};
 use crate::prompts::{ExtractFrom, ExtractRule, SmsSettings};
+use crate::store::Store;
 use crate::tools::template::{CallField, Encoding, SummaryField, Values};
 use crate::twilio::rest::{TwilioError, TwilioRest};
 
@@ -60,7 +71,7 @@ pub struct SmsSender {
 }
 
 /// What after-call work needs, shared by every monitor.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AfterCallServices {
     /// `[after_call]`.
     pub config: AfterCallConfig,
@@ -68,6 +79,20 @@ pub struct AfterCallServices {
     pub pricing: PricingConfig,
     /// Twilio SMS, when `[twilio] account_sid`, `from_number` and `TWILIO_AUTH_TOKEN` are set.
     pub sms: Option<SmsSender>,
+    /// The store holding the per-number SMS windows; without one no SMS is sent (the window
+    /// could not be enforced).
+    pub store: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for AfterCallServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfterCallServices")
+            .field("config", &self.config)
+            .field("pricing", &self.pricing)
+            .field("sms", &self.sms)
+            .field("store", &self.store.is_some())
+            .finish()
+    }
 }
 
 impl AfterCallServices {
@@ -98,7 +123,14 @@ impl AfterCallServices {
             config: config.after_call.clone(),
             pricing: config.pricing.clone(),
             sms,
+            store: None,
         }
+    }
+
+    /// The same services with `store` holding the SMS windows.
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
     }
 }
 
@@ -343,27 +375,73 @@ pub fn on_opt_out_list(path: &Path, number: &str) -> bool {
     })
 }
 
-/// Appends `number` to the opt-out file (creating it and its directory) unless listed.
+/// Appends `number` to the opt-out file unless listed, creating it mode 0600 (and its directory
+/// 0700) when missing ([`crate::private_fs::open_private_append`]).
 pub fn add_to_opt_out_list(path: &Path, number: &str) {
     use std::io::Write as _;
     if path.as_os_str().is_empty() || on_opt_out_list(path, number) {
         return;
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| writeln!(f, "{number}"));
+    let written =
+        crate::private_fs::open_private_append(path).and_then(|mut f| writeln!(f, "{number}"));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot update the SMS opt-out list");
     }
 }
 
+/// Longest text of one transcript-derived field in an SMS, characters.
+pub const SMS_FIELD_MAX_CHARS: usize = 160;
+/// Longest SMS body, characters (Twilio accepts 1600; this keeps a follow-up to a few segments).
+pub const SMS_BODY_MAX_CHARS: usize = 640;
+/// What replaces a removed URL, e-mail address or phone number.
+pub const SMS_REMOVED: &str = "[removed]";
+
+fn link_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(
+            r"(?ix)
+            [a-z][a-z0-9+.\-]*://\S*                     # scheme://...
+            | \bwww\.\S*                                # www....
+            | [^\s@]+@[^\s@]+                            # e-mail, user@host
+            | \b(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}\b(?:[/:?\#]\S*)?   # host.tld[/...]",
+        )
+        .expect("static regex")
+    })
+}
+
+fn phone_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"\+?\(?\d[\d\s().\-/]{4,}\d").expect("static regex"))
+}
+
+/// A transcript-derived value made fit for an SMS from our number: URLs (`scheme://…`,
+/// `www.…`, `host.tld[/…]`), e-mail addresses and phone numbers (7 or more digits, with or
+/// without separators) are replaced with [`SMS_REMOVED`], control characters and runs of white
+/// space become one space, and the result is cut to [`SMS_FIELD_MAX_CHARS`].
+pub fn clean_transcript_field(text: &str) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let no_links = link_regex().replace_all(&flat, SMS_REMOVED);
+    let no_numbers = phone_regex().replace_all(&no_links, |c: &regex::Captures<'_>| {
+        let digits = c[0].chars().filter(char::is_ascii_digit).count();
+        if digits >= 7 {
+            SMS_REMOVED.to_string()
+        } else {
+            c[0].to_string()
+        }
+    });
+    let words: Vec<&str> = no_numbers.split_whitespace().collect();
+    clip(&words.join(" "), SMS_FIELD_MAX_CHARS)
+}
+
 struct SmsValues<'a> {
     record: &'a CallRecord,
+    intent: Option<String>,
+    outcome: Option<String>,
+    extracted: BTreeMap<String, String>,
 }
 
 impl Values for SmsValues<'_> {
@@ -375,27 +453,40 @@ impl Values for SmsValues<'_> {
         }
     }
     fn summary(&self, f: SummaryField) -> Option<&str> {
-        let s = self.record.after_call.summary.as_ref()?;
-        Some(match f {
-            SummaryField::Intent => &s.intent,
-            SummaryField::Outcome => &s.outcome,
-        })
+        match f {
+            SummaryField::Intent => self.intent.as_deref(),
+            SummaryField::Outcome => self.outcome.as_deref(),
+        }
     }
     fn extract(&self, name: &str) -> Option<&str> {
-        self.record
-            .after_call
-            .extracted
-            .get(name)
-            .map(String::as_str)
+        self.extracted.get(name).map(String::as_str)
     }
 }
 
-/// Renders the SMS text for `record` (summary and extracted values already set).
+/// Renders the SMS text for `record` (summary and extracted values already set). The
+/// transcript-derived fields are filled only when the profile allows them
+/// (`allow_transcript_fields`, else they render empty), and then cleaned with
+/// [`clean_transcript_field`]; the body is cut to [`SMS_BODY_MAX_CHARS`].
 pub fn render_sms(sms: &SmsSettings, record: &CallRecord) -> String {
-    sms.template
-        .render(&SmsValues { record }, Encoding::Raw)
-        .trim()
-        .to_string()
+    let allowed = sms.allow_transcript_fields;
+    let summary = record.after_call.summary.as_ref().filter(|_| allowed);
+    let values = SmsValues {
+        record,
+        intent: summary.map(|s| clean_transcript_field(&s.intent)),
+        outcome: summary.map(|s| clean_transcript_field(&s.outcome)),
+        extracted: if allowed {
+            record
+                .after_call
+                .extracted
+                .iter()
+                .map(|(k, v)| (k.clone(), clean_transcript_field(v)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
+    };
+    let body = sms.template.render(&values, Encoding::Raw);
+    clip(body.trim(), SMS_BODY_MAX_CHARS)
 }
 
 /// Decides and (when allowed) sends the SMS follow-up of `record` (see the module docs for the
@@ -437,6 +528,21 @@ pub async fn sms_follow_up(
     let Some(sender) = &services.sms else {
         return done("skipped", Some("twilio_not_configured".into()), None);
     };
+    let Some(store) = &services.store else {
+        return done("skipped", Some("no_store_for_sms_window".into()), None);
+    };
+    let now = Utc::now();
+    match store
+        .claim_sms_window(to, now, now + services.config.sms_window())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return done("skipped", Some("sent_within_window".into()), None),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot claim the SMS window; no follow-up sent");
+            return done("skipped", Some("sms_window_unavailable".into()), None);
+        }
+    }
     let body = render_sms(sms, record);
     match sender.rest.send_message(to, &sender.from, &body).await {
         Ok(m) => done("sent", None, Some(m.sid)),
@@ -565,6 +671,27 @@ mod tests {
             estimate_cost_micros(&t, &price),
             16_320 + 200 + 40 + 25_920 + 1_600
         );
+    }
+
+    #[test]
+    fn transcript_fields_lose_links_and_numbers() {
+        let said = "Please visit https://evil.example/login or www.bad.test, write to x@evil.test, \
+                    or open paypa1-secure.com/verify; call +1 (415) 555-0123 or 4155550123. \
+                    Order SK-10423 costs 1399.";
+        let clean = clean_transcript_field(said);
+        for gone in [
+            "https://",
+            "evil.example",
+            "www.bad.test",
+            "x@evil.test",
+            "paypa1-secure.com",
+            "555-0123",
+            "4155550123",
+        ] {
+            assert!(!clean.contains(gone), "{gone} survived: {clean}");
+        }
+        assert!(clean.contains("Order SK-10423 costs 1399."), "{clean}");
+        assert!(clean_transcript_field(&"a ".repeat(500)).chars().count() <= 161);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | `/v1/...` | the admin API ([`admin`]), bearer token, off when no token is configured |
 
 pub mod admin;
+pub mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

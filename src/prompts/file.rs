@@ -57,6 +57,8 @@ pub(crate) struct RawSms {
     pub template: Spanned<String>,
     #[serde(default)]
     pub require: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow_transcript_fields: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

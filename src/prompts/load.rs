@@ -1011,6 +1011,23 @@ fn after_call(cx: &mut Ctx<'_>, a: RawAfterCall) -> AfterCallSettings {
         }
         let mut ok = true;
         for seg in template.segments() {
+            if matches!(seg, Segment::Summary(_) | Segment::Extract(_))
+                && !sms.allow_transcript_fields
+            {
+                cx.err(
+                    &sms.template,
+                    format!(
+                        "after_call.sms.template: {{{{{}...}}}} is taken from what was said on \
+                         the call, and an SMS from our number must not relay a caller's words; \
+                         use {{{{call.*}}}} fields and fixed text, or set \
+                         allow_transcript_fields = true (URLs, e-mail addresses and phone \
+                         numbers are then removed from those fields)",
+                        seg.kind()
+                    ),
+                );
+                ok = false;
+                continue;
+            }
             match seg {
                 Segment::Lit(_) | Segment::Call(_) | Segment::Summary(_) => {}
                 Segment::Extract(n) if extract.iter().any(|r| &r.name == n) => {}
@@ -1046,7 +1063,11 @@ fn after_call(cx: &mut Ctx<'_>, a: RawAfterCall) -> AfterCallSettings {
             }
         }
         let _ = span;
-        ok.then_some(SmsSettings { template, require })
+        ok.then_some(SmsSettings {
+            template,
+            require,
+            allow_transcript_fields: sms.allow_transcript_fields,
+        })
     });
     AfterCallSettings {
         summary: a.summary.unwrap_or(true),

@@ -124,11 +124,18 @@ pub enum ExtractFrom {
 /// `[after_call.sms]`: the follow-up text.
 #[derive(Debug, Clone)]
 pub struct SmsSettings {
-    /// The message; placeholders `{{call.*}}`, `{{summary.intent}}`, `{{summary.outcome}}`,
-    /// `{{extract.NAME}}`.
+    /// The message; placeholders `{{call.*}}` (values we control), and only with
+    /// `allow_transcript_fields` the transcript-derived `{{summary.intent}}`,
+    /// `{{summary.outcome}}` and `{{extract.NAME}}`.
     pub template: crate::tools::template::Template,
     /// Extract rule names whose values must exist, or no SMS is sent.
     pub require: Vec<String>,
+    /// `allow_transcript_fields = true`: the profile opts in to transcript-derived fields in
+    /// the text. Their values are then cleaned
+    /// ([`crate::calls::after_call::clean_transcript_field`]: URLs, e-mail addresses and phone
+    /// numbers removed, length capped), since what a caller says must never be relayed from
+    /// our number as it was said. Default false: such templates do not load.
+    pub allow_transcript_fields: bool,
 }
 
 /// `[match]`: all kinds that are given must match (AND); within a kind any entry matches (OR).

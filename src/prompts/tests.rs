@@ -1056,6 +1056,7 @@ from = "robot"
 [after_call.sms]
 template = "Ref {{extract.conf}} {{extract.nope}} {{args.x}}"
 require = ["conf", "ghost"]
+allow_transcript_fields = true
 "#,
     );
     let errs = load_err(dir.path());
@@ -1069,13 +1070,52 @@ require = ["conf", "ghost"]
     profile(
         dir.path(),
         "a",
-        "default = true\n[after_call]\nsummary = false\n[[after_call.extract]]\nname = \"conf\"\nregex = 'code is ([A-Z0-9]+)'\n[after_call.sms]\ntemplate = \"Ref {{extract.conf}}\"\nrequire = [\"conf\"]\n",
+        "default = true\n[after_call]\nsummary = false\n[[after_call.extract]]\nname = \"conf\"\nregex = 'code is ([A-Z0-9]+)'\n[after_call.sms]\ntemplate = \"Ref {{extract.conf}}\"\nrequire = [\"conf\"]\nallow_transcript_fields = true\n",
     );
     let set = load_ok(dir.path());
     let a = &set.get("a").unwrap().after_call;
     assert!(!a.summary);
     assert_eq!(a.extract[0].from, ExtractFrom::Any);
     assert_eq!(a.sms.as_ref().unwrap().require, ["conf"]);
+    assert!(a.sms.as_ref().unwrap().allow_transcript_fields);
+
+    // Without the opt-in, transcript-derived fields are refused (each one, with its line);
+    // fields we control load.
+    let dir = tempfile::tempdir().unwrap();
+    profile(
+        dir.path(),
+        "a",
+        "default = true\n[[after_call.extract]]\nname = \"conf\"\nregex = 'code is ([A-Z0-9]+)'\n[after_call.sms]\ntemplate = \"Thanks. {{summary.intent}} {{extract.conf}}\"\n",
+    );
+    let errs = load_err(dir.path());
+    has(
+        &errs,
+        "a.toml",
+        Some(6),
+        "{{summary...}} is taken from what was said",
+    );
+    has(
+        &errs,
+        "a.toml",
+        Some(6),
+        "{{extract...}} is taken from what was said",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    profile(
+        dir.path(),
+        "a",
+        "default = true\n[after_call.sms]\ntemplate = \"Thanks for calling {{call.dialed}}. Reply STOP to opt out.\"\n",
+    );
+    let set = load_ok(dir.path());
+    assert!(
+        !set.get("a")
+            .unwrap()
+            .after_call
+            .sms
+            .as_ref()
+            .unwrap()
+            .allow_transcript_fields
+    );
 }
 
 #[test]

@@ -697,6 +697,16 @@ impl Store for DynamoStore {
         }
     }
 
+    async fn claim_sms_window(
+        &self,
+        number: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.claim_webhook(&super::sms_window_key(number), now, until)
+            .await
+    }
+
     async fn release_webhook(&self, webhook_id: &str) -> Result<(), StoreError> {
         self.client
             .delete_item()

@@ -144,6 +144,19 @@ pub trait Store: Send + Sync + 'static {
     /// the delivery with a retryable error).
     async fn release_webhook(&self, webhook_id: &str) -> Result<(), StoreError>;
 
+    /// Claims the SMS follow-up window of `number` (E.164) until `until`, unless a claim made
+    /// earlier is still live at `now` (its `until` is later than `now`). Returns `true` when
+    /// this call claimed it (the follow-up may be sent), `false` when one was already sent to
+    /// that number within its window. Atomic across instances (the same conditional write as
+    /// [`Store::claim_webhook`]); kept beside the webhook-id entries under
+    /// [`sms_window_key`], so it lasts across restarts and is purged with them once expired.
+    async fn claim_sms_window(
+        &self,
+        number: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Inserts `record` unless a record with its `call_id` exists.
     async fn create_call(&self, record: &CallRecord) -> Result<CreateOutcome, StoreError>;
 
@@ -371,6 +384,13 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Checks a lease TTL argument: positive, in milliseconds.
+/// The dedupe key of the SMS follow-up window of `number` ([`Store::claim_sms_window`]): a
+/// prefix no OpenAI `webhook-id` has (they are `wh_...`, and only signed deliveries are
+/// claimed).
+pub fn sms_window_key(number: &str) -> String {
+    format!("sms-followup:{number}")
+}
+
 pub(crate) fn lease_ttl_ms(ttl: chrono::Duration) -> Result<i64, StoreError> {
     let ms = ttl.num_milliseconds();
     if ms <= 0 {

@@ -529,6 +529,16 @@ impl Store for ResilientStore {
             .noted(self.shared.inner.release_webhook(webhook_id).await)
     }
 
+    async fn claim_sms_window(
+        &self,
+        number: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.shared
+            .noted(self.shared.inner.claim_sms_window(number, now, until).await)
+    }
+
     async fn create_call(&self, record: &CallRecord) -> Result<CreateOutcome, StoreError> {
         self.shared
             .noted(self.shared.inner.create_call(record).await)

@@ -295,11 +295,12 @@ impl SqliteStore {
         wal_restart_frames: i64,
         flush_before_restart: bool,
     ) -> Result<SqliteStore, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Backend(format!("create directory {}: {e}", parent.display()))
-            })?;
-        }
+        // The database file (and its missing directories, 0700) is created 0600 before SQLite
+        // opens it; SQLite gives its -wal and -shm the database file's mode. All three are set
+        // to 0600 once they exist.
+        drop(crate::private_fs::open_private_append(path).map_err(|e| {
+            StoreError::Backend(format!("create database file {}: {e}", path.display()))
+        })?);
         let mut writer = Connection::open(path).map_err(backend)?;
         configure(&writer)?;
         let mode: String = writer
@@ -312,6 +313,13 @@ impl SqliteStore {
             )));
         }
         migrate(&mut writer)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            crate::private_fs::restrict_file(Path::new(&p)).map_err(|e| {
+                StoreError::Backend(format!("chmod 0600 {}: {e}", Path::new(&p).display()))
+            })?;
+        }
 
         let readers = (0..READERS)
             .map(|_| {
@@ -948,6 +956,16 @@ impl Store for SqliteStore {
             Ok(changed == 1)
         })
         .await
+    }
+
+    async fn claim_sms_window(
+        &self,
+        number: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.claim_webhook(&super::sms_window_key(number), now, until)
+            .await
     }
 
     async fn release_webhook(&self, webhook_id: &str) -> Result<(), StoreError> {

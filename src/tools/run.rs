@@ -19,29 +19,21 @@ use crate::store::Store;
 pub type SecretLookup = Arc<dyn Fn(&str) -> Option<Secret> + Send + Sync>;
 
 /// The secret lookup used by the server: `<secrets_dir>/NAME` (when `secrets_dir` is not
-/// empty), then [`Secrets::named`] (`$CREDENTIALS_DIRECTORY/NAME`, `VOXMACHINA_SECRET_<NAME>`).
-/// Files are read at each call, so a rotated secret is used without a restart. Unreadable files
-/// count as unset (and are logged by name).
+/// empty), then [`Secrets::named`] (`$CREDENTIALS_DIRECTORY/NAME`, `VOXMACHINA_SECRET_<NAME>`),
+/// through [`Secrets::named_in`]. Files are read at each call, so a rotated secret is used
+/// without a restart. Unreadable files and empty or whitespace-only values count as unset (the
+/// tool answers `not_configured`; the reason is logged by name, never the value): a tool never
+/// sends an empty credential. Start-up refuses empty ones ([`crate::app::check_named_secrets`]).
 pub fn secret_lookup(secrets_dir: &Path) -> SecretLookup {
     let dir: Option<PathBuf> = (!secrets_dir.as_os_str().is_empty()).then(|| secrets_dir.into());
     Arc::new(move |name: &str| {
         if !super::template::valid_name(name) {
             return None;
         }
-        if let Some(dir) = &dir {
-            match std::fs::read_to_string(dir.join(name)) {
-                Ok(v) => return Some(Secret::new(v.trim_end_matches(['\r', '\n']))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(secret = name, error = %e, "cannot read secret file");
-                    return None;
-                }
-            }
-        }
-        match Secrets::named(name) {
+        match Secrets::named_in(dir.as_deref(), name) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(secret = name, error = %e, "cannot read secret");
+                tracing::warn!(secret = name, error = %e, "secret unusable; treated as unset");
                 None
             }
         }
@@ -363,45 +355,113 @@ pub fn fit_output(output: Value, max_bytes: usize) -> Value {
     json!({ "truncated": true, "partial": &text[..cut] })
 }
 
-/// Replaces every occurrence of a secret value in the strings of `v` with `***` (an endpoint
-/// that echoes its `Authorization` header must not leak it to the model or the call events).
+/// Replaces every occurrence of a secret value in the strings (and object keys) of `v` with
+/// `***`: an endpoint that echoes its `Authorization` header must not leak it to the model or
+/// the call events. Encoded copies are caught too (`secret_forms`): base64 (standard and
+/// URL-safe alphabets, with or without padding, also inside a longer encoded text such as a
+/// `Basic` credential), hex (lower and upper case) and percent-encoding (RFC 3986 §2.1, upper
+/// and lower case hex digits, and `application/x-www-form-urlencoded`). Secrets shorter than 4
+/// bytes are not searched for.
 pub fn redact(v: &mut Value, secrets: &[Secret]) {
-    let secrets: Vec<&str> = secrets
+    let mut forms: Vec<String> = secrets
         .iter()
         .map(|s| s.expose())
         .filter(|s| s.len() >= 4)
+        .flat_map(secret_forms)
         .collect();
-    if secrets.is_empty() {
+    if forms.is_empty() {
         return;
     }
-    fn walk(v: &mut Value, secrets: &[&str]) {
+    // Longest first, so a longer encoded form is replaced whole before a shorter one inside it.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    fn clean(s: &str, forms: &[String]) -> Option<String> {
+        let mut out: Option<String> = None;
+        for x in forms {
+            let cur = out.as_deref().unwrap_or(s);
+            if cur.contains(x.as_str()) {
+                out = Some(cur.replace(x.as_str(), "***"));
+            }
+        }
+        out
+    }
+    fn walk(v: &mut Value, forms: &[String]) {
         match v {
             Value::String(s) => {
-                for x in secrets {
-                    if s.contains(x) {
-                        *s = s.replace(x, "***");
-                    }
+                if let Some(c) = clean(s, forms) {
+                    *s = c;
                 }
             }
-            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, secrets)),
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, forms)),
             Value::Object(o) => {
                 let keys: Vec<String> = o.keys().cloned().collect();
                 for k in keys {
-                    let mut clean = k.clone();
-                    for x in secrets {
-                        clean = clean.replace(x, "***");
-                    }
-                    if clean != k {
+                    if let Some(c) = clean(&k, forms) {
                         let val = o.remove(&k).unwrap_or(Value::Null);
-                        o.insert(clean, val);
+                        o.insert(c, val);
                     }
                 }
-                o.values_mut().for_each(|x| walk(x, secrets));
+                o.values_mut().for_each(|x| walk(x, forms));
             }
             _ => {}
         }
     }
-    walk(v, &secrets);
+    walk(v, &forms);
+}
+
+/// The forms of `secret` that [`redact`] looks for: the value itself; its hex (lower and upper
+/// case); its percent-encodings; its base64 in the four alphabets/padding variants of RFC 4648
+/// §4–5; and the base64 text that the secret produces wherever it sits inside a longer encoded
+/// byte string (at each of the three byte offsets modulo 3, the characters that depend on the
+/// secret alone), when that core is at least 8 characters long.
+pub fn secret_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let bytes = secret.as_bytes();
+    let mut forms = vec![secret.to_string()];
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    forms.push(hex.to_ascii_uppercase());
+    forms.push(hex);
+    let pct = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    forms.push(lower_percent_hex(&pct));
+    forms.push(pct);
+    forms.push(form_urlencoded::byte_serialize(bytes).collect());
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(bytes));
+    }
+    for offset in 0..3usize {
+        let mut shifted = vec![0u8; offset];
+        shifted.extend_from_slice(bytes);
+        let text = STANDARD_NO_PAD.encode(&shifted);
+        // Characters of whole 3-byte groups only; the first group mixes in the preceding bytes
+        // when offset > 0, the last partial group the following ones.
+        let start = if offset == 0 { 0 } else { 4 };
+        let end = 4 * (shifted.len() / 3);
+        if end >= start + 8 {
+            let core = &text[start..end];
+            forms.push(core.replace('+', "-").replace('/', "_"));
+            forms.push(core.to_string());
+        }
+    }
+    forms.retain(|f| f.len() >= 4);
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// `%2f` for `%2F`: percent-encoding with lower-case hex digits (RFC 3986 §2.1 allows both).
+fn lower_percent_hex(pct: &str) -> String {
+    let mut out = String::with_capacity(pct.len());
+    let mut rest = pct;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let hex_end = (i + 3).min(rest.len());
+        out.push_str(&rest[i..hex_end].to_ascii_lowercase());
+        rest = &rest[hex_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -432,5 +492,46 @@ mod tests {
         redact(&mut v, &[Secret::new("tok-123456")]);
         assert!(!v.to_string().contains("tok-123456"), "{v}");
         assert_eq!(v["echo"]["authorization"], "Bearer ***");
+    }
+
+    #[test]
+    fn redacts_encoded_copies() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = "tok/+?~ 9f8e7d6c5b4a";
+        let basic = STANDARD.encode(format!("user:{secret}"));
+        let copies = [
+            STANDARD.encode(secret),
+            URL_SAFE_NO_PAD.encode(secret),
+            secret
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            secret
+                .bytes()
+                .map(|b| format!("{b:02X}"))
+                .collect::<String>(),
+            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+            form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
+            basic.clone(),
+        ];
+        for copy in copies {
+            let mut v = json!({ "echo": format!("header was {copy}."), copy.clone(): 1 });
+            redact(&mut v, &[Secret::new(secret)]);
+            let text = v.to_string();
+            assert!(!text.contains(&copy), "{copy} survived: {text}");
+            assert!(text.contains("header was "), "{text}");
+        }
+        // The Basic credential keeps at most a few characters next to the user name.
+        let mut v = json!(format!("Basic {basic}"));
+        redact(&mut v, &[Secret::new(secret)]);
+        let left = v.as_str().unwrap().replace("Basic ", "").replace("***", "");
+        assert!(left.len() <= 12, "{v}");
+        // Unrelated text is untouched.
+        let mut v = json!({"status": "shipped", "eta_days": 3});
+        let before = v.clone();
+        redact(&mut v, &[Secret::new(secret)]);
+        assert_eq!(v, before);
     }
 }

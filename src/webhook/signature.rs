@@ -67,7 +67,10 @@ impl VerifyError {
 
 /// The secret could not be turned into a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("webhook secret starts with whsec_ but the rest is not valid base64")]
+#[error(
+    "webhook secret OPENAI_WEBHOOK_SECRET is empty, or starts with whsec_ and the rest is empty \
+     or not valid base64"
+)]
 pub struct KeyError;
 
 /// The headers of one delivery, as received.
@@ -123,12 +126,17 @@ impl Verifier {
     /// used as raw bytes) and a tolerance in seconds (OpenAI SDKs: 300).
     ///
     /// # Errors
-    /// [`KeyError`] when the secret has the `whsec_` prefix but the rest is not base64.
+    /// [`KeyError`] when the secret is empty or whitespace, or has the `whsec_` prefix and the
+    /// rest is empty or not base64.
     pub fn new(secret: &str, tolerance_secs: u64) -> Result<Self, KeyError> {
         let key = match secret.strip_prefix("whsec_") {
             Some(b64) => B64.decode(b64).map_err(|_| KeyError)?,
             None => secret.as_bytes().to_vec(),
         };
+        // Fail closed: an empty (or whitespace-only) key would make every signature forgeable.
+        if key.is_empty() || secret.trim().is_empty() {
+            return Err(KeyError);
+        }
         Ok(Self {
             key,
             tolerance_secs: i64::try_from(tolerance_secs).unwrap_or(i64::MAX),
@@ -401,5 +409,12 @@ mod tests {
             Verifier::new("whsec_!!!not base64", 300).unwrap_err(),
             KeyError
         );
+        for empty in ["", "   ", "whsec_", "whsec_ "] {
+            assert_eq!(
+                Verifier::new(empty, 300).unwrap_err(),
+                KeyError,
+                "{empty:?} must not become an empty HMAC key"
+            );
+        }
     }
 }

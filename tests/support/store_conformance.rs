@@ -50,6 +50,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@cases $mode $fresh;
             webhook_claim_first_then_duplicate,
             webhook_claim_after_expiry,
+            sms_window_once_per_number,
             webhook_release_allows_reclaim,
             webhook_claim_concurrent_exactly_one,
             create_call_created_then_exists,
@@ -306,6 +307,47 @@ pub async fn webhook_claim_concurrent_exactly_one(store: Arc<dyn Store>) {
     for _ in 0..50 {
         let (store, id) = (store.clone(), id.clone());
         tasks.spawn(async move { store.claim_webhook(&id, t, t + secs(300)).await.unwrap() });
+    }
+    let mut wins = 0;
+    while let Some(won) = tasks.join_next().await {
+        wins += usize::from(won.unwrap());
+    }
+    assert_eq!(wins, 1, "exactly one concurrent claim wins");
+}
+
+/// SMS follow-up windows: one claim per number per window, independent of other numbers and
+/// of webhook ids, claimable again once the window is over; concurrent claims: exactly one.
+pub async fn sms_window_once_per_number(store: Arc<dyn Store>) {
+    let t = window();
+    // Unique per run (the DynamoDB engine outlives one run); the store takes the number as is.
+    let number = uniq("+15550100");
+    let until = t + secs(3600);
+    assert!(store.claim_sms_window(&number, t, until).await.unwrap());
+    assert!(
+        !store
+            .claim_sms_window(&number, t + secs(60), t + secs(3660))
+            .await
+            .unwrap(),
+        "a second follow-up within the window"
+    );
+    assert!(
+        store.claim_webhook(&number, t, until).await.unwrap(),
+        "webhook ids are another namespace"
+    );
+    let other = format!("{number}9");
+    assert!(store.claim_sms_window(&other, t, until).await.unwrap());
+    assert!(
+        store
+            .claim_sms_window(&number, until, until + secs(3600))
+            .await
+            .unwrap(),
+        "the window is over"
+    );
+    let raced = format!("{number}8");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (store, raced) = (store.clone(), raced.clone());
+        tasks.spawn(async move { store.claim_sms_window(&raced, t, until).await.unwrap() });
     }
     let mut wins = 0;
     while let Some(won) = tasks.join_next().await {
