@@ -883,6 +883,11 @@ pub struct Secrets {
     pub admin_token: Option<Secret>,
     /// `TWILIO_AUTH_TOKEN`: signs Twilio webhooks and authenticates REST calls.
     pub twilio_auth_token: Option<Secret>,
+    /// `TWILIO_WEBHOOK_SHARED_KEY`: the secret of the Twilio SharedKey that signs webhooks with
+    /// HMAC-SHA256 when a Webhook Rule applies one (requests carrying
+    /// `X-Twilio-Webhooks-Signature-Settings`, see [`crate::twilio::signature`]). Unset: such
+    /// requests are refused; set but blank: start-up error.
+    pub twilio_webhook_shared_key: Option<Secret>,
     /// `HUBSPOT_TOKEN`: HubSpot private-app token.
     pub hubspot_token: Option<Secret>,
 }
@@ -909,6 +914,10 @@ impl Secrets {
             )?,
             admin_token: lookup("VOXMACHINA_ADMIN_TOKEN", "admin_token")?,
             twilio_auth_token: lookup("TWILIO_AUTH_TOKEN", "twilio_auth_token")?,
+            twilio_webhook_shared_key: lookup(
+                "TWILIO_WEBHOOK_SHARED_KEY",
+                "twilio_webhook_shared_key",
+            )?,
             hubspot_token: lookup("HUBSPOT_TOKEN", "hubspot_token")?,
         })
     }
@@ -944,6 +953,7 @@ pub const SECRET_NAMES: &[(&str, &str)] = &[
     ("OPENAI_WEBHOOK_SECRET", "openai_webhook_secret"),
     ("VOXMACHINA_ADMIN_TOKEN", "admin_token"),
     ("TWILIO_AUTH_TOKEN", "twilio_auth_token"),
+    ("TWILIO_WEBHOOK_SHARED_KEY", "twilio_webhook_shared_key"),
     ("HUBSPOT_TOKEN", "hubspot_token"),
 ];
 

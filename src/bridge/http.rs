@@ -155,6 +155,24 @@ fn signed_form<'a>(
     Ok(SignedForm { tw, base, form })
 }
 
+/// The request's signature scheme (`X-Twilio-Webhooks-Signature-Settings`, see
+/// [`signature::Scheme::for_request`]); `None` (logged) when it cannot be checked.
+fn signature_scheme<'a>(
+    tw: &'a TwilioContext,
+    headers: &HeaderMap,
+) -> Option<signature::Scheme<'a>> {
+    let settings = headers
+        .get(signature::SETTINGS_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    match signature::Scheme::for_request(settings, &tw.auth_token, tw.webhook_shared_key.as_ref()) {
+        Ok(scheme) => Some(scheme),
+        Err(e) => {
+            warn!(error = %e, "Twilio request refused");
+            None
+        }
+    }
+}
+
 fn signature_ok(
     tw: &TwilioContext,
     headers: &HeaderMap,
@@ -164,7 +182,7 @@ fn signature_ok(
     let Some(sig) = headers.get(signature::HEADER).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    signature::validate(&tw.auth_token, url, params, sig)
+    signature_scheme(tw, headers).is_some_and(|s| s.validate(url, params, sig))
 }
 
 /// The `<Connect><Stream>` document: stream URL from `base`, `statusCallback`
@@ -418,7 +436,9 @@ async fn media(
     let valid = headers
         .get(signature::HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|sig| signature::validate_websocket(&tw.auth_token, &url, sig));
+        .is_some_and(|sig| {
+            signature_scheme(tw, &headers).is_some_and(|s| s.validate_websocket(&url, sig))
+        });
     if !valid {
         warn!(%url, "media stream refused: bad or missing X-Twilio-Signature");
         metrics::counter!(super::metric_names::STREAMS, "outcome" => "bad_signature").increment(1);
