@@ -556,7 +556,7 @@ async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Problems that do not stop the server but make a tool fail at call time: unset secrets,
-/// `create_ticket` without HubSpot, `send_dtmf` (unsupported on the SIP path).
+/// `create_ticket` without HubSpot, `send_dtmf` on a profile that is not `api = "live"`.
 pub fn tool_warnings(config: &Config, set: &crate::prompts::ProfileSet) -> Vec<String> {
     use crate::tools::Builtin;
     let lookup = crate::tools::secret_lookup(&config.tools.secrets_dir);
@@ -578,10 +578,12 @@ pub fn tool_warnings(config: &Config, set: &crate::prompts::ProfileSet) -> Vec<S
                     "{}: tool create_ticket: [hubspot] is not enabled; the tool answers not_configured",
                     p.source.display()
                 )),
-                Some(Builtin::SendDtmf) => out.push(format!(
-                    "{}: tool send_dtmf is unsupported on SIP calls (no sideband event injects DTMF); the model gets an unsupported error",
-                    p.source.display()
-                )),
+                Some(Builtin::SendDtmf) if p.api != crate::calls::record::Api::Live => {
+                    out.push(format!(
+                        "{}: tool send_dtmf only works on GPT-Live calls (api = \"live\"); on this profile's Realtime SIP and Twilio media calls the model gets an unsupported error",
+                        p.source.display()
+                    ))
+                }
                 _ => {}
             }
         }
