@@ -543,7 +543,7 @@ async fn status(
 }
 
 /// Body of `POST /v1/calls/outbound`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct OutboundBody {
     /// E.164 number to call.
     pub to: String,
@@ -553,10 +553,25 @@ pub struct OutboundBody {
 }
 
 /// `POST /v1/calls/outbound` (nested under the admin router, so token-guarded).
-pub async fn outbound(
-    State(app): State<Arc<AppState>>,
-    Json(body): Json<OutboundBody>,
-) -> Response {
+#[utoipa::path(
+    post,
+    path = "/v1/calls/outbound",
+    tag = "calls",
+    request_body = OutboundBody,
+    responses(
+        (status = 201, description = "Twilio call placed", body = crate::http::admin::CallEnvelope),
+        (status = 400, description = "bad body, number not E.164 or unknown profile", body = crate::http::admin::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::http::admin::ErrorBody),
+        (status = 404, description = "Twilio is not configured", body = crate::http::admin::ErrorBody),
+        (status = 409, description = "public_url or from_number missing", body = crate::http::admin::ErrorBody),
+        (status = 502, description = "Twilio refused the call", body = crate::http::admin::ErrorBody),
+    )
+)]
+pub async fn outbound(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
+    let body: OutboundBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")),
+    };
     let req = OutboundRequest {
         to: body.to,
         profile: body.profile,
