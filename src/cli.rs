@@ -478,10 +478,10 @@ fn print_explain(config: &Config, path: Option<&std::path::Path>) -> anyhow::Res
         println!("  {} = {}  [{}]", row.key, row.value, row.layer);
     }
     println!("secrets (values never shown; layers: env < credential):");
-    for (file, env, layer) in explain::secrets()? {
-        match layer {
-            Some(layer) => println!("  {env} / {file}: set  [{layer}]"),
-            None => println!("  {env} / {file}: unset"),
+    for s in explain::secrets()? {
+        match s.layer {
+            Some(layer) => println!("  {} / {}: set  [{layer}]", s.env, s.file),
+            None => println!("  {} / {}: unset", s.env, s.file),
         }
     }
     Ok(())

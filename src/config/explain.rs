@@ -111,19 +111,29 @@ pub fn config(
     Ok(out)
 }
 
-/// The secrets of [`super::Secrets`] as `(credential file name, environment variable, layer)`:
-/// `None` when unset. Values are never returned.
+/// Whether one secret of [`super::Secrets`] is set, and where. Never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretState {
+    /// The credential file name in `$CREDENTIALS_DIRECTORY`, e.g. `openai_api_key`.
+    pub file: &'static str,
+    /// The environment variable, e.g. `OPENAI_API_KEY`.
+    pub env: &'static str,
+    /// Where it was found; `None` when unset.
+    pub layer: Option<Layer>,
+}
+
+/// Every secret of [`super::Secrets`] ([`super::SECRET_NAMES`]) as set/unset with its layer.
 ///
 /// # Errors
 /// [`ConfigError::CredentialFile`] when a credential file exists but cannot be read.
-pub fn secrets() -> Result<Vec<(&'static str, &'static str, Option<Layer>)>, ConfigError> {
+pub fn secrets() -> Result<Vec<SecretState>, ConfigError> {
     let mut out = Vec::new();
     for &(env, file) in super::SECRET_NAMES {
         let layer = super::find_secret(env, file)?.map(|(_, source)| match source {
             SecretSource::Credential(p) => Layer::Credential(p),
             SecretSource::Env => Layer::Env(env.to_string()),
         });
-        out.push((file, env, layer));
+        out.push(SecretState { file, env, layer });
     }
     Ok(out)
 }

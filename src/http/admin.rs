@@ -396,13 +396,15 @@ struct PageParams {
 }
 
 /// The store position of `cursor`: an opaque decimal string we handed out.
-fn cursor_position(cursor: Option<&str>) -> Result<Option<u64>, Response> {
+fn cursor_position(cursor: Option<&str>) -> Result<Option<u64>, Box<Response>> {
     match cursor {
         None | Some("") => Ok(None),
-        Some(c) => c
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| error(StatusCode::BAD_REQUEST, "cursor is not one we handed out")),
+        Some(c) => c.parse::<u64>().map(Some).map_err(|_| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "cursor is not one we handed out",
+            ))
+        }),
     }
 }
 
@@ -411,13 +413,18 @@ async fn page_params(
     app: &AppState,
     call_id: &str,
     p: Result<Query<PageParams>, QueryRejection>,
-) -> Result<(Option<u64>, usize), Response> {
-    let Query(p) = p.map_err(|e| error(StatusCode::BAD_REQUEST, &e.body_text()))?;
+) -> Result<(Option<u64>, usize), Box<Response>> {
+    let Query(p) = p.map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.body_text())))?;
     let after = cursor_position(p.cursor.as_deref())?;
     match app.store.get_call(call_id).await {
         Ok(Some(_)) => {}
-        Ok(None) => return Err(error(StatusCode::NOT_FOUND, "no such call")),
-        Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+        Ok(None) => return Err(Box::new(error(StatusCode::NOT_FOUND, "no such call"))),
+        Err(e) => {
+            return Err(Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &e.to_string(),
+            )));
+        }
     }
     Ok((after, p.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE)))
 }
@@ -447,7 +454,7 @@ async fn get_transcript(
 ) -> Response {
     let (after, limit) = match page_params(&app, &call_id, p).await {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match app.store.transcript_page(&call_id, after, limit).await {
         Ok(page) => Json(TranscriptPage {
@@ -480,7 +487,7 @@ async fn get_events(
 ) -> Response {
     let (after, limit) = match page_params(&app, &call_id, p).await {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match app.store.events_page(&call_id, after, limit).await {
         Ok(page) => Json(EventsPage {
@@ -516,13 +523,13 @@ async fn command(app: &AppState, call_id: &str, cmd: Command) -> Response {
 
 /// The note of an optional JSON body (empty body: no note); a body that is not a JSON object
 /// with an optional string `note` is a 400.
-fn note(body: &Bytes) -> Result<String, Response> {
+fn note(body: &Bytes) -> Result<String, Box<Response>> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(String::new());
     }
     serde_json::from_slice::<NoteBody>(body)
         .map(|b| b.note)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")))
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &format!("bad body: {e}"))))
 }
 
 /// Hands a live call to a human (the profile's escalation).
@@ -547,7 +554,7 @@ async fn transfer(
 ) -> Response {
     match note(&body) {
         Ok(n) => command(&app, &call_id, Command::Transfer(n)).await,
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
 
@@ -573,6 +580,6 @@ async fn hangup(
 ) -> Response {
     match note(&body) {
         Ok(n) => command(&app, &call_id, Command::Hangup(n)).await,
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
