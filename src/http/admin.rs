@@ -429,8 +429,26 @@ async fn page_params(
     Ok((after, p.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE)))
 }
 
-fn next_cursor<T>(page: &Page<T>) -> Option<String> {
-    page.next.map(|n| n.to_string())
+/// One page of a sub-resource: checks the query and the call, reads the page with `read`
+/// (`after`, `limit`) and answers `body(items, next_cursor)`.
+async fn one_page<T, Fut>(
+    app: &AppState,
+    call_id: &str,
+    p: Result<Query<PageParams>, QueryRejection>,
+    read: impl FnOnce(Option<u64>, usize) -> Fut,
+    body: impl FnOnce(Vec<T>, Option<String>) -> Response,
+) -> Response
+where
+    Fut: std::future::Future<Output = Result<Page<T>, crate::store::StoreError>>,
+{
+    let (after, limit) = match page_params(app, call_id, p).await {
+        Ok(v) => v,
+        Err(resp) => return *resp,
+    };
+    match read(after, limit).await {
+        Ok(page) => body(page.items, page.next.map(|n| n.to_string())),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
 }
 
 /// One page of a call's transcript.
@@ -452,18 +470,15 @@ async fn get_transcript(
     Path(call_id): Path<String>,
     p: Result<Query<PageParams>, QueryRejection>,
 ) -> Response {
-    let (after, limit) = match page_params(&app, &call_id, p).await {
-        Ok(v) => v,
-        Err(resp) => return *resp,
-    };
-    match app.store.transcript_page(&call_id, after, limit).await {
-        Ok(page) => Json(TranscriptPage {
-            next_cursor: next_cursor(&page),
-            transcript: page.items,
+    let read = |after, limit| app.store.transcript_page(&call_id, after, limit);
+    let body = |transcript, next_cursor| {
+        Json(TranscriptPage {
+            transcript,
+            next_cursor,
         })
-        .into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
+        .into_response()
+    };
+    one_page(&app, &call_id, p, read, body).await
 }
 
 /// One page of a call's events.
@@ -485,18 +500,15 @@ async fn get_events(
     Path(call_id): Path<String>,
     p: Result<Query<PageParams>, QueryRejection>,
 ) -> Response {
-    let (after, limit) = match page_params(&app, &call_id, p).await {
-        Ok(v) => v,
-        Err(resp) => return *resp,
-    };
-    match app.store.events_page(&call_id, after, limit).await {
-        Ok(page) => Json(EventsPage {
-            next_cursor: next_cursor(&page),
-            events: page.items,
+    let read = |after, limit| app.store.events_page(&call_id, after, limit);
+    let body = |events, next_cursor| {
+        Json(EventsPage {
+            events,
+            next_cursor,
         })
-        .into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
+        .into_response()
+    };
+    one_page(&app, &call_id, p, read, body).await
 }
 
 /// Body of `transfer` and `hangup` (optional).

@@ -485,6 +485,36 @@ impl DynamoStore {
         get_n(&attrs, "last_seq")
     }
 
+    /// One query of partition `call_id` in `table` (or its LSI `index`) for `seq > after`, at
+    /// most `limit + 1` items in `seq` order, consistent; and whether DynamoDB stopped early
+    /// (`LastEvaluatedKey`, e.g. the 1 MB page cap), so more may follow.
+    async fn query_page(
+        &self,
+        table: &str,
+        index: Option<&str>,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, bool), StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(table)
+            .set_index_name(index.map(str::to_string))
+            .key_condition_expression("#pk = :pk AND #seq > :after")
+            .expression_attribute_names("#pk", "call_id")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_values(":pk", s(call_id))
+            .expression_attribute_values(":after", n(page_position(after)))
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("Query", table, e))?;
+        let more = out.last_evaluated_key.is_some();
+        Ok((out.items.unwrap_or_default(), more))
+    }
+
     /// Every item of partition `call_id` in `table`, keys only (`key_names`), consistent.
     async fn partition_keys(
         &self,
@@ -864,25 +894,10 @@ impl Store for DynamoStore {
     ) -> Result<Page<TranscriptLine>, StoreError> {
         let table = &self.tables.transcripts;
         let limit = page_limit(limit);
-        let out = self
-            .client
-            .query()
-            .table_name(table)
-            .index_name("by_seq")
-            .key_condition_expression("#pk = :pk AND #seq > :after")
-            .expression_attribute_names("#pk", "call_id")
-            .expression_attribute_names("#seq", "seq")
-            .expression_attribute_values(":pk", s(call_id))
-            .expression_attribute_values(":after", n(page_position(after)))
-            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_err("Query", table, e))?;
-        let more = out.last_evaluated_key.is_some();
-        let rows = out
-            .items
-            .unwrap_or_default()
+        let (items, more) = self
+            .query_page(table, Some("by_seq"), call_id, after, limit)
+            .await?;
+        let rows = items
             .iter()
             .map(transcript_line)
             .collect::<Result<Vec<_>, _>>()?;
@@ -942,24 +957,8 @@ impl Store for DynamoStore {
         let table = &self.tables.events;
         let limit = page_limit(limit);
         // `seq` 0 is the counter item: `> after` with after >= 0 never returns it.
-        let out = self
-            .client
-            .query()
-            .table_name(table)
-            .key_condition_expression("#pk = :pk AND #seq > :after")
-            .expression_attribute_names("#pk", "call_id")
-            .expression_attribute_names("#seq", "seq")
-            .expression_attribute_values(":pk", s(call_id))
-            .expression_attribute_values(":after", n(page_position(after)))
-            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_err("Query", table, e))?;
-        let more = out.last_evaluated_key.is_some();
-        let rows = out
-            .items
-            .unwrap_or_default()
+        let (items, more) = self.query_page(table, None, call_id, after, limit).await?;
+        let rows = items
             .iter()
             .map(call_event)
             .collect::<Result<Vec<_>, _>>()?;
