@@ -176,6 +176,7 @@ async fn e2e(mode: &str, calls: usize, secs: u64, speech: Arc<Vec<u8>>) {
         webhook_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         admin_token: None,
         twilio_auth_token: Some(token.clone()),
+        twilio_webhook_shared_key: None,
         hubspot_token: None,
     };
     let server = app::start(config, secrets).await.unwrap();

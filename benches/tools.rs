@@ -122,6 +122,7 @@ fields = ["order_id", "status", "expected_delivery", "items"]
             webhook_secret: Secret::new(SECRET),
             admin_token: None,
             twilio_auth_token: None,
+            twilio_webhook_shared_key: None,
             hubspot_token: None,
         };
         let server = app::start(config, secrets).await.unwrap();

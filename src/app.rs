@@ -263,6 +263,7 @@ pub async fn start_with_store(
     let twilio = crate::bridge::TwilioContext::from_config(
         &config.twilio,
         secrets.twilio_auth_token.as_ref(),
+        secrets.twilio_webhook_shared_key.as_ref(),
     )
     .map_err(|e| StartError::Http(format!("twilio: {e}")))?;
     let monitors = Arc::new(MonitorContext {

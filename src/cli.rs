@@ -27,8 +27,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller (webhook endpoint, monitors, admin API) until SIGTERM/SIGINT.
     Serve,
-    /// Validate the configuration and every prompt profile; print each error with file and line.
-    Check,
+    /// Validate the configuration (file, environment overrides, E.164 numbers, URLs) and every
+    /// prompt profile; print each error with its key, or file and line.
+    Check {
+        /// Also print every effective configuration key with its value and the layer that set
+        /// it (default, file, env), and each secret as set/unset with where it was found.
+        #[arg(long)]
+        explain: bool,
+    },
     /// Sign and send a `realtime.call.incoming` webhook to a URL, like OpenAI would.
     Trigger(TriggerArgs),
     /// Play a whole phone call offline against a local OpenAI SIP emulator.
@@ -173,7 +179,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => serve(cli.config).await,
-        Command::Check => check(cli.config),
+        Command::Check { explain } => check(cli.config, explain),
         Command::Trigger(args) => trigger(args).await,
         Command::Demo(args) => crate::demo::run(cli.config, args).await,
         Command::Tool(ToolArgs {
@@ -422,8 +428,18 @@ async fn watchdog_tick(tick: &mut Option<tokio::time::Interval>) {
     }
 }
 
-fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path.as_deref())?;
+fn check(config_path: Option<PathBuf>, explain: bool) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("{e}");
+            println!("1 error(s)");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if explain {
+        print_explain(&config, config_path.as_deref())?;
+    }
     match crate::prompts::ProfileSet::load(&config.prompts.dir) {
         Ok(set) => {
             println!(
@@ -460,6 +476,23 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `check --explain`: one line per effective key, `key = value  [layer]`, then the secrets.
+fn print_explain(config: &Config, path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use crate::config::explain;
+    println!("effective configuration (key = value  [layer]; layers: default < file < env):");
+    for row in explain::config(config, path, std::env::vars())? {
+        println!("  {} = {}  [{}]", row.key, row.value, row.layer);
+    }
+    println!("secrets (values never shown; layers: env < credential):");
+    for s in explain::secrets()? {
+        match s.layer {
+            Some(layer) => println!("  {} / {}: set  [{layer}]", s.env, s.file),
+            None => println!("  {} / {}: unset", s.env, s.file),
+        }
+    }
+    Ok(())
 }
 
 async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
@@ -531,7 +564,7 @@ async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Problems that do not stop the server but make a tool fail at call time: unset secrets,
-/// `create_ticket` without HubSpot, `send_dtmf` (unsupported on the SIP path).
+/// `create_ticket` without HubSpot, `send_dtmf` on a profile that is not `api = "live"`.
 pub fn tool_warnings(config: &Config, set: &crate::prompts::ProfileSet) -> Vec<String> {
     use crate::tools::Builtin;
     let lookup = crate::tools::secret_lookup(&config.tools.secrets_dir);
@@ -553,10 +586,12 @@ pub fn tool_warnings(config: &Config, set: &crate::prompts::ProfileSet) -> Vec<S
                     "{}: tool create_ticket: [hubspot] is not enabled; the tool answers not_configured",
                     p.source.display()
                 )),
-                Some(Builtin::SendDtmf) => out.push(format!(
-                    "{}: tool send_dtmf is unsupported on SIP calls (no sideband event injects DTMF); the model gets an unsupported error",
-                    p.source.display()
-                )),
+                Some(Builtin::SendDtmf) if p.api != crate::calls::record::Api::Live => {
+                    out.push(format!(
+                        "{}: tool send_dtmf only works on GPT-Live calls (api = \"live\"); on this profile's Realtime SIP and Twilio media calls the model gets an unsupported error",
+                        p.source.display()
+                    ))
+                }
                 _ => {}
             }
         }

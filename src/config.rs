@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub mod explain;
 
 /// Errors while loading configuration or secrets.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,7 @@ pub enum ConfigError {
 }
 
 /// The whole controller configuration. Every key is documented in `config/voxmachina.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     /// HTTP listener settings.
@@ -101,7 +103,7 @@ pub struct Config {
 /// hold connections, memory or shutdown. Defaults suit nginx in front (nginx's
 /// `client_header_timeout`/`client_body_timeout` are 60 s; these apply behind it too, and to
 /// anything reaching the port directly).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct HttpLimitsConfig {
     /// Time a client has to send a complete request head (request line and headers), counted
@@ -176,7 +178,7 @@ impl HttpLimitsConfig {
 }
 
 /// `[tools]`: how the controller runs the tools declared in prompt profiles (`[[tools]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ToolsConfig {
     /// Timeout of a tool that sets no `timeout_ms`, milliseconds. The model then gets a
@@ -209,7 +211,7 @@ impl Default for ToolsConfig {
 }
 
 /// How the after-call summary is produced.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SummaryMode {
     /// Ask the model through the sideband before the controller hangs up (an out-of-band text
@@ -222,7 +224,7 @@ pub enum SummaryMode {
 }
 
 /// `[after_call]`: work done when a call ends.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AfterCallConfig {
     /// `model` (default), `transcript` or `off`; a profile can turn summaries off.
@@ -272,7 +274,7 @@ impl AfterCallConfig {
 }
 
 /// `[pricing]`: token prices per model, for the cost estimate stored on each call record.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct PricingConfig {
     /// Currency of the prices, e.g. `USD`.
@@ -282,7 +284,7 @@ pub struct PricingConfig {
 }
 
 /// Prices of one model in `currency` per one million tokens (`[[pricing.models]]`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct ModelPrice {
     /// The `[session] model` name, exact.
     pub model: String,
@@ -340,7 +342,7 @@ impl PricingConfig {
 }
 
 /// `[twilio]`: Twilio Programmable Voice. The Auth Token is a secret (`TWILIO_AUTH_TOKEN`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TwilioConfig {
     /// REST base URL, `https://api.twilio.com` by default (a local fake in tests).
@@ -365,7 +367,7 @@ pub struct TwilioConfig {
 }
 
 /// `[twilio] voice_mode`: what the voice webhook answers.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum TwilioVoiceMode {
     /// `<Connect><Stream>`: the Media Streams bridge (`crate::bridge`).
@@ -392,7 +394,7 @@ impl Default for TwilioConfig {
 }
 
 /// `[hubspot]`: HubSpot CRM v3. The private-app token is a secret (`HUBSPOT_TOKEN`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct HubSpotConfig {
     /// Use HubSpot (with `HUBSPOT_TOKEN`): the `create_ticket` tool, and the contact and ticket
@@ -431,7 +433,7 @@ impl Default for HubSpotConfig {
 }
 
 /// `[server]`: the HTTP listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ServerConfig {
     /// Socket address to bind, e.g. `127.0.0.1:8080` behind nginx. Port 0 picks a free port.
@@ -450,7 +452,7 @@ impl Default for ServerConfig {
 }
 
 /// `[openai]`: base URLs and call-control timing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct OpenAiConfig {
     /// REST base URL, `https://api.openai.com/v1` by default (`https://eu.api.openai.com/v1` for EU
@@ -478,7 +480,7 @@ pub struct OpenAiConfig {
 
 /// `[openai.live_trunk]`: the `transport.trunk` of `POST /live/sessions` (openai.md §7.2). The
 /// trunk must support TLS signalling, Opus and SDES-SRTP.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LiveTrunkConfig {
     /// `sips:host[:port][;transport=tcp]` (no userinfo, path, headers or other parameters;
     /// public hosts only). Checked by OpenAI on the create request.
@@ -508,7 +510,7 @@ impl Default for OpenAiConfig {
 }
 
 /// `[webhook]`: Standard Webhooks verification and dedupe.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct WebhookConfig {
     /// Accepted clock difference between `webhook-timestamp` and now, seconds, both directions,
@@ -531,7 +533,7 @@ impl Default for WebhookConfig {
 }
 
 /// `[prompts]`: where prompt profiles are read from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct PromptsConfig {
     /// Directory holding `*.toml` profiles and their Markdown instructions.
@@ -547,7 +549,7 @@ impl Default for PromptsConfig {
 }
 
 /// `[store]`: which store backs call records.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct StoreConfig {
     /// `sqlite` (the embedded default) or `dynamodb` (tables shared by several instances).
@@ -584,7 +586,7 @@ impl Default for StoreConfig {
 
 /// `[store.dynamodb]`: where the DynamoDB tables are. Credentials come from the AWS default
 /// chain (environment, shared profile, web identity, ECS/EC2 instance roles), never from here.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DynamoDbConfig {
     /// Table name prefix: the tables are `{prefix}_calls`, `{prefix}_transcripts`,
@@ -615,7 +617,7 @@ impl Default for DynamoDbConfig {
 /// The holder renews it every `lease_renew_interval_ms`; a lease not renewed for
 /// `lease_ttl_ms` (its holder died or lost the store) is taken over by the first instance whose
 /// takeover scan sees it expired, which reattaches the call's sideband.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ClusterConfig {
     /// This instance's id, the owner name written into leases. Must be unique among running
@@ -677,7 +679,7 @@ impl ClusterConfig {
 }
 
 /// `[monitor]`: the per-call sideband monitor.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct MonitorConfig {
     /// Reconnect attempts after an abnormal sideband drop before the monitor gives up.
@@ -714,7 +716,7 @@ impl MonitorConfig {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// JSON when stdout is not a terminal (systemd, files), human-readable otherwise.
@@ -726,7 +728,7 @@ pub enum LogFormat {
 }
 
 /// `[logging]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LoggingConfig {
     /// `auto`, `json` or `pretty`.
@@ -753,7 +755,7 @@ impl Default for LoggingConfig {
 /// A background task purges once at start and then every hour
 /// ([`crate::app::RETENTION_PURGE_INTERVAL`]): final calls created more than `days` days ago,
 /// and expired webhook-id dedupe entries. Live calls are never purged.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RetentionConfig {
     /// Days to keep finished calls, counted from their creation. `0` turns purging off
@@ -793,19 +795,20 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let env = env_overrides(env);
         let mut builder = config::Config::builder();
         if let Some(path) = path {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("VOXMACHINA_") && k.contains("__"))
-            .collect();
+        // `try_parsing(false)`: every environment value stays a string and is converted by the
+        // type of the field it lands in (`u64`, `bool`, `SocketAddr`, ...). Guessing from the
+        // string would turn `+18005550111`, an all-digit account SID, id or secret into a
+        // number and lose the `+` or leading zeros.
         builder = builder.add_source(
             config::Environment::with_prefix("VOXMACHINA")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true)
+                .try_parsing(false)
                 .source(Some(env)),
         );
         let cfg: Config = builder.build()?.try_deserialize()?;
@@ -813,9 +816,29 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Every configuration key holding an E.164 number, with its value: checked by
+    /// [`Config::validate`] whatever layer set it. A new number key belongs here.
+    fn e164_keys(&self) -> Vec<(&'static str, &str)> {
+        let mut keys = Vec::new();
+        if !self.twilio.from_number.is_empty() {
+            // Empty means "not configured" (Twilio outbound calls and SMS are then off).
+            keys.push(("twilio.from_number", self.twilio.from_number.as_str()));
+        }
+        if let Some(trunk) = &self.openai.live_trunk {
+            keys.push((
+                "openai.live_trunk.caller_number",
+                trunk.caller_number.as_str(),
+            ));
+        }
+        keys
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.after_call.validate()?;
+        for (key, value) in self.e164_keys() {
+            check_e164(key, value)?;
+        }
         for (key, url, schemes) in [
             (
                 "openai.base_url",
@@ -934,6 +957,37 @@ impl Config {
     }
 }
 
+/// The `VOXMACHINA_<SECTION>__<KEY>` variables of `env` (prefix `VOXMACHINA_`, at least one `__`);
+/// everything else in the environment is ignored.
+fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> config::Map<String, String> {
+    env.into_iter()
+        .filter(|(k, _)| k.starts_with("VOXMACHINA_") && k.contains("__"))
+        .collect()
+}
+
+/// Smallest number of digits accepted in a configured E.164 number. ITU-T E.164 §6 caps numbers
+/// at 15 digits and sets no useful lower bound; no dialable international number (country code
+/// plus national number) is shorter than 8 digits, so anything shorter is a typo or a
+/// short code that Twilio or a SIP trunk would refuse as a caller ID or destination.
+pub const E164_MIN_DIGITS: usize = 8;
+
+/// Checks that `value` (the configuration key `key`) is an E.164 number: `+`, then 8 to 15
+/// digits, the first not `0` ([`crate::sip::E164::parse`] plus [`E164_MIN_DIGITS`]).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key, the value and the expected form.
+pub fn check_e164(key: &str, value: &str) -> Result<(), ConfigError> {
+    // `E164::parse` accepted `+` and ASCII digits only, so the digit count is the length - 1.
+    let ok = crate::sip::E164::parse(value).is_ok_and(|n| n.as_str().len() > E164_MIN_DIGITS);
+    if ok {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{key} = {value:?}: expected an E.164 number, '+' then {E164_MIN_DIGITS} to 15 digits \
+         (e.g. +14155550123)"
+    )))
+}
+
 /// A secret string whose `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -967,6 +1021,11 @@ pub struct Secrets {
     pub admin_token: Option<Secret>,
     /// `TWILIO_AUTH_TOKEN`: signs Twilio webhooks and authenticates REST calls.
     pub twilio_auth_token: Option<Secret>,
+    /// `TWILIO_WEBHOOK_SHARED_KEY`: the secret of the Twilio SharedKey that signs webhooks with
+    /// HMAC-SHA256 when a Webhook Rule applies one (requests carrying
+    /// `X-Twilio-Webhooks-Signature-Settings`, see [`crate::twilio::signature`]). Unset: such
+    /// requests are refused; set but blank: start-up error.
+    pub twilio_webhook_shared_key: Option<Secret>,
     /// `HUBSPOT_TOKEN`: HubSpot private-app token.
     pub hubspot_token: Option<Secret>,
 }
@@ -984,16 +1043,9 @@ impl Secrets {
     /// [`ConfigError::EmptySecret`] for an empty or whitespace-only value,
     /// [`ConfigError::CredentialFile`] when a credential file exists but cannot be read.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        let lookup =
-            |env: &'static str, file: &'static str| -> Result<Option<Secret>, ConfigError> {
-                if let Some(dir) = &creds {
-                    if let Some(s) = read_secret_file(&dir.join(file), env)? {
-                        return Ok(Some(s));
-                    }
-                }
-                read_secret_env(env, env)
-            };
+        let lookup = |env: &'static str, file: &'static str| {
+            Ok::<_, ConfigError>(find_secret(env, file)?.map(|(secret, _)| secret))
+        };
         let required = |name, env, file| {
             lookup(env, file)?.ok_or(ConfigError::MissingSecret { name, env, file })
         };
@@ -1017,6 +1069,10 @@ impl Secrets {
             webhook_secret,
             admin_token: lookup("VOXMACHINA_ADMIN_TOKEN", "admin_token")?,
             twilio_auth_token: lookup("TWILIO_AUTH_TOKEN", "twilio_auth_token")?,
+            twilio_webhook_shared_key: lookup(
+                "TWILIO_WEBHOOK_SHARED_KEY",
+                "twilio_webhook_shared_key",
+            )?,
             hubspot_token: lookup("HUBSPOT_TOKEN", "hubspot_token")?,
         })
     }
@@ -1135,6 +1191,42 @@ fn read_secret_env(var: &str, name: &str) -> Result<Option<Secret>, ConfigError>
             "secret {name}: environment variable {var} is not UTF-8"
         ))),
     }
+}
+
+/// Every secret of [`Secrets`] as `(environment variable, credential file name)`, for
+/// [`explain::secrets`]. A new field of [`Secrets`] belongs here too.
+pub const SECRET_NAMES: &[(&str, &str)] = &[
+    ("OPENAI_API_KEY", "openai_api_key"),
+    ("OPENAI_WEBHOOK_SECRET", "openai_webhook_secret"),
+    ("VOXMACHINA_ADMIN_TOKEN", "admin_token"),
+    ("TWILIO_AUTH_TOKEN", "twilio_auth_token"),
+    ("TWILIO_WEBHOOK_SHARED_KEY", "twilio_webhook_shared_key"),
+    ("HUBSPOT_TOKEN", "hubspot_token"),
+];
+
+/// Where a secret was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `$CREDENTIALS_DIRECTORY/<file>` (this path).
+    Credential(PathBuf),
+    /// The environment variable.
+    Env,
+}
+
+/// A secret from `$CREDENTIALS_DIRECTORY/<file>` (trailing CR/LF removed) first, then the
+/// environment variable `env`, with where it was found; `None` when neither is set.
+///
+/// # Errors
+/// [`ConfigError::CredentialFile`] when the file exists but cannot be read;
+/// [`ConfigError::EmptySecret`] (naming `env`) when either is set but empty or only whitespace.
+fn find_secret(env: &str, file: &str) -> Result<Option<(Secret, SecretSource)>, ConfigError> {
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = PathBuf::from(dir).join(file);
+        if let Some(s) = read_secret_file(&path, env)? {
+            return Ok(Some((s, SecretSource::Credential(path))));
+        }
+    }
+    Ok(read_secret_env(env, env)?.map(|s| (s, SecretSource::Env)))
 }
 
 #[cfg(test)]
@@ -1340,6 +1432,104 @@ mod tests {
         .unwrap();
         let err = Config::load_with_env(Some(&path), Vec::new()).unwrap_err();
         assert!(err.to_string().contains("pricing.models"), "{err}");
+    }
+
+    fn env_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_values_take_the_type_of_their_key() {
+        let cfg = Config::load_with_env(
+            None,
+            env_pairs(&[
+                ("VOXMACHINA_TWILIO__FROM_NUMBER", "+18005550111"),
+                ("VOXMACHINA_TWILIO__ACCOUNT_SID", "0012345"),
+                ("VOXMACHINA_CLUSTER__INSTANCE_ID", "007"),
+                ("VOXMACHINA_HUBSPOT__TICKET_PIPELINE", "1e3"),
+                ("VOXMACHINA_HUBSPOT__TICKET_STAGE", "true"),
+                ("VOXMACHINA_SERVER__SHUTDOWN_GRACE_SECS", "7"),
+                ("VOXMACHINA_HUBSPOT__ENABLED", "true"),
+                ("VOXMACHINA_WEBHOOK__MAX_BODY_BYTES", "1024"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.twilio.from_number, "+18005550111", "the + is kept");
+        assert_eq!(cfg.twilio.account_sid, "0012345", "leading zeros kept");
+        assert_eq!(cfg.cluster.instance_id.as_deref(), Some("007"));
+        assert_eq!(cfg.hubspot.ticket_pipeline.as_deref(), Some("1e3"));
+        assert_eq!(cfg.hubspot.ticket_stage.as_deref(), Some("true"));
+        assert_eq!(cfg.server.shutdown_grace_secs, 7, "numbers still parse");
+        assert!(cfg.hubspot.enabled, "booleans still parse");
+        assert_eq!(cfg.webhook.max_body_bytes, 1024);
+        let err = Config::load_with_env(
+            None,
+            env_pairs(&[("VOXMACHINA_SERVER__SHUTDOWN_GRACE_SECS", "soon")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("server.shutdown_grace_secs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn e164_keys_are_checked_from_any_layer() {
+        let trunk = "[openai.live_trunk]\nprovider_url = \"sips:t.example.com\"\nusername = \"u\"\n\
+                     password_secret = \"pw\"\n";
+        for (file, env, key) in [
+            (
+                String::new(),
+                vec![("VOXMACHINA_TWILIO__FROM_NUMBER", "18005550111")],
+                "twilio.from_number",
+            ),
+            (
+                "[twilio]\nfrom_number = \"+1800\"\n".to_string(),
+                vec![],
+                "twilio.from_number",
+            ),
+            (
+                "[twilio]\nfrom_number = \"+1 800 555 0111\"\n".to_string(),
+                vec![],
+                "twilio.from_number",
+            ),
+            (
+                format!("{trunk}caller_number = \"+018005550111\"\n"),
+                vec![],
+                "openai.live_trunk.caller_number",
+            ),
+            (
+                format!("{trunk}caller_number = \"+18005550111\"\n"),
+                vec![(
+                    "VOXMACHINA_OPENAI__LIVE_TRUNK__CALLER_NUMBER",
+                    "+1234567890123456",
+                )],
+                "openai.live_trunk.caller_number",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("v.toml");
+            std::fs::write(&path, &file).unwrap();
+            let err = Config::load_with_env(Some(&path), env_pairs(&env)).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(key) && msg.contains("'+' then 8 to 15 digits"),
+                "{file} {env:?}: {msg}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.toml");
+        std::fs::write(&path, format!("{trunk}caller_number = \"+18005550111\"\n")).unwrap();
+        let cfg = Config::load_with_env(
+            Some(&path),
+            env_pairs(&[("VOXMACHINA_TWILIO__FROM_NUMBER", "+442071838750")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.openai.live_trunk.unwrap().caller_number, "+18005550111");
+        assert_eq!(cfg.twilio.from_number, "+442071838750");
     }
 
     #[test]

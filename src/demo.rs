@@ -126,6 +126,7 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         webhook_secret: Secret::new(webhook_secret.clone()),
         admin_token: None,
         twilio_auth_token: None,
+        twilio_webhook_shared_key: None,
         hubspot_token: None,
     };
     let server = crate::app::start(config, secrets).await?;
@@ -373,6 +374,7 @@ async fn run_media(mut config: Config, args: &DemoArgs) -> anyhow::Result<ExitCo
         webhook_secret: Secret::new(format!("whsec_{}", hex(32))),
         admin_token: None,
         twilio_auth_token: Some(auth_token.clone()),
+        twilio_webhook_shared_key: None,
         hubspot_token: None,
     };
     let server = crate::app::start(config, secrets).await?;

@@ -77,6 +77,18 @@ dialed = ["+18005550114"]
 enabled = false
 "#,
         ),
+        (
+            "live_ivr",
+            r#"api = "live"
+greeting = "Say hello."
+[match]
+dialed = ["+18005550115"]
+[escalation]
+enabled = false
+[[tools]]
+builtin = "send_dtmf"
+"#,
+        ),
     ];
     for (stem, toml) in files {
         std::fs::write(dir.join(format!("{stem}.toml")), toml).unwrap();
@@ -996,4 +1008,77 @@ fn profile_api_is_validated() {
     assert_eq!(body["model"], "gpt-live-1-mini");
     // end_call is always offered, so the tools go to the Responses delegation backend.
     assert_eq!(body["delegation"]["type"], "responses");
+}
+
+/// GPT-Live DTMF out: the `send_dtmf` tool becomes one `transport.dtmf.send` per key on the
+/// attach sideband (the `openai` SDK's `TransportDtmfSend`), the emulator records the keys, and
+/// the model gets `{"status":"sent","keys":N}` without the keys; keys outside 0-9 * # A-D never
+/// leave the controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_dtmf_presses_keys_on_an_outbound_live_call() {
+    let h = LiveHarness::start(true).await;
+    h.live.plan_outbound(
+        script(
+            r#"
+[agent]
+auto_reply = false
+[[turn]]
+caller = "For billing press 1, then enter your account number and the pound key."
+[[turn]]
+tool = "send_dtmf"
+arguments = { digits = "1" }
+[[turn]]
+tool = "send_dtmf"
+arguments = { digits = "48a*#" }
+[[turn]]
+tool = "send_dtmf"
+arguments = { digits = "12w3" }
+[[turn]]
+wait_ms = 300
+[[turn]]
+hangup = true
+"#,
+        ),
+        OutboundPlan::Answer,
+    );
+    let (status, body) = h
+        .place_outbound(json!({ "api": "live", "to": "+14155550123", "profile": "live_ivr" }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["call"]["call_id"].as_str().unwrap().to_string();
+    let record = h.wait_final(&id).await;
+    let view = h
+        .live
+        .wait_for(&id, WAIT, |v| v.function_outputs.len() == 3)
+        .await
+        .expect("three tool outputs");
+    assert_eq!(view.dtmf_sent, ["1", "4", "8", "A", "*", "#"]);
+    let sends: Vec<&Value> = view
+        .client_events
+        .iter()
+        .filter(|e| e["type"] == "transport.dtmf.send")
+        .collect();
+    assert_eq!(sends.len(), 6);
+    for e in &sends {
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["event", "event_id", "type"], "{e}");
+    }
+    let outputs: Vec<Value> = view
+        .function_outputs
+        .iter()
+        .map(|(_, o)| serde_json::from_str(o).unwrap())
+        .collect();
+    assert_eq!(outputs[0], json!({ "status": "sent", "keys": 1 }));
+    assert_eq!(outputs[1], json!({ "status": "sent", "keys": 5 }));
+    assert_eq!(
+        outputs[2]["error"]["code"], "invalid_arguments",
+        "a pause key is refused by the schema: {}",
+        outputs[2]
+    );
+    assert_eq!(record.after_call.tools["send_dtmf"]["ok"], 2);
+    let events = h.events(&id).await;
+    assert!(
+        !events.iter().any(|e| e.detail.to_string().contains("48a")),
+        "the keys are not stored: {events:#?}"
+    );
 }

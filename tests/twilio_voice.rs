@@ -617,3 +617,100 @@ async fn cli_call_places_the_call_and_prints_the_record_when_it_ends() {
 
 const REPLY_LINE: &str =
     "Thanks, your confirmation number is K4T7Q2. No wait: confirmation number is R7K2P9.";
+
+/// Shared-key signing (`X-Twilio-Webhooks-Signature-Settings`, HMAC-SHA256): verified with the
+/// configured `TWILIO_WEBHOOK_SHARED_KEY` on the voice webhook and the Media Streams upgrade;
+/// the Auth Token's signature does not pass when the header names the shared key; an unknown
+/// algorithm and a missing shared key fail closed (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_key_signed_webhooks_are_verified_with_hmac_sha256() {
+    use voxmachina::config::Secret;
+    use voxmachina::twilio::signature::{Algorithm, SETTINGS_HEADER, sign_with};
+    const SHARED: &str = "shared-key-secret-0123456789abcdef";
+    const SETTINGS: &str = "key=webhooks_sharedkey_0123,algorithm=HMAC_SHA256";
+    let m = start_with_secrets(
+        |_| {},
+        |s| s.twilio_webhook_shared_key = Some(Secret::new(SHARED)),
+    )
+    .await;
+    let url = m.local("/twilio/voice");
+    let public = format!("{PUBLIC_URL}/twilio/voice");
+    let post = |settings: Option<&'static str>, sig: String, params: Vec<(String, String)>| {
+        let mut req = reqwest::Client::new()
+            .post(&url)
+            .header(signature::HEADER, sig)
+            .form(&params);
+        if let Some(s) = settings {
+            req = req.header(SETTINGS_HEADER, s);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let params = m.twilio.voice_params(&call_sid(40), CALLER, PCMU_LINE);
+    let shared = Secret::new(SHARED);
+    let good = sign_with(Algorithm::HmacSha256, &shared, &public, &params);
+    assert_eq!(good.len(), 44, "base64 of a 32-byte digest");
+    assert_eq!(
+        post(Some(SETTINGS), good.clone(), params.clone()).await,
+        200
+    );
+    // The same signature without the header is checked as an Auth Token HMAC-SHA1: refused.
+    assert_eq!(post(None, good.clone(), params.clone()).await, 403);
+    // The Auth Token's classic signature does not pass once the header names the shared key.
+    let classic = signature::sign(&m.twilio.auth_token(), &public, &params);
+    assert_eq!(
+        post(Some(SETTINGS), classic.clone(), params.clone()).await,
+        403
+    );
+    assert_eq!(post(None, classic, params.clone()).await, 200);
+    // Unknown algorithm: refused even with a signature that would match under SHA-256.
+    assert_eq!(
+        post(
+            Some("key=k,algorithm=HMAC_SHA512"),
+            good.clone(),
+            params.clone()
+        )
+        .await,
+        403
+    );
+    // Tampered parameter under the shared key.
+    let mut tampered = params.clone();
+    tampered.push(("Digits".into(), "1".into()));
+    assert_eq!(post(Some(SETTINGS), good, tampered).await, 403);
+
+    // The Media Streams upgrade takes the same header.
+    let ws_sig = sign_with(Algorithm::HmacSha256, &shared, STREAM_URL, &[]);
+    let mut req = m.media_ws().into_client_request().unwrap();
+    req.headers_mut()
+        .insert(signature::HEADER, ws_sig.parse().unwrap());
+    req.headers_mut()
+        .insert(SETTINGS_HEADER, SETTINGS.parse().unwrap());
+    let refused_without_header = {
+        let mut r = m.media_ws().into_client_request().unwrap();
+        r.headers_mut()
+            .insert(signature::HEADER, ws_sig.parse().unwrap());
+        tokio_tungstenite::connect_async(r).await.is_err()
+    };
+    assert!(
+        refused_without_header,
+        "SHA-256 signature without the header"
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("shared-key signed upgrade accepted");
+    drop(ws);
+
+    // Without a configured shared key, the header is refused (fail closed).
+    let m2 = start(|_| {}).await;
+    let params = m2.twilio.voice_params(&call_sid(41), CALLER, PCMU_LINE);
+    let sig = sign_with(Algorithm::HmacSha256, &shared, &public, &params);
+    let status = reqwest::Client::new()
+        .post(m2.local("/twilio/voice"))
+        .header(signature::HEADER, sig)
+        .header(SETTINGS_HEADER, SETTINGS)
+        .form(&params)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 403);
+}

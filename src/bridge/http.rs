@@ -156,6 +156,24 @@ fn signed_form<'a>(
     Ok(SignedForm { tw, base, form })
 }
 
+/// The request's signature scheme (`X-Twilio-Webhooks-Signature-Settings`, see
+/// [`signature::Scheme::for_request`]); `None` (logged) when it cannot be checked.
+fn signature_scheme<'a>(
+    tw: &'a TwilioContext,
+    headers: &HeaderMap,
+) -> Option<signature::Scheme<'a>> {
+    let settings = headers
+        .get(signature::SETTINGS_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    match signature::Scheme::for_request(settings, &tw.auth_token, tw.webhook_shared_key.as_ref()) {
+        Ok(scheme) => Some(scheme),
+        Err(e) => {
+            warn!(error = %e, "Twilio request refused");
+            None
+        }
+    }
+}
+
 fn signature_ok(
     tw: &TwilioContext,
     headers: &HeaderMap,
@@ -165,7 +183,7 @@ fn signature_ok(
     let Some(sig) = headers.get(signature::HEADER).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    signature::validate(&tw.auth_token, url, params, sig)
+    signature_scheme(tw, headers).is_some_and(|s| s.validate(url, params, sig))
 }
 
 /// The `<Connect><Stream>` document: stream URL from `base`, `statusCallback`
@@ -483,7 +501,9 @@ async fn media(
     let valid = headers
         .get(signature::HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|sig| signature::validate_websocket(&tw.auth_token, &url, sig));
+        .is_some_and(|sig| {
+            signature_scheme(tw, &headers).is_some_and(|s| s.validate_websocket(&url, sig))
+        });
     if !valid {
         warn!(%url, "media stream refused: bad or missing X-Twilio-Signature");
         metrics::counter!(super::metric_names::STREAMS, "outcome" => "bad_signature").increment(1);
@@ -588,7 +608,7 @@ async fn status(
 }
 
 /// Body of `POST /v1/calls/outbound`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct OutboundBody {
     /// E.164 number to call.
     pub to: String,
@@ -598,10 +618,25 @@ pub struct OutboundBody {
 }
 
 /// `POST /v1/calls/outbound` (nested under the admin router, so token-guarded).
-pub async fn outbound(
-    State(app): State<Arc<AppState>>,
-    Json(body): Json<OutboundBody>,
-) -> Response {
+#[utoipa::path(
+    post,
+    path = "/v1/calls/outbound",
+    tag = "calls",
+    request_body = OutboundBody,
+    responses(
+        (status = 201, description = "Twilio call placed", body = crate::http::admin::CallEnvelope),
+        (status = 400, description = "bad body, number not E.164 or unknown profile", body = crate::http::admin::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::http::admin::ErrorBody),
+        (status = 404, description = "Twilio is not configured", body = crate::http::admin::ErrorBody),
+        (status = 409, description = "public_url or from_number missing", body = crate::http::admin::ErrorBody),
+        (status = 502, description = "Twilio refused the call", body = crate::http::admin::ErrorBody),
+    )
+)]
+pub async fn outbound(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
+    let body: OutboundBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")),
+    };
     let req = OutboundRequest {
         to: body.to,
         profile: body.profile,

@@ -152,6 +152,9 @@ pub mod metric_names {
 pub struct TwilioContext {
     /// `TWILIO_AUTH_TOKEN`: HMAC key of `X-Twilio-Signature` and REST password.
     pub auth_token: Secret,
+    /// `TWILIO_WEBHOOK_SHARED_KEY`: HMAC key of requests carrying
+    /// `X-Twilio-Webhooks-Signature-Settings` (shared-key signing); `None` refuses them.
+    pub webhook_shared_key: Option<Secret>,
     /// REST client for the account.
     pub rest: TwilioRest,
     /// `[twilio] public_url` without a trailing `/` (may be empty: then the request's
@@ -169,16 +172,27 @@ impl TwilioContext {
     /// The context for `cfg`, or `None` when Twilio is not configured (empty `account_sid` or
     /// no Auth Token).
     ///
+    /// `webhook_shared_key` is `TWILIO_WEBHOOK_SHARED_KEY` (shared-key signing, optional).
+    ///
     /// # Errors
-    /// [`TwilioError::Invalid`] for an unusable `api_base_url`, [`TwilioError::Transport`] when
-    /// the HTTP client cannot be built.
+    /// [`TwilioError::Invalid`] for an unusable `api_base_url` or a blank shared key (fail
+    /// closed: an empty HMAC key would verify anyone's signature), [`TwilioError::Transport`]
+    /// when the HTTP client cannot be built.
     pub fn from_config(
         cfg: &TwilioConfig,
         auth_token: Option<&Secret>,
+        webhook_shared_key: Option<&Secret>,
     ) -> Result<Option<Self>, TwilioError> {
         let Some(token) = auth_token.filter(|_| !cfg.account_sid.is_empty()) else {
             return Ok(None);
         };
+        if webhook_shared_key.is_some_and(|k| k.expose().trim().is_empty()) {
+            return Err(TwilioError::Invalid(
+                "the Twilio webhook shared key (TWILIO_WEBHOOK_SHARED_KEY or the credential \
+                 twilio_webhook_shared_key) is empty"
+                    .into(),
+            ));
+        }
         let rest = TwilioRest::new(
             &cfg.api_base_url,
             &cfg.account_sid,
@@ -187,6 +201,7 @@ impl TwilioContext {
         )?;
         Ok(Some(Self {
             auth_token: token.clone(),
+            webhook_shared_key: webhook_shared_key.cloned(),
             rest,
             public_url: cfg.public_url.trim().trim_end_matches('/').to_string(),
             from_number: cfg.from_number.trim().to_string(),

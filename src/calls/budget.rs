@@ -20,7 +20,7 @@
 //! trip) with end reason `budget_exceeded:<budget>` ([`Budget::end_reason`]). Input arriving
 //! while the call ends is dropped and counted the same way.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::telemetry::names;
@@ -31,7 +31,7 @@ pub const EVENT_RESERVE: u32 = 32;
 
 /// `[limits]`: per-call budgets. Every key is documented in `config/voxmachina.toml` and
 /// `docs/security.md` ("Per-call budgets").
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Sustained rate of model-link events per call, events per second.

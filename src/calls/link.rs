@@ -42,6 +42,50 @@ pub enum ReconnectError {
     GaveUp(String),
 }
 
+/// Most DTMF keys one `send_dtmf` call may press (the built-in tool's schema allows the same).
+pub const MAX_DTMF_KEYS: usize = 32;
+
+/// Why DTMF could not be sent ([`Link::send_dtmf`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DtmfError {
+    /// This call path cannot send DTMF (the Realtime SIP sideband has no such client event;
+    /// the Twilio Media Streams socket cannot carry it).
+    #[error("sending DTMF is not possible on this call path")]
+    Unsupported,
+    /// The keys are not 1 to [`MAX_DTMF_KEYS`] of `0`-`9`, `*`, `#`, `A`-`D`.
+    #[error("invalid DTMF keys: {0}")]
+    Invalid(String),
+    /// The connection refused the event (it is closed).
+    #[error("sending DTMF failed: {0}")]
+    Send(String),
+}
+
+/// The DTMF keys of `input` in upper case: 1 to [`MAX_DTMF_KEYS`] of `0`-`9`, `*`, `#` and
+/// `A`-`D` (`a`-`d` accepted). These are the sixteen DTMF events of RFC 4733 §3.2 (events 0-15)
+/// and the keys the `openai` SDK documents for `transport.dtmf.send`
+/// (`openai.types.live.connect_client_event.TransportDtmfSend.event`). No pause character: no
+/// reference defines one for GPT-Live.
+///
+/// # Errors
+/// [`DtmfError::Invalid`] naming the problem (never echoing more than the first bad key).
+pub fn dtmf_keys(input: &str) -> Result<String, DtmfError> {
+    let count = input.chars().count();
+    if count == 0 || count > MAX_DTMF_KEYS {
+        return Err(DtmfError::Invalid(format!(
+            "{count} keys; send 1 to {MAX_DTMF_KEYS}"
+        )));
+    }
+    if let Some(bad) = input
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D' | 'a'..='d')))
+    {
+        return Err(DtmfError::Invalid(format!(
+            "{bad:?} is not a DTMF key (0-9, *, #, A-D)"
+        )));
+    }
+    Ok(input.to_ascii_uppercase())
+}
+
 /// A model event connection the monitor reads from and writes to.
 #[async_trait]
 pub trait Link: Send {
@@ -64,6 +108,16 @@ pub trait Link: Send {
     /// final usage, openai.md §7.1 step 6); the default returns `None` at once.
     async fn await_end(&mut self) -> Option<String> {
         None
+    }
+    /// Presses DTMF `keys` (already checked by [`dtmf_keys`]) on the call, in order; returns how
+    /// many were sent. Only GPT-Live can ([`crate::openai::live::link::LiveLink`]); the default
+    /// is [`DtmfError::Unsupported`].
+    ///
+    /// # Errors
+    /// [`DtmfError`].
+    async fn send_dtmf(&mut self, keys: &str) -> Result<usize, DtmfError> {
+        let _ = keys;
+        Err(DtmfError::Unsupported)
     }
 }
 
@@ -226,5 +280,26 @@ impl CallActions for OpenAiActions {
             .hangup(&self.call_id)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtmf_keys_are_the_sixteen_keys_bounded() {
+        assert_eq!(
+            dtmf_keys("0123456789*#abcdABCD").unwrap(),
+            "0123456789*#ABCDABCD"
+        );
+        for bad in ["", "12w3", "1,2", "١", "+1", " 1"] {
+            assert!(
+                matches!(dtmf_keys(bad), Err(DtmfError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(dtmf_keys(&"1".repeat(MAX_DTMF_KEYS)).is_ok());
+        assert!(dtmf_keys(&"1".repeat(MAX_DTMF_KEYS + 1)).is_err());
     }
 }

@@ -889,6 +889,9 @@ impl Monitor {
         };
         match def.check_arguments(arguments) {
             Ok(_) if !self.budget.tool_job(self.running.len()) => Flow::Continue,
+            Ok(args) if def.builtin() == Some(tools::Builtin::SendDtmf) => {
+                self.on_send_dtmf(link, fc_id, name, &args).await
+            }
             Ok(args) => {
                 self.spawn_tool(def, fc_id, args);
                 Flow::Continue
@@ -904,6 +907,29 @@ impl Monitor {
                     .await
             }
         }
+    }
+
+    /// `send_dtmf`: the keys go out on the link itself ([`Link::send_dtmf`]; only GPT-Live can),
+    /// and the model gets `tools::dtmf_result`. The `tool_call` event carries no
+    /// arguments and the result only the number of keys: the keys may be a PIN.
+    async fn on_send_dtmf(
+        &mut self,
+        link: &mut dyn Link,
+        fc_id: &str,
+        name: &str,
+        args: &Value,
+    ) -> Flow {
+        self.event("tool_call", json!({ "name": name, "call_id": fc_id }))
+            .await;
+        let started = Instant::now();
+        let keys = args["digits"].as_str().unwrap_or_default();
+        let sent = match crate::calls::link::dtmf_keys(keys) {
+            Ok(keys) => link.send_dtmf(&keys).await,
+            Err(e) => Err(e),
+        };
+        let result = tools::dtmf_result(sent);
+        self.finish_tool(link, fc_id, name, result, started.elapsed())
+            .await
     }
 
     /// `transfer_to_human` and `end_call`: they act on the call itself.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which OpenAI API answers the call (<https://developers.openai.com/api/docs/guides/realtime-sip>,
 /// <https://developers.openai.com/api/docs/guides/voice-sip?api=live>).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Api {
     /// Realtime SIP: `realtime.call.incoming`, `/v1/realtime/calls/{call_id}/...`.
@@ -19,7 +19,7 @@ pub enum Api {
 }
 
 /// Where a call is in its life. Stored as the snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {
     /// Webhook verified, decision being made, `/accept` in flight.
@@ -140,7 +140,7 @@ impl std::fmt::Display for CallState {
 }
 
 /// Token usage summed over the call's `response.done` events (`response.usage`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Number of `response.done` events seen.
     pub responses: u64,
@@ -153,7 +153,7 @@ pub struct Usage {
 }
 
 /// The escalation of a call, if one happened. Every step is also in the call's event log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EscalationSummary {
     /// What triggered it: `caller_phrase`, `tool`, `dtmf` or `operator`.
     pub trigger: String,
@@ -183,7 +183,7 @@ fn default_action() -> String {
 
 /// The handover token minted for a `connect_refer` hand-off
 /// (`crate::escalation::connect`). Shown on the admin API only; never logged.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HandoverRecord {
     /// The 10-digit one-time token, when minting succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +197,7 @@ pub struct HandoverRecord {
 }
 
 /// HubSpot work done on escalation. Ids are set for whatever succeeded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CrmRecord {
     /// The caller's contact id (found by phone or created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,7 +212,7 @@ pub struct CrmRecord {
 
 /// One call as stored. `call_id` is OpenAI's opaque id (`rtc_...` for Realtime), or Twilio's
 /// `CallSid` (`CA...`) for [`Api::TwilioMedia`] calls.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallRecord {
     /// OpenAI's call id (or the Twilio `CallSid` on the media path), the primary key.
     pub call_id: String,
@@ -261,7 +261,7 @@ pub struct CallRecord {
 
 /// What the controller adds to a call around and after it: token details for the cost estimate,
 /// tool counts, the summary, values extracted from the transcript and the SMS follow-up.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AfterCall {
     /// Token counts by kind, summed over `response.done` (`usage.input_token_details`,
     /// `usage.output_token_details`); tokens whose kind the event did not give are in
@@ -287,7 +287,7 @@ pub struct AfterCall {
 }
 
 /// Token counts by kind (see [`AfterCall::tokens`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenDetail {
     /// `input_token_details.audio_tokens`, minus cached ones.
     pub audio_input: u64,
@@ -308,7 +308,7 @@ pub struct TokenDetail {
 }
 
 /// The summary of a call: why the caller called, how it ended, the facts worth keeping.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallSummary {
     /// Why the caller called, one sentence.
     pub intent: String,
@@ -322,7 +322,7 @@ pub struct CallSummary {
 }
 
 /// The cost estimate of a call's model usage (transcription is not included).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CostEstimate {
     /// The Realtime model priced.
     pub model: String,
@@ -335,7 +335,7 @@ pub struct CostEstimate {
 }
 
 /// What happened to the SMS follow-up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SmsFollowUp {
     /// `sent`, `skipped` (see `reason`), `opted_out` or `failed`.
     pub status: String,
@@ -350,7 +350,7 @@ pub struct SmsFollowUp {
 
 /// The Twilio Media Streams side of a bridged call (`crate::bridge`). The call's `call_id` is
 /// Twilio's `CallSid` (`CA…`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MediaInfo {
     /// `inbound` (Twilio called our voice webhook) or `outbound` (we placed the call through
     /// the Twilio REST API).
@@ -374,7 +374,7 @@ pub struct MediaInfo {
 /// μ-law bytes at 8 kHz (1 byte = 1 sample = 0.125 ms) on the Twilio side; times are
 /// microseconds from a message received to the resulting message(s) written to the other
 /// socket (see `crate::bridge::stats`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BridgeStats {
     /// Twilio `media` messages received with caller audio.
     pub frames_in: u64,
@@ -451,7 +451,7 @@ impl CallRecord {
 }
 
 /// Who spoke a transcript line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Speaker {
     /// The person on the phone (from `conversation.item.input_audio_transcription.completed`).
@@ -471,7 +471,7 @@ impl Speaker {
 }
 
 /// One line of a call's transcript.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TranscriptLine {
     /// The call this line belongs to.
     pub call_id: String,
@@ -487,7 +487,7 @@ pub struct TranscriptLine {
 
 /// One step in a call's life, kept in order: `webhook_received`, `accepted`, `escalation_triggered`,
 /// `refer_sent`, `transferred`, `error`, ...
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallEvent {
     /// The call this event belongs to.
     pub call_id: String,

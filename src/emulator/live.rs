@@ -34,8 +34,10 @@
 //!   `session.closed` `{reason, session, usage}`. Client events: `session.instructions.append`
 //!   (the agent says the quoted line in `content`, else the greeting the first time, else the
 //!   next reply), `response.create` (next reply), `response.item.create` with a
-//!   `function_call_output`; `session.start`, `session.input_audio.append` and anything else get
-//!   an `error` event.
+//!   `function_call_output`, `transport.dtmf.send` `{event, event_id?}` (one key of `0`-`9`,
+//!   `A`-`D`, `*`, `#`: recorded in [`LiveView::dtmf_sent`] and confirmed with
+//!   `transport.dtmf.sent` `{event, client_event_id}`, else an `error` `invalid_value`);
+//!   `session.start`, `session.input_audio.append` and anything else get an `error` event.
 //! - **Replay** (§7.2): on a reattach, events sent in the preceding 3 s are sent again with
 //!   their original `event_id`. A `drop` turn drops the connection without a close frame; the
 //!   script resumes after the controller reattaches. Whenever no connection is attached (the
@@ -144,6 +146,8 @@ pub struct LiveView {
     pub client_events: Vec<Value>,
     /// `(call_id, output)` of every `response.item.create` with a `function_call_output`.
     pub function_outputs: Vec<(String, String)>,
+    /// The keys of every accepted `transport.dtmf.send`, in order (e.g. `["4", "#"]`).
+    pub dtmf_sent: Vec<String>,
     /// What the agent said.
     pub agent_lines: Vec<String>,
     /// What the caller said.
@@ -520,6 +524,7 @@ fn insert_session(shared: &Shared, id: &str, script: Script, plan: OutboundPlan,
             hangup_count: 0,
             attach_connections: 0,
             client_events: Vec::new(),
+            dtmf_sent: Vec::new(),
             function_outputs: Vec::new(),
             agent_lines: Vec::new(),
             caller_lines: Vec::new(),
@@ -1014,6 +1019,33 @@ async fn connection(shared: Arc<Shared>, id: String, socket: WebSocket) {
                 }
                 "response.create" => {
                     let _ = reqs_tx.send(Req::Respond);
+                }
+                "transport.dtmf.send" => {
+                    // `openai.types.live.connect_client_event.TransportDtmfSend`: one key of
+                    // 0-9, A-D, * or #; every emulated session is a SIP call.
+                    let key = v["event"].as_str().unwrap_or_default();
+                    let valid = key.len() == 1
+                        && key
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || matches!(b, b'A'..=b'D' | b'*' | b'#'));
+                    if valid {
+                        shared.with(&id, |s| s.view.dtmf_sent.push(key.to_string()));
+                        shared.send(
+                            &id,
+                            json!({ "type": "transport.dtmf.sent", "event": key, "client_event_id": v["event_id"] }),
+                        );
+                    } else {
+                        shared.send(
+                            &id,
+                            json!({ "type": "error", "error": {
+                                "type": "invalid_request_error",
+                                "code": "invalid_value",
+                                "message": "event must be one of 0-9, A-D, * or #.",
+                                "param": "event",
+                                "client_event_id": v["event_id"],
+                            } }),
+                        );
+                    }
                 }
                 "response.item.create" if v["item"]["type"] == "function_call_output" => {
                     let call_id = v["item"]["call_id"].as_str().unwrap_or_default().to_string();

@@ -84,8 +84,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::tokens::{self, HandoverPayload, StreamGrant};
 use super::{
-    CallQuery, CreateOutcome, Lease, PurgeStats, Store, StoreError, api_name, lease_ttl_ms,
-    parse_api, parse_speaker,
+    CallQuery, CreateOutcome, Lease, Page, PurgeStats, Store, StoreError, api_name, lease_ttl_ms,
+    page_limit, page_of, page_position, parse_api, parse_speaker,
 };
 use crate::calls::record::{
     AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, TranscriptLine, Usage,
@@ -535,6 +535,36 @@ impl DynamoStore {
         get_n(&attrs, "last_seq")
     }
 
+    /// One query of partition `call_id` in `table` (or its LSI `index`) for `seq > after`, at
+    /// most `limit + 1` items in `seq` order, consistent; and whether DynamoDB stopped early
+    /// (`LastEvaluatedKey`, e.g. the 1 MB page cap), so more may follow.
+    async fn query_page(
+        &self,
+        table: &str,
+        index: Option<&str>,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, bool), StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(table)
+            .set_index_name(index.map(str::to_string))
+            .key_condition_expression("#pk = :pk AND #seq > :after")
+            .expression_attribute_names("#pk", "call_id")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_values(":pk", s(call_id))
+            .expression_attribute_values(":after", n(page_position(after)))
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("Query", table, e))?;
+        let more = out.last_evaluated_key.is_some();
+        Ok((out.items.unwrap_or_default(), more))
+    }
+
     /// Every item of partition `call_id` in `table`, keys only (`key_names`), consistent.
     async fn partition_keys(
         &self,
@@ -912,16 +942,26 @@ impl Store for DynamoStore {
         items
             .iter()
             .filter(|item| item.contains_key("seq"))
-            .map(|item| {
-                Ok(TranscriptLine {
-                    call_id: get_s(item, "call_id")?,
-                    speaker: parse_speaker(&get_s(item, "speaker")?)?,
-                    text: get_s(item, "text")?,
-                    at: from_ms(get_n(item, "at")?, "transcript at")?,
-                    item_id: get_opt_s(item, "item_id")?,
-                })
-            })
+            .map(|item| transcript_line(item).map(|(_, line)| line))
             .collect()
+    }
+
+    async fn transcript_page(
+        &self,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<TranscriptLine>, StoreError> {
+        let table = &self.tables.transcripts;
+        let limit = page_limit(limit);
+        let (items, more) = self
+            .query_page(table, Some("by_seq"), call_id, after, limit)
+            .await?;
+        let rows = items
+            .iter()
+            .map(transcript_line)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page_of(rows, limit, more))
     }
 
     async fn append_event(&self, event: &CallEvent) -> Result<(), StoreError> {
@@ -964,15 +1004,25 @@ impl Store for DynamoStore {
             .map_err(|e| sdk_err("Query", table, e))?;
         items
             .iter()
-            .map(|item| {
-                Ok(CallEvent {
-                    call_id: get_s(item, "call_id")?,
-                    at: from_ms(get_n(item, "at")?, "event at")?,
-                    kind: get_s(item, "kind")?,
-                    detail: from_json(&get_s(item, "detail")?, "event detail")?,
-                })
-            })
+            .map(|item| call_event(item).map(|(_, e)| e))
             .collect()
+    }
+
+    async fn events_page(
+        &self,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<CallEvent>, StoreError> {
+        let table = &self.tables.events;
+        let limit = page_limit(limit);
+        // `seq` 0 is the counter item: `> after` with after >= 0 never returns it.
+        let (items, more) = self.query_page(table, None, call_id, after, limit).await?;
+        let rows = items
+            .iter()
+            .map(call_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page_of(rows, limit, more))
     }
 
     async fn purge(
@@ -1570,6 +1620,33 @@ fn get_opt_n(item: &Item, name: &str) -> Result<Option<i64>, StoreError> {
             "attribute {name}: expected a number, got {other:?}"
         ))),
     }
+}
+
+/// A transcript item and its `seq`.
+fn transcript_line(item: &Item) -> Result<(u64, TranscriptLine), StoreError> {
+    Ok((
+        get_n(item, "seq")?.unsigned_abs(),
+        TranscriptLine {
+            call_id: get_s(item, "call_id")?,
+            speaker: parse_speaker(&get_s(item, "speaker")?)?,
+            text: get_s(item, "text")?,
+            at: from_ms(get_n(item, "at")?, "transcript at")?,
+            item_id: get_opt_s(item, "item_id")?,
+        },
+    ))
+}
+
+/// An event item and its `seq`.
+fn call_event(item: &Item) -> Result<(u64, CallEvent), StoreError> {
+    Ok((
+        get_n(item, "seq")?.unsigned_abs(),
+        CallEvent {
+            call_id: get_s(item, "call_id")?,
+            at: from_ms(get_n(item, "at")?, "event at")?,
+            kind: get_s(item, "kind")?,
+            detail: from_json(&get_s(item, "detail")?, "event detail")?,
+        },
+    ))
 }
 
 fn get_n(item: &Item, name: &str) -> Result<i64, StoreError> {

@@ -198,6 +198,24 @@ pub trait Store: Send + Sync + 'static {
     /// The events of `call_id` in the order they were appended.
     async fn events(&self, call_id: &str) -> Result<Vec<CallEvent>, StoreError>;
 
+    /// At most `limit` (capped at [`MAX_PAGE`], at least 1) transcript lines of `call_id` in
+    /// append order, starting after the position `after` (`None`: from the first line). Reads
+    /// never more than one page plus one row from the backend.
+    async fn transcript_page(
+        &self,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<TranscriptLine>, StoreError>;
+
+    /// Like [`Store::transcript_page`] for the events of `call_id`.
+    async fn events_page(
+        &self,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<CallEvent>, StoreError>;
+
     /// Removes webhook entries expired at `now`, and final calls created before `calls_before`
     /// together with their transcripts and events (retention).
     async fn purge(
@@ -389,6 +407,48 @@ pub trait Store: Send + Sync + 'static {
 /// claimed).
 pub fn sms_window_key(number: &str) -> String {
     format!("sms-followup:{number}")
+}
+
+/// Largest page [`Store::transcript_page`] and [`Store::events_page`] return.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of a call's transcript lines or events, in append order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// The position to pass as `after` for the next page; `None` when this page is the last.
+    /// Opaque to callers: a backend-specific, increasing position (SQLite row id, DynamoDB
+    /// `seq`), not an index.
+    pub next: Option<u64>,
+}
+
+/// A page position as the signed integer the backends store (SQLite row id, DynamoDB `seq`);
+/// `None` (before the first) is 0. Positions above `i64::MAX` cannot exist, so they read as
+/// "after everything".
+pub(crate) fn page_position(after: Option<u64>) -> i64 {
+    after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX))
+}
+
+/// `limit` clamped to `1..=MAX_PAGE`.
+pub(crate) fn page_limit(limit: usize) -> usize {
+    limit.clamp(1, MAX_PAGE)
+}
+
+/// The page of `rows` (each with its position, read with `limit + 1` as the backend limit):
+/// `next` is the last kept position when the extra row shows more follow.
+pub(crate) fn page_of<T>(mut rows: Vec<(u64, T)>, limit: usize, more: bool) -> Page<T> {
+    let more = more || rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more {
+        rows.last().map(|(pos, _)| *pos)
+    } else {
+        None
+    };
+    Page {
+        items: rows.into_iter().map(|(_, item)| item).collect(),
+        next,
+    }
 }
 
 pub(crate) fn lease_ttl_ms(ttl: chrono::Duration) -> Result<i64, StoreError> {

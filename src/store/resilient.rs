@@ -42,8 +42,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    CallQuery, CreateOutcome, HandoverPayload, Lease, PurgeStats, Store, StoreError, StreamGrant,
-    TakeoverCandidate,
+    CallQuery, CreateOutcome, HandoverPayload, Lease, Page, PurgeStats, Store, StoreError,
+    StreamGrant, TakeoverCandidate,
 };
 use crate::calls::record::{CallEvent, CallRecord, CallState, TranscriptLine};
 use crate::telemetry::names;
@@ -620,6 +620,30 @@ impl Store for ResilientStore {
             _ => None,
         }));
         Ok(events)
+    }
+
+    /// The stored page only: writes held during an outage have no store position yet and
+    /// appear in pages once they are written ([`Store::transcript`] includes them at once).
+    async fn transcript_page(
+        &self,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<TranscriptLine>, StoreError> {
+        self.shared
+            .inner
+            .transcript_page(call_id, after, limit)
+            .await
+    }
+
+    /// The stored page only, as [`ResilientStore::transcript_page`].
+    async fn events_page(
+        &self,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<CallEvent>, StoreError> {
+        self.shared.inner.events_page(call_id, after, limit).await
     }
 
     async fn purge(

@@ -84,8 +84,8 @@ use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
 use super::tokens::{self, HandoverPayload, StreamGrant};
 use super::{
-    CallQuery, CreateOutcome, Lease, PurgeStats, Store, StoreError, TakeoverCandidate, api_name,
-    lease_ttl_ms, parse_api, parse_speaker,
+    CallQuery, CreateOutcome, Lease, Page, PurgeStats, Store, StoreError, TakeoverCandidate,
+    api_name, lease_ttl_ms, page_limit, page_of, page_position, parse_api, parse_speaker,
 };
 use crate::calls::record::{
     AfterCall, CallEvent, CallRecord, CallState, EscalationSummary, MediaInfo, TranscriptLine,
@@ -915,6 +915,77 @@ fn get_call_on(conn: &Connection, call_id: &str) -> Result<Option<CallRecord>, S
     Ok(query_calls(conn, &sql, [call_id])?.into_iter().next())
 }
 
+/// Transcript lines of `call_id` with row id > `after`, in append order, at most `limit`
+/// (`-1`: all), each with its row id.
+fn transcript_rows(
+    conn: &Connection,
+    call_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(u64, TranscriptLine)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, speaker, text, at, item_id FROM transcript_lines
+             WHERE call_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )
+        .map_err(backend)?;
+    let mut rows = stmt
+        .query(params![call_id, after, limit])
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        let pos: i64 = row.get(0).map_err(backend)?;
+        let speaker: String = row.get(1).map_err(backend)?;
+        let at: i64 = row.get(3).map_err(backend)?;
+        out.push((
+            pos.unsigned_abs(),
+            TranscriptLine {
+                call_id: call_id.to_string(),
+                speaker: parse_speaker(&speaker)?,
+                text: row.get(2).map_err(backend)?,
+                at: from_ms(at, "transcript at")?,
+                item_id: row.get(4).map_err(backend)?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Events of `call_id` with row id > `after`, in append order, at most `limit` (`-1`: all),
+/// each with its row id.
+fn event_rows(
+    conn: &Connection,
+    call_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(u64, CallEvent)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, at, kind, detail FROM call_events
+             WHERE call_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )
+        .map_err(backend)?;
+    let mut rows = stmt
+        .query(params![call_id, after, limit])
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        let pos: i64 = row.get(0).map_err(backend)?;
+        let at: i64 = row.get(1).map_err(backend)?;
+        let detail: String = row.get(3).map_err(backend)?;
+        out.push((
+            pos.unsigned_abs(),
+            CallEvent {
+                call_id: call_id.to_string(),
+                at: from_ms(at, "event at")?,
+                kind: row.get(2).map_err(backend)?,
+                detail: from_json(&detail, "event detail")?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1176,29 +1247,25 @@ impl Store for SqliteStore {
 
     async fn transcript(&self, call_id: &str) -> Result<Vec<TranscriptLine>, StoreError> {
         let id = call_id.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT speaker, text, at, item_id FROM transcript_lines
-                     WHERE call_id = ?1 ORDER BY id",
-                )
-                .map_err(backend)?;
-            let mut rows = stmt.query([&id]).map_err(backend)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(backend)? {
-                let speaker: String = row.get(0).map_err(backend)?;
-                let at: i64 = row.get(2).map_err(backend)?;
-                out.push(TranscriptLine {
-                    call_id: id.clone(),
-                    speaker: parse_speaker(&speaker)?,
-                    text: row.get(1).map_err(backend)?,
-                    at: from_ms(at, "transcript at")?,
-                    item_id: row.get(3).map_err(backend)?,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        let rows = self
+            .read(move |conn| transcript_rows(conn, &id, 0, -1))
+            .await?;
+        Ok(rows.into_iter().map(|(_, line)| line).collect())
+    }
+
+    async fn transcript_page(
+        &self,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<TranscriptLine>, StoreError> {
+        let id = call_id.to_string();
+        let limit = page_limit(limit);
+        let after = page_position(after);
+        let rows = self
+            .read(move |conn| transcript_rows(conn, &id, after, limit as i64 + 1))
+            .await?;
+        Ok(page_of(rows, limit, false))
     }
 
     async fn append_event(&self, event: &CallEvent) -> Result<(), StoreError> {
@@ -1219,27 +1286,23 @@ impl Store for SqliteStore {
 
     async fn events(&self, call_id: &str) -> Result<Vec<CallEvent>, StoreError> {
         let id = call_id.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT at, kind, detail FROM call_events WHERE call_id = ?1 ORDER BY id",
-                )
-                .map_err(backend)?;
-            let mut rows = stmt.query([&id]).map_err(backend)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(backend)? {
-                let at: i64 = row.get(0).map_err(backend)?;
-                let detail: String = row.get(2).map_err(backend)?;
-                out.push(CallEvent {
-                    call_id: id.clone(),
-                    at: from_ms(at, "event at")?,
-                    kind: row.get(1).map_err(backend)?,
-                    detail: from_json(&detail, "event detail")?,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        let rows = self.read(move |conn| event_rows(conn, &id, 0, -1)).await?;
+        Ok(rows.into_iter().map(|(_, event)| event).collect())
+    }
+
+    async fn events_page(
+        &self,
+        call_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<CallEvent>, StoreError> {
+        let id = call_id.to_string();
+        let limit = page_limit(limit);
+        let after = page_position(after);
+        let rows = self
+            .read(move |conn| event_rows(conn, &id, after, limit as i64 + 1))
+            .await?;
+        Ok(page_of(rows, limit, false))
     }
 
     async fn purge(

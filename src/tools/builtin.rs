@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `transfer_to_human` | escalates (the monitor runs the hand-off); offered whenever escalation is enabled |
 //! | `end_call` | hangs up after the goodbye; always offered |
-//! | `send_dtmf` | **unsupported on both paths**, so the model gets `{"error":{"code":"unsupported",...}}`. SIP: OpenAI documents no sideband event that injects DTMF into a SIP call (openai.md §6.2 lists every client event). Twilio media path: DTMF cannot be sent over the Media Streams socket; only a REST call update with `<Play digits>` can (twilio.md "DTMF", §5.1), and replacing the call's TwiML ends the `<Connect><Stream>` and with it the AI leg |
+//! | `send_dtmf` | GPT-Live calls (`api = "live"`, inbound or outbound SIP): the monitor sends one `transport.dtmf.send` client event per key ([`crate::calls::link::Link::send_dtmf`], keys `0`-`9` `*` `#` `A`-`D`, at most 32 per call of the tool) and the model gets `{"status":"sent","keys":N}`. **Unsupported** on Realtime SIP calls and the Twilio media path (`{"error":{"code":"unsupported",...}}`): the Realtime sideband has no client event that injects DTMF into a SIP call (the `openai` SDK's `openai.types.realtime` client events), and the Media Streams socket cannot carry DTMF; only a REST call update with `<Play digits>` can, and replacing the call's TwiML ends the `<Connect><Stream>` and with it the AI leg (the outbound issue) |
 //! | `create_ticket` | HubSpot (when `[hubspot] enabled` and `HUBSPOT_TOKEN` is set): finds or creates the contact with the caller's number, creates a ticket associated with it |
 //! | `lookup_call_history` | the caller's previous calls in our store (newest first): date, profile, outcome and summary. Reads the newest 1000 records with `list_calls` and filters them in memory — there is no by-caller index yet |
 
@@ -152,19 +152,45 @@ pub(crate) async fn run(
             "this tool acts on the live call and only runs during a call",
             Some(format!("{} runs in the call monitor", builtin.name())),
         ),
-        Builtin::SendDtmf => ToolResult::error(
+        // The monitor sends DTMF itself ([`dtmf_result`]); here (no call, e.g. `tool test`)
+        // there is nothing to send it on.
+        Builtin::SendDtmf => dtmf_result(Err(crate::calls::link::DtmfError::Unsupported)),
+        Builtin::CreateTicket => create_ticket(args, call, services).await,
+        Builtin::LookupCallHistory => lookup_call_history(args, call, services).await,
+    }
+}
+
+/// The `send_dtmf` result the model gets for what [`crate::calls::link::Link::send_dtmf`]
+/// returned: `{"status":"sent","keys":N}` (the keys themselves are not repeated: they may be a
+/// PIN), or an error object (`unsupported`, `invalid_keys`, `dtmf_failed`).
+pub(crate) fn dtmf_result(sent: Result<usize, crate::calls::link::DtmfError>) -> ToolResult {
+    use crate::calls::link::DtmfError;
+    match sent {
+        Ok(n) => ToolResult::ok(json!({ "status": "sent", "keys": n })),
+        Err(DtmfError::Unsupported) => ToolResult::error(
             Outcome::Unsupported,
             "unsupported",
             "Sending key tones is not possible on this call. Do not try again; tell the caller \
              what to press themselves if they need to, or continue without it.",
             Some(
-                "no sideband event injects DTMF into a SIP call; on Twilio only a TwiML update \
-                 (<Play digits>) can, which would end the media stream"
+                "only GPT-Live SIP calls can send DTMF; the Realtime sideband has no such event \
+                 and on Twilio only a TwiML update (<Play digits>) can, which would end the \
+                 media stream"
                     .into(),
             ),
         ),
-        Builtin::CreateTicket => create_ticket(args, call, services).await,
-        Builtin::LookupCallHistory => lookup_call_history(args, call, services).await,
+        Err(DtmfError::Invalid(why)) => ToolResult::error(
+            Outcome::Failed,
+            "invalid_keys",
+            "Only the keys 0-9, *, # and A-D can be sent, at most 32 at a time.",
+            Some(why),
+        ),
+        Err(e @ DtmfError::Send(_)) => ToolResult::error(
+            Outcome::Failed,
+            "dtmf_failed",
+            "The key tones could not be sent. Try once more, or continue without them.",
+            Some(e.to_string()),
+        ),
     }
 }
 

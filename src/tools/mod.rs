@@ -72,6 +72,7 @@ mod run;
 mod spec;
 pub mod template;
 
+pub(crate) use builtin::dtmf_result;
 pub use builtin::{
     Builtin, HISTORY_SCAN_LIMIT, TOOL_CREATE_TICKET, TOOL_LOOKUP_CALL_HISTORY, TOOL_SEND_DTMF,
 };

@@ -3,9 +3,11 @@
 //!
 //! Sources: <https://www.twilio.com/docs/usage/webhooks/webhooks-security> and
 //! <https://www.twilio.com/docs/usage/security> (algorithm, URL normalisation, test vectors),
-//! twilio-python `twilio/request_validator.py` and twilio-node `src/webhooks/webhooks.ts` (the
-//! official libraries' port and `bodySHA256` quirks), and
-//! <https://www.twilio.com/docs/voice/twiml/stream> (the WebSocket upgrade is signed too).
+//! "Sign webhooks with shared keys" (<https://www.twilio.com/docs/usage/webhooks/webhook-shared-keys>),
+//! twilio-python `twilio/request_validator.py` (`RequestValidator`, `get_signature_algorithm`,
+//! 9.13.0) and twilio-node `src/webhooks/webhooks.ts` (the official libraries' port and
+//! `bodySHA256` quirks), and <https://www.twilio.com/docs/voice/twiml/stream> (the WebSocket
+//! upgrade is signed too).
 //!
 //! The signature is `base64(HMAC-SHA1(auth_token, data))` (standard alphabet, padded), where
 //! `data` is the full URL Twilio requested (scheme, host, path and query string, exactly as
@@ -14,16 +16,30 @@
 //! *distinct* values once, in sorted order (twilio-python `compute_signature`,
 //! `sorted(set(values))`; twilio-node `Array.from(new Set(values)).sort()`).
 //!
-//! Validation follows twilio-python and twilio-node (§2.4): Twilio's back end is inconsistent
+//! Validation follows twilio-python and twilio-node: Twilio's back end is inconsistent
 //! about the port, so the signature is accepted if it matches the URL **without** the port, or
 //! **with** the scheme's default port added (`:443` for `https`/`wss`, `:80` for `http`/`ws`) when
-//! the URL has none. `user:pass@` credentials are dropped before signing (§2.2). The URL is never
+//! the URL has none. `user:pass@` credentials are dropped before signing. The URL is never
 //! re-serialised: path and query are used byte for byte as given, so there is no
 //! "legacy querystring" variant to try (twilio-node's third and fourth URLs exist only because it
 //! re-encodes the query). Comparison is constant time ([`subtle`]).
 //!
 //! Build the URL from a configured public base URL plus the request's path and query, not from
-//! the `Host` header: proxies and TLS terminators change scheme, host or port (§2.2).
+//! the `Host` header: proxies and TLS terminators change scheme, host or port.
+//!
+//! **Shared-key signing (HMAC-SHA256).** An account can make Twilio sign a webhook with a
+//! SharedKey it created instead of the Auth Token (a Webhook Setting applied by a Webhook Rule,
+//! Twilio's Webhooks configuration API, public beta). Such a request carries
+//! [`SETTINGS_HEADER`] `X-Twilio-Webhooks-Signature-Settings: key=<SharedKey id>,algorithm=HMAC_SHA256`,
+//! and `X-Twilio-Signature` is then `base64(HMAC-<algorithm>(shared key secret, data))` over the
+//! same `data` (URL plus sorted parameters; only the hash and the key change). Twilio's pages do
+//! not spell out the header grammar, so [`Scheme::for_request`] does what the `twilio` Python
+//! library (`get_signature_algorithm`, `RequestValidator.validate(..., algorithm)`) and
+//! twilio-node (`getSignatureAlgorithm`, `webhook({sharedKeySecret})`) do: the header absent or
+//! empty means the Auth Token with HMAC-SHA1; present, it means the shared key with the
+//! `algorithm=` it names (`HMAC_SHA1` when it names none; case-insensitive), and an unknown
+//! algorithm fails. Unlike twilio-node (which answers 500), a header that arrives while no shared
+//! key is configured fails validation (fail closed, 403).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -35,12 +51,108 @@ use subtle::ConstantTimeEq;
 use crate::config::Secret;
 
 type HmacSha1 = Hmac<Sha1>;
+type HmacSha256 = Hmac<Sha256>;
 
 /// Name of the HTTP header carrying the signature (case-insensitive on the wire).
 pub const HEADER: &str = "X-Twilio-Signature";
 
+/// Header Twilio adds to webhooks signed with a SharedKey: `key=<SharedKey id>,algorithm=<name>`
+/// (twilio-python `SIGNATURE_SETTINGS_HEADER`).
+pub const SETTINGS_HEADER: &str = "X-Twilio-Webhooks-Signature-Settings";
+
+/// The HMAC of a signature (the `algorithm=` of [`SETTINGS_HEADER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `HMAC_SHA1`: the classic Auth Token signature, 20-byte digest (28 base64 characters).
+    HmacSha1,
+    /// `HMAC_SHA256`: shared-key signing, 32-byte digest (44 base64 characters).
+    HmacSha256,
+}
+
+impl Algorithm {
+    /// The name Twilio uses in [`SETTINGS_HEADER`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HmacSha1 => "HMAC_SHA1",
+            Algorithm::HmacSha256 => "HMAC_SHA256",
+        }
+    }
+}
+
+/// Why a request's signature scheme cannot be checked (the request must be refused).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemeError {
+    /// [`SETTINGS_HEADER`] names an algorithm we do not know (the name, at most 32 characters).
+    #[error("unsupported webhook signature algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+    /// [`SETTINGS_HEADER`] is present but no shared key is configured.
+    #[error("{SETTINGS_HEADER} present but no Twilio webhook shared key is configured")]
+    NoSharedKey,
+}
+
+/// The key and HMAC a request was signed with.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheme<'a> {
+    /// The Auth Token or the shared key secret.
+    pub key: &'a Secret,
+    /// The HMAC.
+    pub algorithm: Algorithm,
+}
+
+impl<'a> Scheme<'a> {
+    /// The scheme for a request whose [`SETTINGS_HEADER`] value is `settings` (`None` when
+    /// absent): absent or blank, the Auth Token with HMAC-SHA1; otherwise the shared key with the
+    /// header's `algorithm=` (default `HMAC_SHA1`, names compared case-insensitively, other
+    /// `name=value` parts such as `key=` ignored).
+    ///
+    /// # Errors
+    /// [`SchemeError::NoSharedKey`] when the header is present and `shared_key` is `None` (or
+    /// blank), [`SchemeError::UnsupportedAlgorithm`] for an algorithm other than `HMAC_SHA1` and
+    /// `HMAC_SHA256`.
+    pub fn for_request(
+        settings: Option<&str>,
+        auth_token: &'a Secret,
+        shared_key: Option<&'a Secret>,
+    ) -> Result<Self, SchemeError> {
+        let Some(settings) = settings.filter(|s| !s.trim().is_empty()) else {
+            return Ok(Self {
+                key: auth_token,
+                algorithm: Algorithm::HmacSha1,
+            });
+        };
+        let name = settings
+            .split(',')
+            .filter_map(|part| part.split_once('='))
+            .find(|(n, v)| n.trim() == "algorithm" && !v.trim().is_empty())
+            .map_or("HMAC_SHA1", |(_, v)| v.trim());
+        let algorithm = if name.eq_ignore_ascii_case("HMAC_SHA1") {
+            Algorithm::HmacSha1
+        } else if name.eq_ignore_ascii_case("HMAC_SHA256") {
+            Algorithm::HmacSha256
+        } else {
+            return Err(SchemeError::UnsupportedAlgorithm(
+                name.chars().take(32).collect(),
+            ));
+        };
+        let key = shared_key
+            .filter(|k| !k.expose().trim().is_empty())
+            .ok_or(SchemeError::NoSharedKey)?;
+        Ok(Self { key, algorithm })
+    }
+
+    /// [`validate_with`] under this scheme.
+    pub fn validate(&self, url: &str, params: &[(String, String)], signature: &str) -> bool {
+        validate_with(self.algorithm, self.key, url, params, signature)
+    }
+
+    /// [`validate_websocket_with`] under this scheme.
+    pub fn validate_websocket(&self, url: &str, signature: &str) -> bool {
+        validate_websocket_with(self.algorithm, self.key, url, signature)
+    }
+}
+
 /// Name of the query parameter Twilio adds to JSON-bodied webhooks: the lowercase hex SHA-256 of
-/// the raw body (§2.1 step 5).
+/// the raw body.
 pub const BODY_SHA256_PARAM: &str = "bodySHA256";
 
 /// The `X-Twilio-Signature` value Twilio would send for `url` (used exactly as given: no port or
@@ -50,18 +162,40 @@ pub const BODY_SHA256_PARAM: &str = "bodySHA256";
 /// For a GET, a JSON-bodied POST (the URL then carries `bodySHA256`) or a WebSocket upgrade, pass
 /// no params. Returns base64 of the 20-byte HMAC-SHA1 digest (28 characters).
 pub fn sign(auth_token: &Secret, url: &str, params: &[(String, String)]) -> String {
-    let mut mac =
-        HmacSha1::new_from_slice(auth_token.expose().as_bytes()).expect("HMAC takes any key");
-    mac.update(url.as_bytes());
-    for (name, value) in canonical_params(params) {
-        mac.update(name.as_bytes());
-        mac.update(value.as_bytes());
+    sign_with(Algorithm::HmacSha1, auth_token, url, params)
+}
+
+/// Like [`sign`] with the HMAC `algorithm` and `key` (the Auth Token, or the shared key secret
+/// for [`Algorithm::HmacSha256`] / shared-key signing). Base64 of the digest: 28 characters for
+/// SHA-1, 44 for SHA-256.
+pub fn sign_with(
+    algorithm: Algorithm,
+    key: &Secret,
+    url: &str,
+    params: &[(String, String)],
+) -> String {
+    fn digest<M: Mac + hmac::digest::KeyInit>(
+        key: &Secret,
+        url: &str,
+        params: &[(String, String)],
+    ) -> String {
+        let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key.expose().as_bytes())
+            .expect("HMAC takes any key");
+        mac.update(url.as_bytes());
+        for (name, value) in canonical_params(params) {
+            mac.update(name.as_bytes());
+            mac.update(value.as_bytes());
+        }
+        B64.encode(mac.finalize().into_bytes())
     }
-    B64.encode(mac.finalize().into_bytes())
+    match algorithm {
+        Algorithm::HmacSha1 => digest::<HmacSha1>(key, url, params),
+        Algorithm::HmacSha256 => digest::<HmacSha256>(key, url, params),
+    }
 }
 
 /// The parameters in signing order: names sorted in byte order; each name's distinct values
-/// sorted in byte order (duplicates dropped, §2.3 "Multi-valued params").
+/// sorted in byte order (duplicates dropped,  "Multi-valued params").
 fn canonical_params(params: &[(String, String)]) -> Vec<(&str, &str)> {
     let mut pairs: Vec<(&str, &str)> = params
         .iter()
@@ -74,7 +208,7 @@ fn canonical_params(params: &[(String, String)]) -> Vec<(&str, &str)> {
 
 /// Validates a form-encoded webhook (or a GET, with no params): true if `signature` (the
 /// `X-Twilio-Signature` header value) matches `url` without its port or with the default port
-/// added, and `params` (all received POST parameters, never a fixed list, §2.2).
+/// added, and `params` (all received POST parameters, never a fixed list, ).
 ///
 /// `url` must be the full public URL Twilio requested, query string included. Constant time per
 /// candidate URL.
@@ -84,15 +218,26 @@ pub fn validate(
     params: &[(String, String)],
     signature: &str,
 ) -> bool {
+    validate_with(Algorithm::HmacSha1, auth_token, url, params, signature)
+}
+
+/// Like [`validate`] with the HMAC `algorithm` and `key` ([`Scheme::for_request`] picks them).
+pub fn validate_with(
+    algorithm: Algorithm,
+    key: &Secret,
+    url: &str,
+    params: &[(String, String)],
+    signature: &str,
+) -> bool {
     let mut ok = false;
     for candidate in url_candidates(url) {
         // No short-circuit: every candidate is computed and compared.
-        ok |= constant_time_eq(&sign(auth_token, &candidate, params), signature);
+        ok |= constant_time_eq(&sign_with(algorithm, key, &candidate, params), signature);
     }
     ok
 }
 
-/// Validates a JSON-bodied webhook (§2.1 step 5, §2.4): `url` must carry the `bodySHA256` query
+/// Validates a JSON-bodied webhook (): `url` must carry the `bodySHA256` query
 /// parameter; it must equal the lowercase hex SHA-256 of `body` (the raw bytes as received), and
 /// `signature` must match `url` (port variants as in [`validate`]) with **no** parameters
 /// appended.
@@ -107,14 +252,24 @@ pub fn validate_body_sha256(auth_token: &Secret, url: &str, body: &[u8], signatu
     body_ok & sig_ok
 }
 
-/// Validates the signature on a Media Streams WebSocket upgrade (a GET; §1.7): computed over the
+/// Validates the signature on a Media Streams WebSocket upgrade (a GET; ): computed over the
 /// `wss://` URL exactly as written in the TwiML `<Stream url>`, with no params and no body.
 /// Twilio's security page adds: if that fails, try again with a trailing `/` appended, which this
 /// does (port variants as in [`validate`] for both).
 pub fn validate_websocket(auth_token: &Secret, url: &str, signature: &str) -> bool {
-    let mut ok = validate(auth_token, url, &[], signature);
+    validate_websocket_with(Algorithm::HmacSha1, auth_token, url, signature)
+}
+
+/// Like [`validate_websocket`] with the HMAC `algorithm` and `key`.
+pub fn validate_websocket_with(
+    algorithm: Algorithm,
+    key: &Secret,
+    url: &str,
+    signature: &str,
+) -> bool {
+    let mut ok = validate_with(algorithm, key, url, &[], signature);
     if !url.ends_with('/') {
-        ok |= validate(auth_token, &format!("{url}/"), &[], signature);
+        ok |= validate_with(algorithm, key, &format!("{url}/"), &[], signature);
     }
     ok
 }
@@ -163,7 +318,7 @@ pub fn verify_call_sid_binding(auth_token: &Secret, call_sid: &str, binding: &st
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Decodes an `application/x-www-form-urlencoded` body into name/value pairs in wire order,
-/// repeated names kept, values not trimmed (§2.2 warns about frameworks that trim). Feed the
+/// repeated names kept, values not trimmed ( warns about frameworks that trim). Feed the
 /// result to [`validate`].
 pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body).into_owned().collect()

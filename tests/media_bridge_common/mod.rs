@@ -80,6 +80,14 @@ pub struct MediaHarness {
 
 /// Starts everything; `adjust` may change the config (the `[twilio]` section is already set).
 pub async fn start(adjust: impl FnOnce(&mut Config)) -> MediaHarness {
+    start_with_secrets(adjust, |_| {}).await
+}
+
+/// Like [`start`]; `adjust_secrets` may change the secrets (the Twilio Auth Token is set).
+pub async fn start_with_secrets(
+    adjust: impl FnOnce(&mut Config),
+    adjust_secrets: impl FnOnce(&mut voxmachina::config::Secrets),
+) -> MediaHarness {
     let emulator = Emulator::start(EmulatorConfig {
         api_key: API_KEY.to_string(),
     })
@@ -100,6 +108,7 @@ pub async fn start(adjust: impl FnOnce(&mut Config)) -> MediaHarness {
     adjust(&mut config);
     let mut secrets = test_secrets();
     secrets.twilio_auth_token = Some(twilio.auth_token());
+    adjust_secrets(&mut secrets);
     let server = app::start(config, secrets).await.unwrap();
     MediaHarness {
         h: Harness {

@@ -86,6 +86,7 @@ pub fn test_secrets() -> Secrets {
         webhook_secret: Secret::new(webhook_secret()),
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         twilio_auth_token: None,
+        twilio_webhook_shared_key: None,
         hubspot_token: None,
     }
 }

@@ -27,8 +27,8 @@ use voxmachina::calls::record::{
 };
 use voxmachina::store::tokens::{is_stream_token, is_token};
 use voxmachina::store::{
-    CallQuery, CreateOutcome, HandoverPayload, Lease, PurgeStats, Store, StoreError, StreamGrant,
-    TakeoverCandidate,
+    CallQuery, CreateOutcome, HandoverPayload, Lease, MAX_PAGE, Page, PurgeStats, Store,
+    StoreError, StreamGrant, TakeoverCandidate,
 };
 
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$fresh`
@@ -69,6 +69,7 @@ macro_rules! store_conformance_tests {
             transcript_order_and_replay_dedupe,
             transcript_unknown_call_is_empty,
             events_order_and_detail_round_trip,
+            transcript_and_events_pages,
             purge_removes_expired_webhooks_and_old_final_calls,
             ping_answers,
             token_mint_peek_redeem_once,
@@ -1001,6 +1002,108 @@ pub async fn events_order_and_detail_round_trip(store: Arc<dyn Store>) {
 
     assert_eq!(store.events(&call).await.unwrap(), evs);
     assert_eq!(store.events(&other).await.unwrap(), vec![o]);
+}
+
+/// Paged reads: pages of `limit` in append order, the cursor (`next`) continues exactly where
+/// the last page stopped, the last page has no cursor, other calls never leak in, replayed
+/// lines are not counted, `limit` is clamped to `1..=MAX_PAGE`, and a position past the end
+/// reads as empty.
+pub async fn transcript_and_events_pages(store: Arc<dyn Store>) {
+    let t = window();
+    let call = uniq("page");
+    let other = uniq("page-other");
+    create(&store, &record(&call, CallState::Active, t)).await;
+    let mut lines = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..7 {
+        let l = line(
+            &call,
+            Speaker::Caller,
+            &format!("line {i}"),
+            t + secs(i),
+            Some(&format!("item_{i}")),
+        );
+        store.append_transcript(&l).await.unwrap();
+        // A replay between the lines takes no slot in the pages.
+        store.append_transcript(&l).await.unwrap();
+        store
+            .append_transcript(&line(&other, Speaker::Agent, "x", t, None))
+            .await
+            .unwrap();
+        lines.push(l);
+        let e = CallEvent {
+            call_id: call.clone(),
+            at: t + secs(i),
+            kind: format!("kind_{i}"),
+            detail: json!({ "i": i }),
+        };
+        store.append_event(&e).await.unwrap();
+        store
+            .append_event(&CallEvent::new(&other, "other", json!(null)))
+            .await
+            .unwrap();
+        events.push(e);
+    }
+    async fn all<T, F, Fut>(read: F, limit: usize) -> (Vec<T>, Vec<usize>)
+    where
+        F: Fn(Option<u64>, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<Page<T>, StoreError>>,
+    {
+        let (mut items, mut sizes, mut after) = (Vec::new(), Vec::new(), None);
+        loop {
+            let page = read(after, limit).await.unwrap();
+            sizes.push(page.items.len());
+            items.extend(page.items);
+            match page.next {
+                Some(next) => {
+                    assert!(after.is_none_or(|a| next > a), "the cursor moves forward");
+                    after = Some(next);
+                }
+                None => return (items, sizes),
+            }
+            assert!(sizes.len() <= 10, "paging terminates");
+        }
+    }
+    let tx = |after, limit| {
+        let store = store.clone();
+        let call = call.clone();
+        async move { store.transcript_page(&call, after, limit).await }
+    };
+    let ev = |after, limit| {
+        let store = store.clone();
+        let call = call.clone();
+        async move { store.events_page(&call, after, limit).await }
+    };
+    let (got, sizes) = all(tx, 3).await;
+    assert_eq!(got, lines);
+    assert_eq!(sizes, [3, 3, 1]);
+    let (got, sizes) = all(ev, 3).await;
+    assert_eq!(got, events);
+    assert_eq!(sizes, [3, 3, 1]);
+    // Exactly one full page: no cursor (nothing follows), or a cursor to an empty page.
+    let (got, _) = all(tx, 7).await;
+    assert_eq!(got, lines);
+    let first = store.transcript_page(&call, None, 7).await.unwrap();
+    assert_eq!(first.items, lines);
+    assert_eq!(first.next, None, "the row after the page is read to know");
+    // limit 0 reads one; a huge limit is capped.
+    let one = store.events_page(&call, None, 0).await.unwrap();
+    assert_eq!(one.items, events[..1]);
+    assert!(one.next.is_some());
+    let capped = store.events_page(&call, None, usize::MAX).await.unwrap();
+    assert_eq!((capped.items.len(), capped.next), (7, None));
+    const { assert!(MAX_PAGE >= 7) };
+    // Past the end, and an unknown call.
+    let end = store
+        .transcript_page(&call, Some(u64::MAX), 5)
+        .await
+        .unwrap();
+    assert_eq!((end.items.len(), end.next), (0, None));
+    let none = store
+        .events_page(&uniq("page-nobody"), None, 5)
+        .await
+        .unwrap();
+    assert_eq!((none.items.len(), none.next), (0, None));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,18 @@
 //! | `conversation.item.create` with a `function_call_output` item | `response.item.create` with the same item |
 //! | `response.cancel` | nothing (Live has no cancel; the pending response is reported done) |
 //! | an out-of-band `response.create` (`conversation: "none"`, the model summary) | refused: [`Link::send`] errs, so the transcript summary is used |
+//! | [`Link::send_dtmf`] (the `send_dtmf` tool) | one `transport.dtmf.send` `{event_id, event}` per key, in order |
+//!
+//! **DTMF out.** The `openai` SDK types `transport.dtmf.send` as a Live client event
+//! (`openai.types.live.connect_client_event.TransportDtmfSend`: `{type, event, event_id?}`):
+//! "Send one DTMF keypress to the SIP trunk through a Live sideband connection. This command is
+//! supported only for SIP calls. [...] Send separate events for multiple keypresses." `event` is
+//! one of `0`–`9`, `A`–`D`, `*`, `#`. Success is reported as `transport.dtmf.sent`
+//! `{event, client_event_id}` and a failure as an `error` whose `error.client_event_id` is our
+//! `event_id` (both reach the monitor unchanged and are logged). Neither the SDK nor the guides
+//! document pacing (tone length, gap between keys) or a pause key, so the keys are sent back to
+//! back, each as its own event, and the platform times the tones on the SIP leg; a menu that
+//! needs a pause gets two tool calls.
 //!
 //! Live has no `response.created`/`response.done` (§7.4). For each response the monitor asks
 //! for, the link reports `response.created` at once and `response.done` when the agent's next
@@ -44,7 +56,9 @@ use tracing::debug;
 
 use super::control::LiveControl;
 use super::stitch::{Line, Stitcher};
-use crate::calls::link::{CallActions, Link, LinkEvent, ReconnectError, connect_with_backoff};
+use crate::calls::link::{
+    CallActions, DtmfError, Link, LinkEvent, ReconnectError, connect_with_backoff, dtmf_keys,
+};
 use crate::calls::record::Speaker;
 use crate::config::MonitorConfig;
 use crate::openai::sideband::{self, SidebandError, SidebandStream};
@@ -401,6 +415,26 @@ impl Link for LiveLink {
         if let Some(mut ws) = self.ws.take() {
             let _ = ws.close(None).await;
         }
+    }
+
+    async fn send_dtmf(&mut self, keys: &str) -> Result<usize, DtmfError> {
+        let keys = dtmf_keys(keys)?;
+        let mut sent = 0;
+        for key in keys.chars() {
+            let event = json!({
+                "type": "transport.dtmf.send",
+                "event_id": self.fresh_id("vox_dtmf"),
+                "event": key.to_string(),
+            });
+            let Some(ws) = self.ws.as_mut() else {
+                return Err(DtmfError::Send("attach sideband is closed".into()));
+            };
+            ws.send(Message::text(event.to_string()))
+                .await
+                .map_err(|e| DtmfError::Send(format!("after {sent} keys: {e}")))?;
+            sent += 1;
+        }
+        Ok(sent)
     }
 
     async fn await_end(&mut self) -> Option<String> {
