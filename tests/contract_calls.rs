@@ -95,6 +95,7 @@ enabled = false
         r#"name = "contract-live-tools"
 api = "live"
 tools_base_url = "{base}"
+tools_allow_private_hosts = ["127.0.0.1"]
 [match]
 dialed = ["+18005550184"]
 [escalation]
@@ -138,7 +139,11 @@ fn write_prompts(dest: &Path, base: &str) {
                 .lines()
                 .map(|l| {
                     if l.starts_with("tools_base_url = ") {
-                        format!("tools_base_url = \"{base}\"")
+                        // The tool server runs on loopback: allowed by name, as an operator
+                        // would allow an internal host.
+                        format!(
+                            "tools_base_url = \"{base}\"\ntools_allow_private_hosts = [\"127.0.0.1\"]"
+                        )
                     } else {
                         l.to_string()
                     }

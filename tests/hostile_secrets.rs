@@ -38,6 +38,7 @@ fn tool_profile(base: &str) -> String {
 default = true
 greeting = "Greet the caller."
 tools_base_url = "{base}"
+tools_allow_private_hosts = ["127.0.0.1"]
 
 [[tools]]
 name = "lookup_order"

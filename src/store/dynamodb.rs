@@ -220,9 +220,13 @@ impl DynamoStore {
     /// A client for a local engine (moto, dynalite, DynamoDB Local) at `endpoint_url`, with
     /// fixed dummy credentials and `region`, reading no environment or profile
     /// (`aws_sdk_dynamodb::Config::builder` with `endpoint_url`, no `aws-config`). For tests and
-    /// benchmarks.
+    /// benchmarks. The SDK's stalled-stream protection (a connection moving under 1 B/s for its
+    /// 5 s grace fails the request) is off: a local engine such as moto is one Python process
+    /// that pauses under a loaded test machine, which is not a network stall.
     pub fn local_client(endpoint_url: &str, region: &str) -> Client {
-        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        use aws_sdk_dynamodb::config::{
+            BehaviorVersion, Credentials, Region, StalledStreamProtectionConfig,
+        };
         let conf = aws_sdk_dynamodb::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
@@ -234,6 +238,7 @@ impl DynamoStore {
                 "voxmachina-local",
             ))
             .endpoint_url(endpoint_url)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .build();
         Client::from_conf(conf)
     }
