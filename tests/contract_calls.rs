@@ -464,6 +464,13 @@ async fn whole_calls_record_every_message_for_the_sdk_contract_checks() {
         .from("<sip:+14155550123@pstn.twilio.com>;tag=t1")
         .to("<sip:+18005550181@sip.api.openai.com>")
         .header("X-Twilio-CallSid", &parent)
+        // The binding our `<Dial><Sip>` URI carries next to the CallSid (only a bound CallSid
+        // is trusted as the parent call).
+        .header(
+            voxmachina::escalation::twilio_dial::CALL_SID_BINDING_HEADER,
+            &voxmachina::twilio::signature::call_sid_binding(&env.twilio.auth_token(), &parent)
+                .expect("a non-empty auth token binds"),
+        )
         .auto_reply(false)
         .greeting_wait_ms(300)
         .tool("transfer_to_human", json!({"reason": "billing dispute"}))
