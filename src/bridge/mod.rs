@@ -88,7 +88,7 @@ pub const MEDIA_PATH: &str = "/twilio/media";
 pub const STATUS_PATH: &str = "/twilio/status";
 
 /// `<Parameter>` names the bridge puts on its `<Stream>` and reads back from
-/// `start.customParameters` (twilio.md §1.1).
+/// `start.customParameters` (Twilio's `<Stream>` TwiML docs).
 pub mod params {
     /// The prompt profile chosen for the call.
     pub const PROFILE: &str = "profile";

@@ -33,8 +33,9 @@ use crate::twilio::twiml::{Dial, Number, Response, SipTarget, TwimlError};
 pub const CALL_SID_HEADER: &str = "X-Twilio-CallSid";
 
 /// Pauses before the token in `sendDigits`: `w` = 0.5 s each, 2 s in all, so the digits land in
-/// the contact flow's Store customer input block rather than during its greeting (twilio.md
-/// §5.2 timing caveat; tune against the flow, twilio.md §7).
+/// the contact flow's Store customer input block rather than during its greeting (TwiML
+/// `<Number sendDigits>` plays the digits when the far end answers; tune against the flow:
+/// unverified on real accounts).
 pub const SEND_DIGITS_PAUSE: &str = "wwww";
 
 /// Why a `twilio_dial` redirect did not happen.
@@ -65,8 +66,8 @@ pub fn is_call_sid(s: &str) -> bool {
 
 /// The parent `CallSid` from a `realtime.call.incoming` webhook's `sip_headers`: the first
 /// [`CALL_SID_HEADER`] (name matched case-insensitively), trimmed, when it is a well-formed SID
-/// ([`is_call_sid`]). Header values are untrusted caller metadata (openai.md §3): anything else
-/// is ignored.
+/// ([`is_call_sid`]). Header values are untrusted caller metadata (OpenAPI
+/// `WebhookRealtimeCallIncoming`): anything else is ignored.
 pub fn parent_call_sid(sip_headers: &[SipHeader]) -> Option<String> {
     header(sip_headers, CALL_SID_HEADER)
         .map(str::trim)
@@ -75,8 +76,9 @@ pub fn parent_call_sid(sip_headers: &[SipHeader]) -> Option<String> {
 }
 
 /// The voice webhook answer of `[twilio] voice_mode = "sip"`:
-/// `<Response><Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={call_sid}</Sip></Dial></Response>`,
-/// the URI header percent-encoded and the document XML-escaped (twilio.md §5.2, §5.3).
+/// `<Response><Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={call_sid}</Sip></Dial></Response>`, the
+/// URI header percent-encoded and the document XML-escaped (TwiML `<Dial>`/`<Number>`; TwiML
+/// `<Refer>`).
 ///
 /// # Errors
 /// [`TwimlError::InvalidSipUri`] when `openai_sip_uri` is not a `sip:`/`sips:` URI without
@@ -88,7 +90,7 @@ pub fn dial_sip_twiml(openai_sip_uri: &str, call_sid: &str) -> Result<String, Tw
 
 /// The hand-over TwiML:
 /// `<Response><Dial><Number sendDigits="wwww{token}#">{number}</Number></Dial></Response>`
-/// (connect-dynamodb-hubspot.md §1.2 step 3). Without a token (minting failed) the number is
+/// (Amazon Connect "Store customer input" step 3). Without a token (minting failed) the number is
 /// dialed without digits: the contact flow then matches the caller by number.
 ///
 /// # Errors
@@ -101,8 +103,8 @@ pub fn handover_twiml(number: &E164, token: Option<&str>) -> Result<String, Twim
     Ok(Response::new().dial(Dial::new(target)).render())
 }
 
-/// Redirects the parent call `call_sid` to [`handover_twiml`] with a REST call update
-/// (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{call_sid}.json`, form field `Twiml`, twilio.md
+/// Redirects the parent call `call_sid` to [`handover_twiml`] with a REST call update (`POST
+/// /2010-04-01/Accounts/{AccountSid}/Calls/{call_sid}.json`, form field `Twiml`, Twilio's docs
 /// §4.2). Twilio's 200 means the new TwiML runs: the `<Dial><Sip>` leg to OpenAI ends.
 ///
 /// # Errors

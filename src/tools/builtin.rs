@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `transfer_to_human` | escalates (the monitor runs the hand-off); offered whenever escalation is enabled |
 //! | `end_call` | hangs up after the goodbye; always offered |
-//! | `send_dtmf` | **unsupported on both paths**, so the model gets `{"error":{"code":"unsupported",...}}`. SIP: OpenAI documents no sideband event that injects DTMF into a SIP call (openai.md §6.2 lists every client event). Twilio media path: DTMF cannot be sent over the Media Streams socket; only a REST call update with `<Play digits>` can (twilio.md "DTMF", §5.1), and replacing the call's TwiML ends the `<Connect><Stream>` and with it the AI leg |
+//! | `send_dtmf` | **unsupported on both paths**, so the model gets `{"error":{"code":"unsupported",...}}`. SIP: OpenAI documents no sideband event that injects DTMF into a SIP call (OpenAPI `RealtimeClientEvent*` lists every client event). Twilio media path: DTMF cannot be sent over the Media Streams socket; only a REST call update with `<Play digits>` can (Twilio's docs "DTMF", §5.1), and replacing the call's TwiML ends the `<Connect><Stream>` and with it the AI leg |
 //! | `create_ticket` | HubSpot (when `[hubspot] enabled` and `HUBSPOT_TOKEN` is set): finds or creates the contact with the caller's number, creates a ticket associated with it |
 //! | `lookup_call_history` | the caller's previous calls in our store (newest first): date, profile, outcome and summary. Reads the newest 1000 records with `list_calls` and filters them in memory — there is no by-caller index yet |
 
