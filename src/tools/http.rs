@@ -87,7 +87,16 @@ pub(crate) async fn run(
         base_url,
         secrets: &secrets,
     };
-    let url_text = spec.url.render(&values, Encoding::Url);
+    let url_text = match spec.url.render_url(&values) {
+        Ok(u) => u,
+        Err(e) => {
+            return failed(
+                "bad_request",
+                "The request could not be built from these arguments.",
+                format!("url refused: {e}"),
+            );
+        }
+    };
     let url = match reqwest::Url::parse(&url_text) {
         Ok(u) => u,
         Err(e) => {

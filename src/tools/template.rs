@@ -11,7 +11,9 @@
 //!
 //! Whitespace inside the braces is ignored (`{{ args.id }}`). There is no escape for a literal
 //! `{{`. In a URL every substituted value except `{{base_url}}` is percent-encoded (everything
-//! but `A-Z a-z 0-9 - . _ ~`), so an argument cannot add path segments or query parameters.
+//! but `A-Z a-z 0-9 - . _ ~`), so an argument cannot add path segments or query parameters, and
+//! [`Template::render_url`] refuses a value that would make a `.` or `..` path segment (URL
+//! parsers remove those, which would move the request to another path).
 
 use std::fmt;
 
@@ -122,7 +124,7 @@ pub enum Encoding {
     Raw,
 }
 
-/// A template that does not parse.
+/// A template that does not parse, or a URL that [`Template::render_url`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateError(pub String);
 
@@ -210,27 +212,69 @@ impl Template {
     pub fn render(&self, values: &dyn Values, encoding: Encoding) -> String {
         let mut out = String::new();
         for seg in &self.segments {
-            let text: std::borrow::Cow<'_, str> = match seg {
-                Segment::Lit(s) => {
-                    out.push_str(s);
-                    continue;
-                }
-                Segment::BaseUrl => {
-                    out.push_str(values.base_url().unwrap_or_default());
-                    continue;
-                }
-                Segment::Arg(n) => arg_text(values.arg(n)).into(),
-                Segment::Call(f) => values.call(*f).unwrap_or_default().into(),
-                Segment::Secret(n) => values.secret(n).unwrap_or_default().into(),
-                Segment::Summary(f) => values.summary(*f).unwrap_or_default().into(),
-                Segment::Extract(n) => values.extract(n).unwrap_or_default().into(),
-            };
-            match encoding {
-                Encoding::Raw => out.push_str(&text),
-                Encoding::Url => out.extend(utf8_percent_encode(&text, URL_ENCODE)),
-            }
+            push_segment(seg, values, encoding, &mut out);
         }
         out
+    }
+
+    /// Renders a URL ([`Encoding::Url`]), refusing it when a substituted value (anything but
+    /// literal text and `{{base_url}}`) is part of a path segment that is `.` or `..`. URL
+    /// parsers remove such segments (RFC 3986 §5.2.4; the WHATWG URL Standard, which `reqwest`
+    /// follows, also reads `%2e` as `.`), so percent-encoding cannot neutralise them: with
+    /// `{{base_url}}/orders/{{args.id}}/items`, the argument `..` would send the request to
+    /// `{{base_url}}/items`.
+    ///
+    /// # Errors
+    /// [`TemplateError`] naming the placeholder and the segment.
+    pub fn render_url(&self, values: &dyn Values) -> Result<String, TemplateError> {
+        let mut out = String::new();
+        let mut substituted = Vec::new();
+        for seg in &self.segments {
+            let start = out.len();
+            push_segment(seg, values, Encoding::Url, &mut out);
+            if !matches!(seg, Segment::Lit(_) | Segment::BaseUrl) {
+                substituted.push((start, out.len(), seg));
+            }
+        }
+        // Substituted values never contain '?', '#', '/' or '\\' (they are percent-encoded).
+        let path_end = out.find(['?', '#']).unwrap_or(out.len());
+        for (start, end, seg) in substituted {
+            if start >= path_end {
+                break;
+            }
+            let from = out[..start].rfind(['/', '\\']).map_or(0, |i| i + 1);
+            let to = out[end..]
+                .find(['/', '\\', '?', '#'])
+                .map_or(out.len(), |i| end + i);
+            let segment = &out[from..to];
+            let dots = segment.to_ascii_lowercase().replace("%2e", ".");
+            if dots == "." || dots == ".." {
+                return Err(TemplateError(format!(
+                    "the {} placeholder would make the URL path segment {segment:?}, which URL \
+                     parsers remove",
+                    seg.kind()
+                )));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Appends one segment's text to `out`: literal text and `{{base_url}}` as they are, other
+/// values encoded per `encoding`; missing values are empty.
+fn push_segment(seg: &Segment, values: &dyn Values, encoding: Encoding, out: &mut String) {
+    let text: std::borrow::Cow<'_, str> = match seg {
+        Segment::Lit(s) => return out.push_str(s),
+        Segment::BaseUrl => return out.push_str(values.base_url().unwrap_or_default()),
+        Segment::Arg(n) => arg_text(values.arg(n)).into(),
+        Segment::Call(f) => values.call(*f).unwrap_or_default().into(),
+        Segment::Secret(n) => values.secret(n).unwrap_or_default().into(),
+        Segment::Summary(f) => values.summary(*f).unwrap_or_default().into(),
+        Segment::Extract(n) => values.extract(n).unwrap_or_default().into(),
+    };
+    match encoding {
+        Encoding::Raw => out.push_str(&text),
+        Encoding::Url => out.extend(utf8_percent_encode(&text, URL_ENCODE)),
     }
 }
 
@@ -317,6 +361,37 @@ mod tests {
         assert_eq!(n.render(&V(json!({"n": 5})), Encoding::Raw), "5");
         assert_eq!(n.render(&V(json!({})), Encoding::Raw), "");
         assert!(Template::parse("plain").unwrap().is_literal());
+    }
+
+    /// Found while writing the `tool_template` fuzz target's properties: an argument `.` or `..`
+    /// in a path segment survived percent-encoding and the URL parser removed the segment,
+    /// moving the request.
+    #[test]
+    fn a_dot_segment_argument_cannot_move_the_request() {
+        let t = Template::parse("{{base_url}}/orders/{{args.id}}/items?q={{args.q}}").unwrap();
+        for id in [".", "..", "%2e", "%2E%2e"] {
+            let v = V(json!({ "id": id, "q": "x" }));
+            let rendered = t.render_url(&v);
+            if id.starts_with('%') {
+                // '%' is encoded (`%252e`): an ordinary segment.
+                let url = rendered.unwrap();
+                assert!(url.contains("/orders/%252"), "{url}");
+            } else {
+                let e = rendered.unwrap_err();
+                assert!(e.0.contains("args placeholder"), "{e}");
+            }
+        }
+        // Dots elsewhere are fine: in a longer segment, in the query.
+        for (id, q) in [("...", ".."), ("a..", "."), (".a", "..")] {
+            let url = t.render_url(&V(json!({ "id": id, "q": q }))).unwrap();
+            let parsed = reqwest::Url::parse(&url).unwrap();
+            let segments: Vec<&str> = parsed.path_segments().unwrap().collect();
+            assert_eq!(segments, ["api", "orders", id, "items"], "{url}");
+        }
+        // A literal dot next to a substituted one is caught too.
+        let t = Template::parse("{{base_url}}/x/.{{args.id}}/y").unwrap();
+        assert!(t.render_url(&V(json!({ "id": "." }))).is_err());
+        assert!(t.render_url(&V(json!({ "id": "b" }))).is_ok());
     }
 
     #[test]
