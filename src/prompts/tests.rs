@@ -220,8 +220,14 @@ fn from_texts_validates_like_load_without_the_file_system() {
     })
     .unwrap_err()
     .0;
-    assert!(errs.iter().any(|e| e.message.contains("several profiles have default = true")));
-    assert!(errs.iter().any(|e| e.message.contains("cannot read instructions file")));
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("several profiles have default = true"))
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("cannot read instructions file"))
+    );
 }
 
 #[test]
