@@ -361,8 +361,8 @@ pub struct TwilioConfig {
     /// Media Streams, `sip` dials it on to OpenAI SIP ([`TwilioVoiceMode`]).
     pub voice_mode: TwilioVoiceMode,
     /// The OpenAI SIP URI that `voice_mode = "sip"` dials, e.g.
-    /// `sip:proj_XXXX@sip.api.openai.com;transport=tls` (openai.md §8; `sip-eu…` for EU
-    /// projects). A `sip:`/`sips:` URI without `?headers`; required for `sip`.
+    /// `sip:proj_XXXX@sip.api.openai.com;transport=tls` (OpenAI's Realtime SIP guide; `sip-eu…` for
+    /// EU projects). A `sip:`/`sips:` URI without `?headers`; required for `sip`.
     pub openai_sip_uri: String,
 }
 
@@ -468,18 +468,19 @@ pub struct OpenAiConfig {
     pub accept_retry_budget_ms: u64,
     /// GPT-Live REST base URL, `https://api.openai.com/v1` by default: call control is
     /// `{live_base_url}/live/sessions/{session_id}/...`, outbound calls `POST
-    /// {live_base_url}/live/sessions` (openai.md §7).
+    /// {live_base_url}/live/sessions` (OpenAI's voice-sip guide (`?api=live`)).
     pub live_base_url: String,
     /// GPT-Live WebSocket base, `wss://api.openai.com/v1` by default: the attach sideband is
-    /// `{live_sideband_url}/live/sessions/{session_id}/attach` (openai.md §7.1 step 4).
+    /// `{live_sideband_url}/live/sessions/{session_id}/attach` (OpenAI's voice-sip guide
+    /// (`?api=live`) step 4).
     pub live_sideband_url: String,
     /// `[openai.live_trunk]`: the SIP trunk GPT-Live dials outbound calls through
     /// (`voxmachina call --api live`); `None` = outbound calls are off.
     pub live_trunk: Option<LiveTrunkConfig>,
 }
 
-/// `[openai.live_trunk]`: the `transport.trunk` of `POST /live/sessions` (openai.md §7.2). The
-/// trunk must support TLS signalling, Opus and SDES-SRTP.
+/// `[openai.live_trunk]`: the `transport.trunk` of `POST /live/sessions` (OpenAI's voice-sip guide
+/// (`?api=live`)). The trunk must support TLS signalling, Opus and SDES-SRTP.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LiveTrunkConfig {
     /// `sips:host[:port][;transport=tcp]` (no userinfo, path, headers or other parameters;

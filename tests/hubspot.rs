@@ -1,4 +1,4 @@
-//! The HubSpot client against FakeHubSpot (connect-dynamodb-hubspot.md §6): exact request bodies,
+//! The HubSpot client against FakeHubSpot (HubSpot CRM v3 docs): exact request bodies,
 //! bearer auth, find-or-create, ticket associations, 429 handling.
 
 mod support;

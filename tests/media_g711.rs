@@ -47,7 +47,7 @@ fn level_index(code: u8) -> i32 {
 
 #[test]
 fn sox_output_is_within_one_code_step() {
-    // SoX rounds to 14 bits where ITU truncates (local-components.md §3): it differs from ITU
+    // SoX rounds to 14 bits where ITU truncates (tests/fixtures/README.md): it differs from ITU
     // on 1898 of the clip's 24000 bytes, each by at most one quantiser step or only in the sign
     // of zero.
     let pcm = speech_8k();

@@ -215,7 +215,7 @@ async fn sip_mode_voice_webhook_dials_openai_with_the_call_sid() {
     // No record for the parent: the SIP call's record (created by the OpenAI webhook) is it.
     assert_eq!(s.h.store().get_call(&sid).await.unwrap(), None);
 
-    // The port quirk (twilio.md §2.4): a signature over the URL with :443 is accepted.
+    // The port quirk (twilio-python `RequestValidator`): a signature over the URL with :443 is accepted.
     let resp = s
         .twilio
         .post_webhook_signed_as(

@@ -1,5 +1,5 @@
-//! The Twilio REST client against the fake (twilio.md §4): exact form fields and Basic auth for
-//! create/update call and messages, the TwiML sent, error JSON mapping, no retries.
+//! The Twilio REST client against the fake (Twilio's Call resource): exact form fields and Basic
+//! auth for create/update call and messages, the TwiML sent, error JSON mapping, no retries.
 
 mod support;
 

@@ -1,5 +1,5 @@
-//! `X-Twilio-Signature` against every test vector of `twilio.md` §2.3, plus the port quirk
-//! (§2.4), parameter order and repetition, tampering and the `bodySHA256` variant.
+//! `X-Twilio-Signature` against every test vector of Twilio's webhook security docs, plus the port
+//! quirk (§2.4), parameter order and repetition, tampering and the `bodySHA256` variant.
 
 use voxmachina::config::Secret;
 use voxmachina::twilio::signature::{

@@ -1,4 +1,5 @@
-//! TwiML rendering: exact strings for every verb (twilio.md §1.1, §5), escaping, refusals.
+//! TwiML rendering: exact strings for every verb (Twilio's `<Stream>` TwiML docs; Twilio's TwiML
+//! docs), escaping, refusals.
 
 use voxmachina::twilio::twiml::{
     Dial, Number, Refer, Response, Say, SipTarget, Stream, TwimlError, escape,
@@ -111,7 +112,7 @@ fn dial_number_with_send_digits() {
 
 #[test]
 fn dial_attributes_in_reference_order() {
-    // twilio.md §5.2 example.
+    // TwiML `<Dial>`/`<Number>` example.
     let xml = Response::new()
         .dial(
             Dial::new(
@@ -201,7 +202,7 @@ fn dial_sip_with_uri_headers() {
 
 #[test]
 fn refer_matches_the_reference_example() {
-    // twilio.md §5.3.
+    // TwiML `<Refer>`.
     let sip = SipTarget::new("sip:alice@example.com")
         .unwrap()
         .header("User-to-User", "123456789;encoding=hex")

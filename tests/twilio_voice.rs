@@ -71,7 +71,7 @@ async fn signed_voice_webhook_gets_connect_stream_twiml_and_a_record() {
     );
 
     // An unmatched number gets the default profile (pcmu by default); the port quirk of
-    // Twilio's signing (`:443`) is accepted (twilio.md §2.4).
+    // Twilio's signing (`:443`) is accepted (twilio-python `RequestValidator`).
     let sid2 = call_sid(11);
     let params = m.twilio.voice_params(&sid2, CALLER, "+18005559999");
     let resp = m

@@ -1,6 +1,7 @@
 //! FakeTwilio as Twilio's webhook and Media Streams client, against a small server in this test
 //! that validates `X-Twilio-Signature` with `voxmachina::twilio::signature` over a configured
-//! public URL (twilio.md §2.2), answers TwiML, and speaks the Media Streams protocol (§1.3, §1.4).
+//! public URL (Twilio's webhook security docs), answers TwiML, and speaks the Media Streams
+//! protocol (§1.3, §1.4).
 
 mod support;
 

@@ -1,10 +1,11 @@
 //! Per-call audio processing of the bridge, one implementation per [`MediaAudio`] mode, and the
 //! hand-built JSON text frames of the per-frame hot path.
 //!
-//! Twilio side: base64 of headerless μ-law, 8 kHz mono; 20 ms = 160 bytes = 216 base64
-//! characters (twilio.md §1.5). Model side: `audio/pcmu` (same bytes) or `audio/pcm` (PCM16LE
-//! 24 kHz mono, 20 ms = 960 bytes = 1280 base64 characters) (openai.md §5.1). Formats and
-//! filter delays of the transcoders are in [`crate::media`].
+//! Twilio side: base64 of headerless μ-law, 8 kHz mono; 20 ms = 160 bytes = 216 base64 characters
+//! (Twilio's Media Streams WebSocket messages). Model side: `audio/pcmu` (same bytes) or
+//! `audio/pcm` (PCM16LE 24 kHz mono, 20 ms = 960 bytes = 1280 base64 characters) (OpenAPI
+//! `RealtimeSessionCreateRequestGA`). Formats and filter delays of the transcoders are in
+//! [`crate::media`].
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -164,9 +165,9 @@ impl Outbound {
     }
 }
 
-/// Builds Twilio `media` text frames for one stream without going through `serde_json` per
-/// frame: `{"event":"media","streamSid":<sid>,"media":{"payload":"<base64>"}}` (twilio.md §1.4),
-/// identical to [`crate::twilio::media::ServerMessage::media`]'s JSON.
+/// Builds Twilio `media` text frames for one stream without going through `serde_json` per frame:
+/// `{"event":"media","streamSid":<sid>,"media":{"payload":"<base64>"}}` (Twilio's Media Streams
+/// WebSocket messages), identical to [`crate::twilio::media::ServerMessage::media`]'s JSON.
 #[derive(Debug, Clone)]
 pub struct MediaFrameWriter {
     head: String,

@@ -2,8 +2,9 @@
 //! (nothing is copied for audio payloads), and the text frames the bridge writes or
 //! synthesises.
 //!
-//! Twilio shapes: twilio.md §1.3/§1.4 (full types in [`crate::twilio::media`]). Realtime shapes:
-//! openai.md §6.1 (server events) and §6.2 (client events).
+//! Twilio shapes: Twilio's Media Streams WebSocket messages (full types in
+//! [`crate::twilio::media`]). Realtime shapes: OpenAPI `RealtimeServerEvent*` (server events) and
+//! `RealtimeClientEvent*` (client events).
 
 use std::borrow::Cow;
 
@@ -119,10 +120,10 @@ pub mod kinds {
     pub const SPEECH_STARTED: &str = "input_audio_buffer.speech_started";
 }
 
-/// The `session.update` sent right after connecting (openai.md §6.2): the profile's session
-/// ([`Profile::realtime_session`]: `type`, instructions, transcription on, turn detection,
-/// voice, tools) without `model` (fixed by the URL's `?model=`), with
-/// `audio.input.format` and `audio.output.format` of the profile's `[session] audio` mode.
+/// The `session.update` sent right after connecting (OpenAPI `RealtimeClientEvent*`): the profile's
+/// session ([`Profile::realtime_session`]: `type`, instructions, transcription on, turn detection,
+/// voice, tools) without `model` (fixed by the URL's `?model=`), with `audio.input.format` and
+/// `audio.output.format` of the profile's `[session] audio` mode.
 pub fn session_update(profile: &Profile) -> String {
     let mut session = profile.realtime_session();
     if let Some(obj) = session.as_object_mut() {
@@ -134,8 +135,8 @@ pub fn session_update(profile: &Profile) -> String {
     json!({ "type": "session.update", "session": session }).to_string()
 }
 
-/// `conversation.item.truncate` (openai.md §6.2): the model forgets the agent audio of
-/// `item_id` after `audio_end_ms`.
+/// `conversation.item.truncate` (OpenAPI `RealtimeClientEvent*`): the model forgets the agent audio
+/// of `item_id` after `audio_end_ms`.
 pub fn truncate(item_id: &str, audio_end_ms: u32) -> String {
     json!({
         "type": "conversation.item.truncate",
@@ -147,7 +148,7 @@ pub fn truncate(item_id: &str, audio_end_ms: u32) -> String {
 }
 
 /// Synthesised for the monitor: the SIP-only `input_audio_buffer.dtmf_event_received`
-/// (openai.md §6.1) for a Twilio `dtmf` message.
+/// (OpenAPI `RealtimeServerEvent*`) for a Twilio `dtmf` message.
 pub fn dtmf_received(digit: &str, unix_secs: i64) -> String {
     json!({
         "type": "input_audio_buffer.dtmf_event_received",
@@ -157,8 +158,8 @@ pub fn dtmf_received(digit: &str, unix_secs: i64) -> String {
     .to_string()
 }
 
-/// Synthesised for the monitor: `output_audio_buffer.started` (openai.md §6.1, "WebRTC/SIP
-/// only"): the first frame of `response_id` went to Twilio.
+/// Synthesised for the monitor: `output_audio_buffer.started` (OpenAPI `RealtimeServerEvent*`,
+/// "WebRTC/SIP only"): the first frame of `response_id` went to Twilio.
 pub fn audio_started(response_id: &str) -> String {
     json!({ "type": "output_audio_buffer.started", "response_id": response_id }).to_string()
 }

@@ -9,8 +9,8 @@
 //!
 //! All `/twilio/*` routes answer 404 when Twilio is not configured ([`super::TwilioContext`]) and
 //! 503 during shutdown. The public URL is `[twilio] public_url` (we sit behind nginx, so the
-//! request's own URL is not what Twilio signed, twilio.md §2.2); when it is empty the first
-//! `X-Forwarded-Proto` / `X-Forwarded-Host` (else `Host`) values are used.
+//! request's own URL is not what Twilio signed, Twilio's webhook security docs); when it is empty
+//! the first `X-Forwarded-Proto` / `X-Forwarded-Host` (else `Host`) values are used.
 //!
 //! **Reject rules** on `/twilio/voice` (the profile's `[reject]`, as on the SIP path; the call
 //! record ends `rejected` with the rule as reason):
@@ -112,7 +112,7 @@ pub fn public_base(tw: &TwilioContext, headers: &HeaderMap) -> Option<String> {
 }
 
 /// The `<Stream url>` for a public base: `wss://` + the base without its scheme +
-/// `/twilio/media` (Twilio streams only to `wss`, twilio.md §1.1).
+/// `/twilio/media` (Twilio streams only to `wss`, Twilio's `<Stream>` TwiML docs).
 pub fn stream_url(base: &str) -> String {
     let rest = base.split_once("://").map_or(base, |(_, r)| r);
     format!("wss://{rest}{MEDIA_PATH}")

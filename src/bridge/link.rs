@@ -1,6 +1,6 @@
 //! The two monitor seams on the media path: [`MediaLink`] (the model's non-audio events in, the
 //! monitor's client events out) and [`TwilioActions`] (transfer and hang-up as Twilio REST call
-//! updates, twilio.md §4.2, §5.2).
+//! updates, Twilio's Call resource; TwiML `<Dial>`/`<Number>`).
 
 use std::sync::Arc;
 
@@ -111,8 +111,8 @@ pub struct TwilioActions {
     pub call_sid: String,
 }
 
-/// The TwiML a transfer to `target` runs: `<Dial><Number>+E164</Number></Dial>` for `tel:`
-/// targets, `<Dial><Sip>uri</Sip></Dial>` for `sip:`/`sips:` ones (twilio.md §5.2). The call's
+/// The TwiML a transfer to `target` runs: `<Dial><Number>+E164</Number></Dial>` for `tel:` targets,
+/// `<Dial><Sip>uri</Sip></Dial>` for `sip:`/`sips:` ones (TwiML `<Dial>`/`<Number>`). The call's
 /// caller ID is kept (no `callerId`); nothing follows the `<Dial>`, so the call ends when the
 /// dialed leg does.
 ///
@@ -129,7 +129,7 @@ pub fn transfer_twiml(target: &TransferTarget) -> Result<String, String> {
 #[async_trait]
 impl CallActions for TwilioActions {
     /// Redirects the live call to [`transfer_twiml`]. Twilio then ends the stream (`stop`),
-    /// which the monitor takes as the transfer's success (twilio.md §4.2).
+    /// which the monitor takes as the transfer's success (Twilio's Call resource).
     async fn refer(&self, target: &TransferTarget) -> Result<(), String> {
         let twiml = transfer_twiml(target)?;
         self.rest

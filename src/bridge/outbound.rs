@@ -1,6 +1,6 @@
 //! Placing an outbound call whose audio is bridged to the agent.
 //!
-//! `POST {api_base_url}/2010-04-01/Accounts/{AccountSid}/Calls.json` (twilio.md §4.1) with
+//! `POST {api_base_url}/2010-04-01/Accounts/{AccountSid}/Calls.json` (Twilio's Call resource) with
 //! `To`, `From` = `[twilio] from_number`, inline `Twiml` = the same `<Connect><Stream>` as
 //! inbound calls (parameters `stream_token`, `profile`, `direction=outbound`, `from`, `to`; the
 //! token is minted before the call is created, so its [`StreamGrant`] has no `CallSid` and names

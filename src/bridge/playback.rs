@@ -1,5 +1,5 @@
 //! What Twilio has played of the agent's audio, from the `mark` messages we send after each
-//! chunk of frames and Twilio echoes back (twilio.md §1.3, §1.4).
+//! chunk of frames and Twilio echoes back (Twilio's Media Streams WebSocket messages).
 //!
 //! Twilio buffers outbound media and plays it in order; a mark comes back when the audio queued
 //! before it has finished playing, or at once after a `clear` (so echoes after a `clear` prove

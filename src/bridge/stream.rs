@@ -132,8 +132,9 @@ pub type ModelStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type TwilioSink = SplitSink<WebSocket, ws::Message>;
 type ModelSink = SplitSink<ModelStream, tung::Message>;
 
-/// Opens the Realtime WebSocket `{base_url}?model={model}` with `Authorization: Bearer` (the
-/// same base URL as the sideband, openai.md §6: without `call_id`, with `model`).
+/// Opens the Realtime WebSocket `{base_url}?model={model}` with `Authorization: Bearer` (the same
+/// base URL as the sideband, OpenAI's Realtime server-controls guide: without `call_id`, with
+/// `model`).
 ///
 /// # Errors
 /// [`SidebandError::Unauthorized`] for 401/403, [`SidebandError::Transport`] otherwise

@@ -4,13 +4,13 @@
 //!
 //! **Summary.** With `[after_call] summary = "model"` (default) and a profile with `summary =
 //! true`, when the *controller* ends the call (the `end_call` tool, the maximum duration, an
-//! operator hang-up, a failed transfer after its apology) the monitor first sends an
-//! out-of-band text response on the sideband ([`summary_request`]: `response.create` with
-//! `conversation: "none"`, `output_modalities: ["text"]`, openai.md §6.2) and waits up to
+//! operator hang-up, a failed transfer after its apology) the monitor first sends an out-of-band
+//! text response on the sideband ([`summary_request`]: `response.create` with `conversation:
+//! "none"`, `output_modalities: ["text"]`, OpenAPI `RealtimeClientEvent*`) and waits up to
 //! `summary_timeout_ms` for its JSON answer ([`parse_model_summary`]) before hanging up. When the
 //! call ends any other way (the caller hangs up, a transfer takes, the sideband is lost), or the
-//! model's answer is missing or not the expected JSON, the summary is built deterministically
-//! from the transcript and the record ([`transcript_summary`]); `source` says which.
+//! model's answer is missing or not the expected JSON, the summary is built deterministically from
+//! the transcript and the record ([`transcript_summary`]); `source` says which.
 //!
 //! **Extraction.** `[[after_call.extract]]` rules run over the stored transcript ([`extract`]).
 //!

@@ -103,9 +103,9 @@ pub trait Link: Send {
     async fn reconnect(&mut self) -> Result<(), ReconnectError>;
     /// Closes the connection without touching the call (detach).
     async fn close(&mut self);
-    /// After the monitor ended the call, waits (bounded) for the peer's authoritative end event
-    /// and returns it as a JSON text frame. Only GPT-Live has one (`session.closed` with the
-    /// final usage, openai.md §7.1 step 6); the default returns `None` at once.
+    /// After the monitor ended the call, waits (bounded) for the peer's authoritative end event and
+    /// returns it as a JSON text frame. Only GPT-Live has one (`session.closed` with the final
+    /// usage, OpenAI's voice-sip guide (`?api=live`) step 6); the default returns `None` at once.
     async fn await_end(&mut self) -> Option<String> {
         None
     }

@@ -20,7 +20,7 @@
 //!   in progress (otherwise right after the current `response.done`);
 //! - when a batch runs past `[tools] filler_after_ms`, the filler line is said
 //!   ([`client::say_exactly`]) if no response is in progress, else after the current one
-//!   (openai.md §9.9: audio cannot be injected into the SIP stream).
+//!   (OpenAI developer forum reports: audio cannot be injected into the SIP stream).
 //!
 //! Ending rules:
 //! - a close frame from OpenAI is a normal end of call;
@@ -607,7 +607,8 @@ impl Monitor {
         .await;
     }
 
-    /// GPT-Live `session.closed`: the authoritative end of the call (openai.md §7.3).
+    /// GPT-Live `session.closed`: the authoritative end of the call (openai-python
+    /// `types/live/server_event.py`).
     async fn on_session_closed(
         &mut self,
         link: &mut dyn Link,

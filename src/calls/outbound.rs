@@ -1,12 +1,13 @@
 //! Outbound calls on GPT-Live (`POST /v1/calls` on the admin API, `voxmachina call --api live`).
 //!
-//! Flow (openai.md §7.2): `POST /live/sessions` with the profile's Live session and a SIP
-//! transport to an E.164 destination through `[openai.live_trunk]` (digest auth, password from
-//! a named secret looked up like tool secrets: `[tools] secrets_dir/NAME`, then
-//! `$CREDENTIALS_DIRECTORY/NAME`, then `VOXMACHINA_SECRET_<NAME>`) — sent **once**, because creates are not deduplicated; then the monitor
-//! attaches at once ([`Attach::Outbound`]) and follows `transport.ringing`, `transport.answered`
-//! (greeting) or `transport.failed` (call ends, `end_reason` `transport_failed`, the error code
-//! in the `transport_failed` event). Realtime cannot place calls (§1).
+//! Flow (OpenAI's voice-sip guide (`?api=live`)): `POST /live/sessions` with the profile's Live
+//! session and a SIP transport to an E.164 destination through `[openai.live_trunk]` (digest auth,
+//! password from a named secret looked up like tool secrets: `[tools] secrets_dir/NAME`, then
+//! `$CREDENTIALS_DIRECTORY/NAME`, then `VOXMACHINA_SECRET_<NAME>`) — sent **once**, because creates
+//! are not deduplicated; then the monitor attaches at once ([`Attach::Outbound`]) and follows
+//! `transport.ringing`, `transport.answered` (greeting) or `transport.failed` (call ends,
+//! `end_reason` `transport_failed`, the error code in the `transport_failed` event). Realtime
+//! cannot place calls (§1).
 
 use std::sync::Arc;
 

@@ -40,10 +40,11 @@ pub enum CallState {
     TransferFailed,
     /// The call ended without a transfer (caller hung up, `end_call`, max duration, operator).
     Ended,
-    /// Another API owns this SIP call: the delivery came from the API the profile does not use
-    /// (one SIP call fires `realtime.call.incoming` and `live.transport.incoming` when the project
-    /// subscribes to both, openai.md §1), or GPT-Live answered `decision_already_made`. It was
-    /// acknowledged and left alone; `sip_call_id` links it to the owning record.
+    /// Another API owns this SIP call: the delivery came from the API the profile does not use (one
+    /// SIP call fires `realtime.call.incoming` and `live.transport.incoming` when the project
+    /// subscribes to both, OpenAI's Realtime SIP and voice-sip guides), or GPT-Live answered
+    /// `decision_already_made`. It was acknowledged and left alone; `sip_call_id` links it to the
+    /// owning record.
     Ignored,
 }
 

@@ -67,7 +67,7 @@ use super::{EmulatorError, hex_id, unix_now};
 use crate::webhook::event::{LIVE_CALL_INCOMING, LIVE_TRANSPORT_INCOMING};
 use crate::webhook::signature::Verifier;
 
-/// How far back a reattach replays events (openai.md §7.2).
+/// How far back a reattach replays events (OpenAI's voice-sip guide (`?api=live`)).
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(3);
 
 /// What the next `POST /v1/live/sessions` does.
@@ -839,7 +839,7 @@ async fn refer(shared: &Arc<Shared>, id: &str, body: Value) -> Response {
     }
 }
 
-/// `POST /v1/live/sessions`: outbound calls (openai.md §7.2).
+/// `POST /v1/live/sessions`: outbound calls (OpenAI's voice-sip guide (`?api=live`)).
 async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(r) = refused(&shared, &headers) {
         return r;

@@ -59,7 +59,7 @@ pub use script::{AgentSpec, CallSpec, Faults, ReferFault, Script, ScriptError, T
 
 use crate::webhook::signature::{KeyError, Verifier};
 
-/// The `user-agent` OpenAI sends webhook deliveries with (openai.md §2).
+/// The `user-agent` OpenAI sends webhook deliveries with (OpenAI's webhooks guide).
 pub const WEBHOOK_USER_AGENT: &str = "OpenAI/1.0 (+https://platform.openai.com/docs/webhooks)";
 
 /// Configuration of an [`Emulator`].
@@ -87,7 +87,8 @@ pub enum EmulatorError {
 pub struct PendingCall {
     /// `data.call_id`: `rtc_` followed by 32 lowercase hex digits.
     pub call_id: String,
-    /// The exact JSON bytes of the `realtime.call.incoming` event (openai.md §3.1).
+    /// The exact JSON bytes of the `realtime.call.incoming` event (OpenAPI
+    /// `WebhookRealtimeCallIncoming`).
     pub body: Bytes,
     /// The event's `id`: `evt_` followed by 32 hex digits.
     pub event_id: String,
@@ -118,7 +119,7 @@ pub enum EmuCallStatus {
         status_code: u16,
     },
     /// Accepted with a body whose `type` is not `"realtime"`: `/accept` said 200 but the session
-    /// failed, and the sideband answers 404 (openai.md §9.3).
+    /// failed, and the sideband answers 404 (OpenAI developer forum reports).
     Failed,
     /// A `/refer` with the `transfer` fault succeeded: the caller left for `target`.
     Transferred {
@@ -235,7 +236,7 @@ pub enum HangupBy {
 pub enum ReferOutcome {
     /// 200, and the call left for the target.
     Transferred,
-    /// 200, and nothing happened (openai.md §9.6).
+    /// 200, and nothing happened (OpenAI developer forum reports).
     Ignored,
     /// An error status was returned.
     Failed {
@@ -665,7 +666,7 @@ pub(crate) fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// `realtime.call.incoming`, field order as in openai.md §3.1.
+/// `realtime.call.incoming`, field order as in OpenAPI `WebhookRealtimeCallIncoming`.
 #[derive(Serialize)]
 struct IncomingEvent<'a> {
     object: &'static str,
@@ -775,9 +776,9 @@ impl Emulator {
         self.shared().cancel.cancel();
     }
 
-    /// Registers a pending call driven by `script` and returns its `realtime.call.incoming`
-    /// event body (openai.md §3.1): `object` `"event"`, `id` `evt_<32 hex>`, `type`,
-    /// `created_at` (now, Unix seconds) and `data` with `call_id` `rtc_<32 hex>`,
+    /// Registers a pending call driven by `script` and returns its `realtime.call.incoming` event
+    /// body (OpenAPI `WebhookRealtimeCallIncoming`): `object` `"event"`, `id` `evt_<32 hex>`,
+    /// `type`, `created_at` (now, Unix seconds) and `data` with `call_id` `rtc_<32 hex>`,
     /// `sip_media_security` (omitted when the script has none) and `sip_headers`: `From`, `To`,
     /// `Call-ID` (a random UUID), then the script's extra headers in order.
     pub fn new_call(&self, script: Script) -> PendingCall {
@@ -871,9 +872,9 @@ impl Emulator {
     }
 
     /// Signs `body` the way OpenAI does (Standard Webhooks `v1` over
-    /// `"{webhook_id}.{timestamp}.{body}"`, openai.md §4.1) and POSTs it to `url` with the
-    /// headers of openai.md §2: `webhook-id`, `webhook-timestamp` (`timestamp`, Unix seconds),
-    /// `webhook-signature` (`v1,<base64>`), `user-agent` [`WEBHOOK_USER_AGENT`] and
+    /// `"{webhook_id}.{timestamp}.{body}"`, the Standard Webhooks spec) and POSTs it to `url` with
+    /// the headers of OpenAI's webhooks guide: `webhook-id`, `webhook-timestamp` (`timestamp`, Unix
+    /// seconds), `webhook-signature` (`v1,<base64>`), `user-agent` [`WEBHOOK_USER_AGENT`] and
     /// `content-type: application/json`. Redirects are not followed. Returns the HTTP status.
     ///
     /// # Errors

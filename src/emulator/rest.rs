@@ -1,4 +1,5 @@
-//! The emulated call-control REST API (openai.md §5) and the HTTP side of the sideband upgrade.
+//! The emulated call-control REST API (OpenAI's Realtime SIP guide) and the HTTP side of the
+//! sideband upgrade.
 //!
 //! Every request to `/v1/realtime/calls/{call_id}/{accept|reject|refer|hangup}` is checked in
 //! this order:
@@ -283,7 +284,7 @@ async fn call_action(
         status,
     });
     match result {
-        // 200 with an empty body, as OpenAI answers (openai.md §5).
+        // 200 with an empty body, as OpenAI answers (OpenAI's Realtime SIP guide).
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => e.into_response(),
     }
@@ -478,7 +479,7 @@ fn refer(shared: &Arc<Shared>, call_id: &str, body: &[u8]) -> Result<(), ApiErro
                 target: target.clone(),
             };
             // The REFER is handed off; the caller's leg leaves OpenAI and the sideband closes
-            // shortly after (openai.md §5.3).
+            // shortly after (OpenAPI `RealtimeCallReferRequest`).
             let conns: Vec<_> = call.conns.iter().map(|(_, tx)| tx.clone()).collect();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -86,7 +86,8 @@ pub struct Script {
     pub turns: Vec<Turn>,
 }
 
-/// `[call]`: the SIP facts reported in `realtime.call.incoming` (openai.md §3.1).
+/// `[call]`: the SIP facts reported in `realtime.call.incoming` (OpenAPI
+/// `WebhookRealtimeCallIncoming`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallSpec {
     /// The `From` SIP header value. Default `"Test Caller" <sip:+14155550123@pstn.example.com>;tag=emu`.
@@ -151,13 +152,14 @@ pub struct Faults {
     pub refer: Vec<ReferFault>,
 }
 
-/// What one `/refer` request does (openai.md §5.3, §9.6).
+/// What one `/refer` request does (OpenAPI `RealtimeCallReferRequest`; OpenAI developer forum
+/// reports).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReferFault {
     /// 200, then ~100 ms later the sideband closes with a close frame (1000) and the call is
     /// [`super::EmuCallStatus::Transferred`].
     Transfer,
-    /// 200 and nothing else happens: the silent failure of openai.md §9.6.
+    /// 200 and nothing else happens: the silent failure of OpenAI developer forum reports.
     Ignore,
     /// That HTTP status with an OpenAI error body; the call is unchanged.
     Status(u16),
@@ -197,8 +199,8 @@ pub enum Turn {
     /// The server drops the TCP connection without a close frame while the call stays live;
     /// the next sideband connection resumes at the following turn.
     Drop,
-    /// The caller hangs up: the TCP connection drops without a close frame (openai.md §9.7) and
-    /// the call is over.
+    /// The caller hangs up: the TCP connection drops without a close frame (OpenAI developer forum
+    /// reports) and the call is over.
     Hangup,
 }
 
@@ -412,7 +414,8 @@ impl Script {
     }
 }
 
-/// Whether `c` is a DTMF key (`0`-`9`, `*`, `#`, `A`-`D`; openai.md §7.3 lists the alphabet).
+/// Whether `c` is a DTMF key (`0`-`9`, `*`, `#`, `A`-`D`; openai-python
+/// `types/live/server_event.py` lists the alphabet).
 pub(crate) fn is_dtmf_key(c: char) -> bool {
     c.is_ascii_digit() || matches!(c, '*' | '#' | 'A' | 'B' | 'C' | 'D')
 }

@@ -1,4 +1,5 @@
-//! The emulated Realtime sideband WebSocket (openai.md §6) and its canned "model".
+//! The emulated Realtime sideband WebSocket (OpenAI's Realtime server-controls guide) and its
+//! canned "model".
 //!
 //! **Connecting**: `GET /v1/realtime?call_id=...` with `Authorization: Bearer <api_key>` (401
 //! otherwise); the call must be Accepted with a valid session, otherwise the answer is an HTTP
@@ -270,8 +271,9 @@ struct MediaConn {
     unheard: Option<String>,
 }
 
-/// Builds the `session.created` session object: defaults of a SIP Realtime session, overlaid
-/// with the accept body (openai.md §5.1), with `type`, `object` and `id` fixed.
+/// Builds the `session.created` session object: defaults of a SIP Realtime session, overlaid with
+/// the accept body (OpenAPI `RealtimeSessionCreateRequestGA`), with `type`, `object` and `id`
+/// fixed.
 pub(crate) fn build_session(session_id: &str, body: &Map<String, Value>) -> Value {
     let mut session = json!({
         "type": "realtime",

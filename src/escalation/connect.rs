@@ -600,7 +600,7 @@ pub fn speakable_code(token: &str) -> String {
 }
 
 /// The session message that tells the model the handover code, so it can read it out when the
-/// caller asks (`conversation.item.create` with a system message, openai.md §6.2).
+/// caller asks (`conversation.item.create` with a system message, OpenAPI `RealtimeClientEvent*`).
 pub fn code_instruction(token: &str) -> String {
     format!(
         "Handover reference code for the contact centre: {} . If the caller asks for a code, or \

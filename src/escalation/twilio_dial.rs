@@ -45,8 +45,9 @@ use crate::twilio::twiml::{Dial, Number, Response, SipTarget, TwimlError};
 pub const CALL_SID_HEADER: &str = "X-Twilio-CallSid";
 
 /// Pauses before the token in `sendDigits`: `w` = 0.5 s each, 2 s in all, so the digits land in
-/// the contact flow's Store customer input block rather than during its greeting (twilio.md
-/// §5.2 timing caveat; tune against the flow, twilio.md §7).
+/// the contact flow's Store customer input block rather than during its greeting (TwiML
+/// `<Number sendDigits>` plays the digits when the far end answers; tune against the flow:
+/// unverified on real accounts).
 pub const SEND_DIGITS_PAUSE: &str = "wwww";
 
 /// Why a `twilio_dial` redirect did not happen.
@@ -97,8 +98,8 @@ pub enum ParentCallSid {
 
 /// The parent `CallSid` from a `realtime.call.incoming` webhook's `sip_headers`: the
 /// [`CALL_SID_HEADER`] values and the first [`CALL_SID_BINDING_HEADER`] (names matched
-/// case-insensitively, values trimmed). Header values are untrusted caller metadata (openai.md
-/// §3): a `CallSid` is [`ParentCallSid::Bound`] only when it is a well-formed SID
+/// case-insensitively, values trimmed). Header values are untrusted caller metadata (OpenAPI
+/// `WebhookRealtimeCallIncoming`): a `CallSid` is [`ParentCallSid::Bound`] only when it is a well-formed SID
 /// ([`is_call_sid`]) and the binding verifies for it under `auth_token` (the Twilio Auth Token);
 /// every value is tried, since Twilio's INVITE may carry an `X-Twilio-CallSid` of its own
 /// besides our URI header. Without a key (Twilio not configured, or an empty token) nothing is
@@ -150,7 +151,8 @@ pub fn trusted_parent_call_sid(
 
 /// The voice webhook answer of `[twilio] voice_mode = "sip"`:
 /// `<Response><Dial><Sip>{openai_sip_uri}?X-Twilio-CallSid={call_sid}&X-Voxmachina-CallSid-Mac={binding}</Sip></Dial></Response>`,
-/// the URI headers percent-encoded and the document XML-escaped (twilio.md §5.2, §5.3);
+/// the URI headers percent-encoded and the document XML-escaped (TwiML `<Dial>`/`<Sip>`,
+/// <https://www.twilio.com/docs/voice/twiml/sip>);
 /// `binding` is [`crate::twilio::signature::call_sid_binding`] of `call_sid`.
 ///
 /// # Errors
@@ -169,7 +171,7 @@ pub fn dial_sip_twiml(
 
 /// The hand-over TwiML:
 /// `<Response><Dial><Number sendDigits="wwww{token}#">{number}</Number></Dial></Response>`
-/// (connect-dynamodb-hubspot.md §1.2 step 3). Without a token (minting failed) the number is
+/// (Amazon Connect "Store customer input" step 3). Without a token (minting failed) the number is
 /// dialed without digits: the contact flow then matches the caller by number.
 ///
 /// # Errors
@@ -182,8 +184,8 @@ pub fn handover_twiml(number: &E164, token: Option<&str>) -> Result<String, Twim
     Ok(Response::new().dial(Dial::new(target)).render())
 }
 
-/// Redirects the parent call `call_sid` to [`handover_twiml`] with a REST call update
-/// (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{call_sid}.json`, form field `Twiml`, twilio.md
+/// Redirects the parent call `call_sid` to [`handover_twiml`] with a REST call update (`POST
+/// /2010-04-01/Accounts/{AccountSid}/Calls/{call_sid}.json`, form field `Twiml`, Twilio's docs
 /// §4.2). Twilio's 200 means the new TwiML runs: the `<Dial><Sip>` leg to OpenAI ends.
 ///
 /// # Errors

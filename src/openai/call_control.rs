@@ -33,7 +33,7 @@ pub enum CallControlError {
         message: String,
     },
     /// GPT-Live only: another accept or reject decision already won for this session
-    /// (`error.code` `decision_already_made`, openai.md §7.1).
+    /// (`error.code` `decision_already_made`, OpenAI's voice-sip guide (`?api=live`)).
     #[error("decision already made (HTTP {status})")]
     DecisionAlreadyMade {
         /// The HTTP status it came with.

@@ -254,8 +254,8 @@ pub enum ServerEvent {
         #[serde(default)]
         error: ApiError,
     },
-    /// GPT-Live `session.closed` (openai.md §7.3): the authoritative end of a Live call, with
-    /// its final usage. Never sent by Realtime.
+    /// GPT-Live `session.closed` (openai-python `types/live/server_event.py`): the authoritative
+    /// end of a Live call, with its final usage. Never sent by Realtime.
     #[serde(rename = "session.closed")]
     SessionClosed {
         /// `close_requested`, `expired`, `content`, `remote_hangup`, `connection_lost`, or a
@@ -266,7 +266,8 @@ pub enum ServerEvent {
         #[serde(default)]
         usage: Value,
     },
-    /// GPT-Live outbound `transport.ringing` (openai.md §7.2): ringing or early media.
+    /// GPT-Live outbound `transport.ringing` (OpenAI's voice-sip guide (`?api=live`)): ringing or
+    /// early media.
     #[serde(rename = "transport.ringing")]
     TransportRinging,
     /// GPT-Live outbound `transport.answered`: answered, media is up.

@@ -63,11 +63,53 @@ impl ProfileSet {
             })
             .collect();
         files.sort();
+        let mut sources = Vec::with_capacity(files.len());
+        for path in files {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => sources.push((path, text)),
+                Err(e) => errors.push(LoadError {
+                    file: path,
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        Self::validate(dir, sources, errors, &|p: &Path| std::fs::read_to_string(p))
+    }
 
+    /// Validates profile files given as text, exactly as [`ProfileSet::load`] validates the
+    /// files it reads: `files` are `(path, TOML text)` pairs (the path's stem is the default
+    /// name; the order does not matter), and `instructions` reads an instructions file (its
+    /// argument is `dir` joined with the profile's `instructions`, default `<stem>.md`).
+    ///
+    /// For embedding and for the fuzz target `fuzz/fuzz_targets/profile_load.rs`, which loads
+    /// hostile TOML without touching the file system.
+    ///
+    /// # Errors
+    /// As [`ProfileSet::load`]: every problem found, sorted by file and line.
+    pub fn from_texts(
+        dir: &Path,
+        files: Vec<(PathBuf, String)>,
+        instructions: &dyn Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<ProfileSet, LoadErrors> {
+        let mut files = files;
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::validate(dir, files, Vec::new(), instructions)
+    }
+
+    /// The checks after reading: per file, then across files. `errors` holds the files that
+    /// could not be read.
+    fn validate(
+        dir: &Path,
+        sources: Vec<(PathBuf, String)>,
+        mut errors: Vec<LoadError>,
+        instructions: &dyn Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<ProfileSet, LoadErrors> {
+        let no_files = sources.is_empty() && errors.is_empty();
+        let mut unreadable = !errors.is_empty();
         let mut loaded: Vec<Loaded> = Vec::new();
-        let mut unreadable = false;
-        for path in &files {
-            match load_file(dir, path) {
+        for (path, text) in &sources {
+            match load_file(dir, path, text, instructions) {
                 Ok(l) => {
                     errors.extend(l.errors.iter().cloned());
                     loaded.push(l);
@@ -107,7 +149,7 @@ impl ProfileSet {
             0 if !unreadable => errors.push(LoadError {
                 file: dir.to_path_buf(),
                 line: None,
-                message: if files.is_empty() {
+                message: if no_files {
                     "no *.toml profiles; exactly one must have default = true".into()
                 } else {
                     "no profile has default = true; exactly one must".into()
@@ -286,22 +328,22 @@ impl Ctx<'_> {
     }
 }
 
-/// Reads and validates one profile file. `Err` only when the file cannot be read or is not a
-/// profile-shaped TOML document; validation problems are in `Loaded::errors`.
-fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
+/// Validates one profile file's `text`. `Err` only when it is not a profile-shaped TOML
+/// document; validation problems are in `Loaded::errors`.
+fn load_file(
+    dir: &Path,
+    path: &Path,
+    text: &str,
+    read_instructions: &dyn Fn(&Path) -> std::io::Result<String>,
+) -> Result<Loaded, LoadError> {
+    let raw: RawProfile = toml::from_str(text).map_err(|e| LoadError {
         file: path.to_path_buf(),
-        line: None,
-        message: format!("cannot read: {e}"),
-    })?;
-    let raw: RawProfile = toml::from_str(&text).map_err(|e| LoadError {
-        file: path.to_path_buf(),
-        line: e.span().map(|s| line_of(&text, s.start)),
+        line: e.span().map(|s| line_of(text, s.start)),
         message: e.message().trim().to_owned(),
     })?;
     let mut cx = Ctx {
         file: path,
-        text: &text,
+        text,
         errors: Vec::new(),
     };
     let stem = path
@@ -335,7 +377,7 @@ fn load_file(dir: &Path, path: &Path) -> Result<Loaded, LoadError> {
         .unwrap_or_else(|| format!("{stem}.md"));
     let instructions_span = raw.instructions.as_ref().map(|s| s.span());
     let instructions_path = dir.join(&instructions_rel);
-    let instructions = match std::fs::read_to_string(&instructions_path) {
+    let instructions = match read_instructions(&instructions_path) {
         Ok(s) if s.trim().is_empty() => {
             cx.err_at(
                 instructions_span.clone(),
@@ -578,9 +620,9 @@ fn match_rules(cx: &mut Ctx<'_>, m: RawMatch) -> MatchRules {
     }
 }
 
-/// `api = "live"`: GPT-Live decides when to speak and has no transcription or audio tuning
-/// settings (openai.md §7.4), so the Realtime-only `[session]` keys are errors rather than
-/// silently ignored.
+/// `api = "live"`: GPT-Live decides when to speak and has no transcription or audio tuning settings
+/// (OpenAI's voice-sip guide (`?api=live`)), so the Realtime-only `[session]` keys are errors
+/// rather than silently ignored.
 fn live_only_checks(cx: &mut Ctx<'_>, s: &RawSession) {
     let msg = |key: &str| {
         format!("session.{key} is a Realtime setting; GPT-Live (api = \"live\") has none")
@@ -767,11 +809,10 @@ fn escalation(cx: &mut Ctx<'_>, e: RawEscalation, span: Range<usize>) -> Escalat
     }
 }
 
-/// `action` and `[escalation.connect]`: `connect_refer` and `twilio_dial` need a `tel:` target
-/// (the Connect number); `[escalation.connect]` is only for those two; its labels must be safe to route
-/// on in a contact flow (letters, digits, `-`, `_`; the Lambda's answer is a flat string map that
-/// "Set contact attributes" copies, see
-/// <https://docs.aws.amazon.com/connect/latest/adminguide/connect-lambda-functions.html>).
+/// `action` and `[escalation.connect]`: `connect_refer` and `twilio_dial` need a `tel:` target (the
+/// Connect number); `[escalation.connect]` is only for those two; its labels must be safe to route
+/// on in a contact flow (letters, digits, `-`, `_`; Amazon Connect "Set contact attributes",
+/// <https://docs.aws.amazon.com/connect/latest/adminguide/set-contact-attributes.html>).
 fn escalation_action(
     cx: &mut Ctx<'_>,
     action: Option<Spanned<String>>,

@@ -2,10 +2,10 @@
 //!
 //! A directory (`[prompts] dir`, default `prompts/`) holds one `NAME.toml` per profile with its
 //! instructions in Markdown beside it (`NAME.md`, or the file named by `instructions`). Every
-//! incoming call gets exactly one profile ([`ProfileSet::select`]), which decides whether the
-//! call is admitted ([`Profile::admission`]) and what the Realtime session looks like
-//! ([`Profile::realtime_session`], the `/accept` body of openai.md §5.1). The shipped
-//! `prompts/default.toml` and `prompts/support.toml` are commented examples.
+//! incoming call gets exactly one profile ([`ProfileSet::select`]), which decides whether the call
+//! is admitted ([`Profile::admission`]) and what the Realtime session looks like
+//! ([`Profile::realtime_session`], the `/accept` body of OpenAPI `RealtimeSessionCreateRequestGA`).
+//! The shipped `prompts/default.toml` and `prompts/support.toml` are commented examples.
 //!
 //! # File format
 //!
@@ -32,7 +32,7 @@
 //! name = "X-Queue"             # equals (exact) / contains (substring) / regex (regex crate,
 //! equals = "vip"               # unanchored); tested on every value of the header
 //!
-//! [session]                    # -> the /accept body (openai.md §5.1)
+//! [session]                    # -> the /accept body (OpenAPI `RealtimeSessionCreateRequestGA`)
 //! model = "gpt-realtime-2.1"   # default
 //! voice = "marin"              # default
 //! speed = 1.0                  # optional, 0.25..=1.5

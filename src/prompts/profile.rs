@@ -12,7 +12,8 @@ use crate::escalation::phrases::PhraseMatcher;
 use crate::sip::{CallParties, E164, SipHeader, TransferTarget, headers_named};
 use crate::tools::ToolSet;
 
-/// Name of the built-in function tool that asks for a human (openai.md §5.1 tool shape).
+/// Name of the built-in function tool that asks for a human (OpenAPI
+/// `RealtimeSessionCreateRequestGA` tool shape).
 pub const TOOL_TRANSFER_TO_HUMAN: &str = "transfer_to_human";
 /// Name of the built-in function tool that ends the call.
 pub const TOOL_END_CALL: &str = "end_call";
@@ -215,7 +216,7 @@ impl HeaderRule {
     }
 }
 
-/// `[session]`: fields of the Realtime accept body (openai.md §5.1).
+/// `[session]`: fields of the Realtime accept body (OpenAPI `RealtimeSessionCreateRequestGA`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionSettings {
     /// Realtime model, default [`DEFAULT_MODEL`].
@@ -267,8 +268,9 @@ impl MediaAudio {
         }
     }
 
-    /// The Realtime `audio.input.format` / `audio.output.format` object (openai.md §5.1):
-    /// `{"type":"audio/pcmu"}` or `{"type":"audio/pcm","rate":24000}`.
+    /// The Realtime `audio.input.format` / `audio.output.format` object (OpenAPI
+    /// `RealtimeSessionCreateRequestGA`): `{"type":"audio/pcmu"}` or
+    /// `{"type":"audio/pcm","rate":24000}`.
     pub fn realtime_format(self) -> Value {
         match self {
             Self::Pcmu => json!({ "type": "audio/pcmu" }),
@@ -340,7 +342,8 @@ impl Eagerness {
     }
 }
 
-/// `[session.turn_detection]` (openai.md §5.1 `audio.input.turn_detection`).
+/// `[session.turn_detection]` (OpenAPI `RealtimeSessionCreateRequestGA`
+/// `audio.input.turn_detection`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnDetection {
     /// `type = "semantic_vad"`.
@@ -500,7 +503,8 @@ pub struct CapacityLimit {
 pub enum Admission {
     /// Accept the call.
     Accept,
-    /// Reject it: `POST /reject` with `{"status_code": status}` (openai.md §5.2).
+    /// Reject it: `POST /reject` with `{"status_code": status}` (OpenAPI
+    /// `RealtimeCallRejectRequest`).
     Reject {
         /// SIP final status, 400..=699.
         status: u16,
@@ -537,9 +541,9 @@ impl std::fmt::Display for RejectReason {
     }
 }
 
-/// The built-in function tools (openai.md §5.1 function tool shape): `transfer_to_human`
-/// (`reason` string, required) when `escalation_enabled`, and always `end_call` (`reason`
-/// string, optional).
+/// The built-in function tools (OpenAPI `RealtimeSessionCreateRequestGA` function tool shape):
+/// `transfer_to_human` (`reason` string, required) when `escalation_enabled`, and always `end_call`
+/// (`reason` string, optional).
 pub fn builtin_tools(escalation_enabled: bool) -> Vec<Value> {
     let mut tools = Vec::with_capacity(2);
     if escalation_enabled {
@@ -620,14 +624,14 @@ impl Profile {
         Admission::Accept
     }
 
-    /// The JSON body for `POST /v1/realtime/calls/{call_id}/accept` (openai.md §5.1):
-    /// `type` "realtime" (always: without it accept can return 200 and the session dies,
-    /// §5.6), `model`, `instructions`, `output_modalities` ["audio"],
+    /// The JSON body for `POST /v1/realtime/calls/{call_id}/accept` (OpenAPI
+    /// `RealtimeSessionCreateRequestGA`): `type` "realtime" (always: without it accept can return
+    /// 200 and the session dies, §5.6), `model`, `instructions`, `output_modalities` ["audio"],
     /// `audio.input.transcription` {model, language?} (always, so caller transcripts exist),
     /// `audio.input.turn_detection` (object or `null`), `audio.input.noise_reduction`?,
-    /// `audio.output` {voice, speed?}, `tools` ([`builtin_tools`], descriptions overridden by
-    /// the profile, then the profile's other `[[tools]]`) and `tool_choice` "auto".
-    /// No `audio.*.format`: SIP negotiates the codec in SDP (§5.1).
+    /// `audio.output` {voice, speed?}, `tools` ([`builtin_tools`], descriptions overridden by the
+    /// profile, then the profile's other `[[tools]]`) and `tool_choice` "auto". No
+    /// `audio.*.format`: SIP negotiates the codec in SDP (§5.1).
     pub fn realtime_session(&self) -> Value {
         let s = &self.session;
         let mut transcription = json!({ "model": s.transcription_model });
@@ -656,9 +660,9 @@ impl Profile {
         })
     }
 
-    /// The GPT-Live session for `POST /live/sessions/{id}/accept` (wrapped in `{"session":...}`
-    /// by the client) and outbound creates (openai.md §7.1, §7.2): `type` `"live"`, `model`,
-    /// `instructions`, `audio.output.voice` (no `audio.format` for SIP) and `delegation`.
+    /// The GPT-Live session for `POST /live/sessions/{id}/accept` (wrapped in `{"session":...}` by
+    /// the client) and outbound creates (OpenAI's voice-sip guide (`?api=live`)): `type` `"live"`,
+    /// `model`, `instructions`, `audio.output.voice` (no `audio.format` for SIP) and `delegation`.
     ///
     /// Tools: the only tool-call loop known for Live is Responses delegation (openai-python
     /// `types/live/session_accept_params.py`; the loop itself is **[unverified]**)

@@ -182,6 +182,60 @@ fn instructions_key_names_another_file() {
 }
 
 #[test]
+fn from_texts_validates_like_load_without_the_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    profile(dir.path(), "main", "default = true\n");
+    profile(
+        dir.path(),
+        "vip",
+        "priority = 5\n[match]\ncaller = [\"+14155550123\"]\n",
+    );
+    let from_disk = load_ok(dir.path());
+    let files = ["vip", "main"]
+        .iter()
+        .map(|stem| {
+            let path = dir.path().join(format!("{stem}.toml"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            (path, text)
+        })
+        .collect();
+    let asked = std::cell::RefCell::new(Vec::new());
+    let from_text = ProfileSet::from_texts(dir.path(), files, &|p: &Path| {
+        asked.borrow_mut().push(p.to_path_buf());
+        Ok(format!("Text of {}.", p.display()))
+    })
+    .unwrap();
+    let names = |s: &ProfileSet| s.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&from_text), names(&from_disk));
+    assert_eq!(from_text.default_profile().name, "main");
+    let vip = from_text.get("vip").unwrap();
+    assert_eq!(
+        vip.instructions,
+        format!("Text of {}.", dir.path().join("vip.md").display())
+    );
+    assert_eq!(asked.borrow().len(), 2, "one instructions read per profile");
+
+    // The same problems as load: a second default, a missing instructions file.
+    let bad = vec![
+        (dir.path().join("a.toml"), "default = true\n".to_string()),
+        (dir.path().join("b.toml"), "default = true\n".to_string()),
+    ];
+    let errs = ProfileSet::from_texts(dir.path(), bad, &|_: &Path| {
+        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+    })
+    .unwrap_err()
+    .0;
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("several profiles have default = true"))
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("cannot read instructions file"))
+    );
+}
+
+#[test]
 fn selection_precedence() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One SIP header as delivered in the webhook's `data.sip_headers[]` (openai.md §3.1): the name
-/// as the carrier wrote it (any case, possibly a compact form such as `f`) and the raw value.
+/// One SIP header as delivered in the webhook's `data.sip_headers[]` (OpenAPI
+/// `WebhookRealtimeCallIncoming`): the name as the carrier wrote it (any case, possibly a compact
+/// form such as `f`) and the raw value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SipHeader {
     /// Header name, e.g. `From`, `P-Asserted-Identity`, `f`.

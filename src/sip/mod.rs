@@ -14,7 +14,8 @@
 //! - [`SipHeader`], [`header`], [`headers_named`]: header lookup with RFC 3261 §7.3.3 compact
 //!   forms and comma-separated header lists.
 //! - [`CallParties`]: caller / dialed / diverted-from numbers and the SIP Call-ID.
-//! - [`TransferTarget`]: a validated `Refer-To` target for `/refer` (openai.md §5.3, §9.6).
+//! - [`TransferTarget`]: a validated `Refer-To` target for `/refer` (OpenAPI
+//!   `RealtimeCallReferRequest`; OpenAI developer forum reports).
 
 mod headers;
 mod number;

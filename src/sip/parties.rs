@@ -8,8 +8,9 @@ use super::uri::{NameAddr, parse_name_addr};
 
 /// Who is calling whom, read from the INVITE headers of a `realtime.call.incoming` webhook.
 ///
-/// These values come from the caller's network and are **never trusted for authorization**
-/// (openai.md §3.1): they select a prompt profile and label the call record, nothing more.
+/// These values come from the caller's network and are **never trusted for authorization** (OpenAPI
+/// `WebhookRealtimeCallIncoming`): they select a prompt profile and label the call record, nothing
+/// more.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CallParties {
     /// The calling number: the first P-Asserted-Identity entry (RFC 3325) that carries an
@@ -19,7 +20,7 @@ pub struct CallParties {
     pub caller_display_name: Option<String>,
     /// The dialed number: the To number when To names one; otherwise the first Diversion
     /// entry's number (Twilio Elastic SIP Trunking puts the OpenAI project URI in To and the
-    /// dialed number in Diversion, openai.md §9.11).
+    /// dialed number in Diversion, a third-party report, unverified).
     pub dialed: Option<E164>,
     /// The number of the first Diversion entry (RFC 5806; the most recent redirection).
     pub diverted_from: Option<E164>,
@@ -82,7 +83,7 @@ mod tests {
 
     #[test]
     fn openai_reference_example_headers() {
-        // openai.md §3.1, verbatim
+        // OpenAPI `WebhookRealtimeCallIncoming`, verbatim
         let h = hs(&[
             ("From", "sip:+142555512112@sip.example.com"),
             ("To", "sip:+18005551212@sip.example.com"),
@@ -140,7 +141,7 @@ mod tests {
 
     #[test]
     fn twilio_project_uri_in_to_uses_diversion_for_dialed() {
-        // openai.md §9.11: To carries the project URI, Diversion the dialed number.
+        // a third-party report, unverified: To carries the project URI, Diversion the dialed number.
         let h = hs(&[
             (
                 "From",

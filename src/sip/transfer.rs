@@ -9,10 +9,10 @@ use super::number::E164;
 use super::uri::SipUri;
 
 /// Where an escalation sends the caller: the `target_uri` of `POST /v1/realtime/calls/{id}/refer`,
-/// which becomes the SIP `Refer-To` header (openai.md §5.3).
+/// which becomes the SIP `Refer-To` header (OpenAPI `RealtimeCallReferRequest`).
 ///
 /// Use `tel:+E164` for PSTN numbers: Twilio treats `sip:+E164@host` as a SIP endpoint
-/// (openai.md §9.6). Serializes as [`TransferTarget::as_uri`]; deserializes through
+/// (OpenAI developer forum reports). Serializes as [`TransferTarget::as_uri`]; deserializes through
 /// [`TransferTarget::parse`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TransferTarget {

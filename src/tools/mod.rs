@@ -1,10 +1,10 @@
 //! Declarative agent tools: the `[[tools]]` of a prompt profile, validated at load time and run
 //! by the call monitor when the model calls them.
 //!
-//! A tool is either an **HTTP request** built from templates or a **built-in** of the
-//! controller ([`Builtin`]: `transfer_to_human`, `end_call`, `send_dtmf`, `create_ticket`,
-//! `lookup_call_history`). The model sees each as a function tool
-//! (`{type:"function", name, description, parameters}`, openai.md §5.1) in the `/accept` body.
+//! A tool is either an **HTTP request** built from templates or a **built-in** of the controller
+//! ([`Builtin`]: `transfer_to_human`, `end_call`, `send_dtmf`, `create_ticket`,
+//! `lookup_call_history`). The model sees each as a function tool (`{type:"function", name,
+//! description, parameters}`, OpenAPI `RealtimeSessionCreateRequestGA`) in the `/accept` body.
 //!
 //! # Profile format
 //!
@@ -62,8 +62,8 @@
 //! The monitor checks the arguments against the schema (`jsonschema` crate), runs the tool on
 //! its own task (the event loop never waits on it), bounds it by its timeout, and returns the
 //! output (or an error object `{"error":{"code","message",...}}`) as a `function_call_output`
-//! followed by `response.create` (openai.md §6.2). When a tool runs past `[tools]
-//! filler_after_ms` the agent says the filler line (openai.md §9.9).
+//! followed by `response.create` (OpenAPI `RealtimeClientEvent*`). When a tool runs past `[tools]
+//! filler_after_ms` the agent says the filler line (OpenAI developer forum reports).
 
 mod builtin;
 pub mod egress;

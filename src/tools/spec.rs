@@ -156,7 +156,7 @@ impl ToolDef {
         }
     }
 
-    /// The function tool object of the session (openai.md §5.1).
+    /// The function tool object of the session (OpenAPI `RealtimeSessionCreateRequestGA`).
     pub fn session_tool(&self) -> Value {
         json!({
             "type": "function",

@@ -150,7 +150,7 @@ pub enum Encoding {
     Raw,
 }
 
-/// A template that does not parse.
+/// A template that does not parse, or a URL that [`Template::render_url`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateError(pub String);
 

@@ -10,8 +10,10 @@
 //! `<?xml version="1.0" encoding="UTF-8"?>`. Attributes appear in a fixed order and only when set.
 //! Text and attribute values escape `&`, `<`, `>`, `"` and `'` as `&amp;`, `&lt;`, `&gt;`,
 //! `&quot;` and `&apos;`; tab, line feed and carriage return in attribute values become `&#9;`,
-//! `&#10;` and `&#13;` (so XML attribute normalisation does not turn them into spaces); other
-//! characters that XML 1.0 forbids (C0 controls, U+FFFE, U+FFFF) are dropped.
+//! `&#10;` and `&#13;` (so XML attribute normalisation does not turn them into spaces), and a
+//! carriage return in text becomes `&#13;` (XML 1.0 §2.11 end-of-line handling would read a raw
+//! one as a line feed); other characters that XML 1.0 forbids (C0 controls, U+FFFE, U+FFFF) are
+//! dropped.
 //!
 //! ```
 //! use voxmachina::twilio::twiml::{Dial, Number, Response};
@@ -651,12 +653,37 @@ fn escape_into(s: &str, attribute: bool, out: &mut String) {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' if attribute => {
+            // A raw CR is read back as LF (XML 1.0 §2.11), in text as in attributes.
+            '\t' | '\n' if attribute => {
                 let _ = write!(out, "&#{};", u32::from(c));
             }
-            '\t' | '\n' | '\r' => out.push(c),
+            '\r' => out.push_str("&#13;"),
+            '\t' | '\n' => out.push(c),
             c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
             c => out.push(c),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found while writing the `twiml` fuzz target's properties: a carriage return in `<Say>`
+    /// text was written raw, and XML end-of-line handling (XML 1.0 §2.11) reads it back as a
+    /// line feed.
+    #[test]
+    fn carriage_return_survives_in_text_and_attributes() {
+        let xml = Response::new()
+            .verb(Verb::Say(Say::new("a\rb\r\nc\td\ne").voice("x\ry")))
+            .render();
+        assert_eq!(
+            xml,
+            format!(
+                "{XML_DECLARATION}<Response><Say voice=\"x&#13;y\">a&#13;b&#13;\nc\td\ne</Say>\
+                 </Response>"
+            )
+        );
+        assert_eq!(escape("\t\n\r"), "&#9;&#10;&#13;");
     }
 }

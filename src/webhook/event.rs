@@ -10,11 +10,12 @@ use crate::sip::SipHeader;
 /// The event type of an incoming Realtime SIP call.
 pub const REALTIME_CALL_INCOMING: &str = "realtime.call.incoming";
 
-/// The event type of an incoming GPT-Live SIP call (openai.md §3.2).
+/// The event type of an incoming GPT-Live SIP call (openai-python
+/// `LiveTransportIncomingWebhookEvent`).
 pub const LIVE_TRANSPORT_INCOMING: &str = "live.transport.incoming";
 
-/// The deprecated GPT-Live incoming-call event (openai.md §3.3): same shape without `data.type`,
-/// still delivered to subscriptions made before the rename, handled like
+/// The deprecated GPT-Live incoming-call event (OpenAPI `WebhookLiveCallIncoming`): same shape
+/// without `data.type`, still delivered to subscriptions made before the rename, handled like
 /// [`LIVE_TRANSPORT_INCOMING`].
 pub const LIVE_CALL_INCOMING: &str = "live.call.incoming";
 

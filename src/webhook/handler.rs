@@ -2,10 +2,11 @@
 //!
 //! Handles `realtime.call.incoming` (Realtime, `rtc_...` ids) and `live.transport.incoming` plus
 //! the deprecated `live.call.incoming` (GPT-Live, `live_...` ids) with one flow. When a project
-//! subscribes to both APIs one SIP call fires one webhook of each, with different ids; the
-//! selected profile's `api` is the single decision owner: the matching delivery is decided,
-//! the other acknowledged and left alone (openai.md §1: "the first successful Realtime or Live
-//! accept endpoint selects the runtime surface"). Both records carry the SIP `Call-ID`.
+//! subscribes to both APIs one SIP call fires one webhook of each, with different ids; the selected
+//! profile's `api` is the single decision owner: the matching delivery is decided, the other
+//! acknowledged and left alone (OpenAI's Realtime SIP and voice-sip guides: "the first successful
+//! Realtime or Live accept endpoint selects the runtime surface"). Both records carry the SIP
+//! `Call-ID`.
 //!
 //! Order follows OpenAI's Realtime SIP guide
 //! (<https://developers.openai.com/api/docs/guides/realtime-sip>): call `/accept`, answer the

@@ -44,7 +44,7 @@ pub enum LiveAccept {
     },
 }
 
-/// Creating an outbound call failed (openai.md §7.2 "Limits and errors").
+/// Creating an outbound call failed (OpenAI's voice-sip guide (`?api=live`) "Limits and errors").
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
     /// The request is invalid before sending (destination not E.164, no trunk, no password).

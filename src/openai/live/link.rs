@@ -1,9 +1,10 @@
 //! The GPT-Live attach sideband as the monitor's [`Link`], and Live call control as its
 //! [`CallActions`].
 //!
-//! The monitor speaks the Realtime event vocabulary (openai.md §6); [`LiveLink`] translates in
-//! both directions so the same monitor, tools, transcripts and escalation serve Live calls
-//! (openai.md §7.3, §7.4):
+//! The monitor speaks the Realtime event vocabulary (OpenAI's Realtime server-controls guide);
+//! [`LiveLink`] translates in both directions so the same monitor, tools, transcripts and
+//! escalation serve Live calls (openai-python `types/live/server_event.py`; OpenAI's voice-sip
+//! guide (`?api=live`)):
 //!
 //! | Live server event | what the monitor receives |
 //! |---|---|

@@ -13,7 +13,7 @@ pub mod stitch;
 pub use control::{LiveAccept, LiveControl, OutboundError};
 pub use link::{LiveActions, LiveLink};
 
-/// Default GPT-Live model (openai.md §1).
+/// Default GPT-Live model (OpenAI's Realtime SIP and voice-sip guides).
 pub const DEFAULT_LIVE_MODEL: &str = "gpt-live-1";
 
 /// Default `[session] delegation_model` of an `api = "live"` profile: the Responses model that

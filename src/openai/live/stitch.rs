@@ -2,7 +2,8 @@
 //!
 //! Live sends `session.input_transcript.delta` (caller) and `session.output_transcript.delta`
 //! (agent) as `{type, event_id, delta, start_ms, end_ms}` with **no done event and no item id**;
-//! the deltas are concatenated in arrival order (openai.md §7.3). A line ends when:
+//! the deltas are concatenated in arrival order (openai-python `types/live/server_event.py`). A
+//! line ends when:
 //!
 //! - the other speaker's delta arrives (turn change);
 //! - the same speaker resumes after a pause: `start_ms` at least [`LINE_GAP_MS`] after the
