@@ -221,7 +221,7 @@ async fn connect_epilogue(
         println!("\nno handover token was minted (is the profile's action connect_refer?)");
         return false;
     };
-    // The event Connect sends when Store customer input collected the digits (§2.2).
+    // The event Connect sends when Store customer input collected the digits.
     let event = serde_json::json!({
         "Details": {
             "ContactData": {

@@ -149,7 +149,7 @@ impl Setup {
     }
 }
 
-/// The documented `ContactFlowEvent` (§2.2) with the given caller and `token` parameter.
+/// The documented `ContactFlowEvent` with the given caller and `token` parameter.
 fn flow_event(caller: Option<&str>, token: Option<&str>) -> Value {
     let mut params = serde_json::Map::new();
     if let Some(t) = token {

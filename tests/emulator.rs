@@ -931,7 +931,7 @@ async fn deliver_signs_like_openai_and_verifies() {
             .is_err()
     );
 
-    // The body has the §3.1 shape, fields in the documented order.
+    // The body has the `realtime.call.incoming` shape, fields in the documented order.
     let text = std::str::from_utf8(body).unwrap();
     assert!(
         text.starts_with("{\"object\":\"event\",\"id\":\"evt_"),

@@ -1,5 +1,5 @@
 //! `X-Twilio-Signature` against every test vector of Twilio's webhook security docs, plus the port
-//! quirk (§2.4), parameter order and repetition, tampering and the `bodySHA256` variant.
+//! quirk, parameter order and repetition, tampering and the `bodySHA256` variant.
 
 use voxmachina::config::Secret;
 use voxmachina::twilio::signature::{
@@ -17,7 +17,7 @@ fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// §2.3 "Docs example".
+/// The example of <https://www.twilio.com/docs/usage/security>.
 fn docs_params() -> Vec<(String, String)> {
     params(&[
         ("CallSid", "CA1234567890ABCDE"),
@@ -28,7 +28,7 @@ fn docs_params() -> Vec<(String, String)> {
     ])
 }
 
-/// §2.3 "twilio-python tests" (deliberately not in sorted order).
+/// twilio-python's `tests/unit/test_request_validator.py` (deliberately not in sorted order).
 fn python_params() -> Vec<(String, String)> {
     params(&[
         ("CallSid", "CA1234567890ABCDE"),
@@ -331,7 +331,7 @@ fn websocket_upgrade_vector_and_trailing_slash() {
         "wss://example.com:443/media",
         sig
     ));
-    // Twilio signed with a trailing slash the configured URL lacks (§1.7).
+    // Twilio signed with a trailing slash the configured URL lacks.
     let slash_sig = sign(&token(), "wss://example.com/media/", &[]);
     assert!(validate_websocket(
         &token(),

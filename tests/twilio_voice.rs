@@ -174,7 +174,7 @@ async fn media_upgrade_needs_the_signature_over_the_public_stream_url() {
     // Signed as Twilio signs it: the wss:// URL of the TwiML.
     let ok = m.twilio.open_media_stream_signed_as(&ws, STREAM_URL).await;
     assert!(ok.is_ok());
-    // With the trailing-slash variant of Twilio's security page (§1.7).
+    // With the trailing-slash variant of Twilio's security page.
     let ok = m
         .twilio
         .open_media_stream_signed_as(&ws, &format!("{STREAM_URL}/"))

@@ -1,7 +1,7 @@
 //! FakeTwilio as Twilio's webhook and Media Streams client, against a small server in this test
 //! that validates `X-Twilio-Signature` with `voxmachina::twilio::signature` over a configured
 //! public URL (Twilio's webhook security docs), answers TwiML, and speaks the Media Streams
-//! protocol (§1.3, §1.4).
+//! protocol.
 
 mod support;
 
@@ -379,7 +379,7 @@ async fn media_stream_upgrade_needs_a_valid_signature() {
             other => panic!("{other:?}"),
         }
     }
-    // Signed over the public URL with a trailing slash (§1.7): accepted.
+    // Signed over the public URL with a trailing slash: accepted.
     let ws = fake
         .open_media_stream_signed_as(&local, &format!("{PUBLIC_WSS}/media/"))
         .await;

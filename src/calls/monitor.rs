@@ -25,7 +25,7 @@
 //! Ending rules:
 //! - a close frame from OpenAI is a normal end of call;
 //! - a drop without a close frame is ambiguous (a caller hang-up looks the same as a network
-//!   fault, §9.7), so the monitor reconnects with bounded exponential backoff: an upgrade
+//!   fault), so the monitor reconnects with bounded exponential backoff: an upgrade
 //!   answered 404 means the call is over (`caller_hangup`), a successful upgrade resumes
 //!   monitoring (no second greeting);
 //! - while a relayed REFER awaits its outcome, the sideband closing means the transfer worked;

@@ -7,7 +7,7 @@
 //! are not deduplicated; then the monitor attaches at once ([`Attach::Outbound`]) and follows
 //! `transport.ringing`, `transport.answered` (greeting) or `transport.failed` (call ends,
 //! `end_reason` `transport_failed`, the error code in the `transport_failed` event). Realtime
-//! cannot place calls (§1).
+//! cannot place calls.
 
 use std::sync::Arc;
 

@@ -3,10 +3,10 @@
 //! <https://developers.openai.com/api/docs/guides/voice-sip?api=live> independently of the
 //! controller, driven by the same caller [`Script`]s as the Realtime emulator:
 //!
-//! - **Webhooks** (§3.2, §3.3): [`LiveEmulator::new_call`] builds `live.transport.incoming`
+//! - **Webhooks**: [`LiveEmulator::new_call`] builds `live.transport.incoming`
 //!   (or the deprecated `live.call.incoming`, without `data.type`) with a `live_<32 hex>`
 //!   session id; [`LiveEmulator::deliver`] signs and POSTs it like OpenAI.
-//! - **Call control** (§7.1): `POST /v1/live/sessions/{id}/accept|reject|refer|hangup`, bearer
+//! - **Call control**: `POST /v1/live/sessions/{id}/accept|reject|refer|hangup`, bearer
 //!   auth (401), unknown id 404 `session_not_found`, `200` with an empty body on success.
 //!   - accept: body `{"session":{"type":"live","model":<string>,...}}` else 400, and a
 //!     `responses` delegation needs `delegation.responses.model` (400 otherwise, as the SDK
@@ -20,13 +20,13 @@
 //!     (200, nothing), or a status;
 //!   - hangup: `session.closed` with `reason: "close_requested"` and the usage, then a close
 //!     frame.
-//! - **Outbound** (§7.2): `POST /v1/live/sessions` with a SIP transport: 403
+//! - **Outbound**: `POST /v1/live/sessions` with a SIP transport: 403
 //!   `outbound_sip_not_enabled` unless enabled, 400 for a destination that is not E.164, a
 //!   `provider_url` that is not `sips:host[:port]` (no userinfo), or auth that is not digest
 //!   with a user name and password; then the next [`OutboundPlan`] ([`LiveEmulator::plan_outbound`]).
 //!   Progress (`transport.ringing`, then `transport.answered` or `transport.failed`) starts on
 //!   the first attach.
-//! - **Attach sideband** (§7.1 step 4, §7.3): `GET /v1/live/sessions/{id}/attach` upgrades for
+//! - **Attach sideband**: `GET /v1/live/sessions/{id}/attach` upgrades for
 //!   an accepted or outbound session (404 otherwise). Server events: transcript deltas
 //!   `{type, event_id, delta, start_ms, end_ms}` (each line in two deltas), `transport.dtmf.
 //!   received`, tool calls as `response.event` wrapping `response.output_item.done` with a
@@ -38,7 +38,7 @@
 //!   `A`-`D`, `*`, `#`: recorded in [`LiveView::dtmf_sent`] and confirmed with
 //!   `transport.dtmf.sent` `{event, client_event_id}`, else an `error` `invalid_value`);
 //!   `session.start`, `session.input_audio.append` and anything else get an `error` event.
-//! - **Replay** (§7.2): on a reattach, events sent in the preceding 3 s are sent again with
+//! - **Replay**: on a reattach, events sent in the preceding 3 s are sent again with
 //!   their original `event_id`. A `drop` turn drops the connection without a close frame; the
 //!   script resumes after the controller reattaches. Whenever no connection is attached (the
 //!   controller detached for a restart) the script pauses before its next turn. A `hangup` turn sends `session.closed`

@@ -7,25 +7,25 @@
 //! <https://developers.openai.com/api/docs/guides/realtime-server-controls>) independently of our
 //! controller:
 //!
-//! - **Webhooks** (§2, §3.1, §4): [`Emulator::new_call`] builds a `realtime.call.incoming` event
-//!   with the exact shape of §3.1; [`Emulator::deliver`] signs it with Standard Webhooks `v1`
-//!   and POSTs it with OpenAI's headers. Redirects are not followed (a 3xx is a failure, §2).
-//! - **Call control** (§5): `POST {rest_base_url}/realtime/calls/{call_id}/accept|reject|refer|hangup`,
+//! - **Webhooks**: [`Emulator::new_call`] builds a `realtime.call.incoming` event in the
+//!   webhook's documented shape; [`Emulator::deliver`] signs it with Standard Webhooks `v1` and
+//!   POSTs it with OpenAI's headers. Redirects are not followed (a 3xx is a failure).
+//! - **Call control**: `POST {rest_base_url}/realtime/calls/{call_id}/accept|reject|refer|hangup`,
 //!   bearer auth, `200` with an empty body on success, OpenAI error bodies
 //!   `{"error":{"message","type","param","code"}}` otherwise. See the [`rest`] docs for each
 //!   endpoint's rules, including the emulator-specific ones.
-//! - **Sideband** (§6): `GET {sideband_url}?call_id=...` upgrades to a WebSocket that speaks the
+//! - **Sideband**: `GET {sideband_url}?call_id=...` upgrades to a WebSocket that speaks the
 //!   GA Realtime events, with a canned "model" and the caller's scripted turns. See [`sideband`].
-//! - **Realtime model sessions** (§6, GA protocol): `GET {sideband_url}?model=...` (no
+//! - **Realtime model sessions** (GA protocol): `GET {sideband_url}?model=...` (no
 //!   `call_id`) upgrades to a standalone session carrying audio, as the Twilio media bridge
 //!   uses it: `session.update`, `input_audio_buffer.append` (kept, and fed to an energy VAD that
 //!   emits `speech_started`/`speech_stopped`/`committed`), caller transcripts and agent
 //!   responses with `response.output_audio.delta` audio in the session's format, and
 //!   `conversation.item.truncate`. Scripts come from [`Emulator::push_model_script`]; what was
 //!   heard and said is in [`Emulator::media`]. See [`sideband`] ("Model sessions").
-//! - **Known pitfalls** (§9): accept without `type:"realtime"` answers 200 but the call fails and
-//!   the sideband says `404 call_id_not_found` (§9.3); `/refer` can succeed silently (§9.6); the
-//!   caller hanging up drops the socket without a close frame (§9.7).
+//! - **Known pitfalls**: accept without `type:"realtime"` answers 200 but the call fails and
+//!   the sideband says `404 call_id_not_found`; `/refer` can succeed silently; the
+//!   caller hanging up drops the socket without a close frame.
 //!
 //! Everything observable is kept for tests: [`Emulator::call`] snapshots a call
 //! ([`CallView`]), [`Emulator::requests`] lists every REST request, [`Emulator::events`] is a live

@@ -3,8 +3,8 @@
 //! (<https://www.twilio.com/docs/voice/media-streams/websocket-messages>).
 //!
 //! [`Phone::connect`] opens the WebSocket with `X-Twilio-Signature` computed over the public
-//! `wss://` URL of the TwiML (§1.7) and sends `connected` and `start` (with the `<Parameter>`s as
-//! `customParameters`, §1.3). Then, on a 20 ms clock:
+//! `wss://` URL of the TwiML and sends `connected` and `start` (with the `<Parameter>`s as
+//! `customParameters`). Then, on a 20 ms clock:
 //!
 //! - **microphone**: one inbound `media` message per tick, 160 bytes of μ-law: queued speech
 //!   ([`Phone::say`]) or silence (0xFF), with `chunk` and `timestamp` advancing as Twilio's do
@@ -12,11 +12,11 @@
 //! - **loudspeaker**: outbound `media` payloads are queued and played 160 bytes per tick; a
 //!   `mark` is echoed when the audio queued before it has played (at the start of the tick after
 //!   its last frame played, so within 20 ms; the same for a mark with nothing queued); `clear`
-//!   empties the queue and echoes every pending mark at the next tick (§1.4).
+//!   empties the queue and echoes every pending mark at the next tick.
 //!
 //! Everything is logged ([`PhoneLog`]): each outbound frame with its arrival time, the bytes
 //! played, marks, clears with the playback position, and every frame Twilio would flag as
-//! invalid (binary, not JSON, an unknown event, a wrong `streamSid`: errors 31950/31951, §1.6).
+//! invalid (binary, not JSON, an unknown event, a wrong `streamSid`: errors 31950/31951).
 //! [`Phone::stop`] sends `stop` and closes, as Twilio does when the call ends.
 
 use std::collections::VecDeque;

@@ -12,29 +12,28 @@
 //! 4. the body (see each action) → 400 `invalid_request_error`;
 //! 5. the call's state and the script's faults.
 //!
-//! Success is `200 OK` with an **empty body** (§5). Errors carry
-//! `{"error":{"message","type","param","code"}}` (§5.6).
+//! Success is `200 OK` with an **empty body**. Errors carry
+//! `{"error":{"message","type","param","code"}}`.
 //!
 //! **accept**: the body must be a JSON object (400 otherwise). On a pending call it is
 //! recorded and the next `accept_statuses` fault, if any, is returned instead of success (a 404
 //! fault makes the call [`Missed`](super::EmuCallStatus::Missed)). Then 200: with
 //! `type: "realtime"` the call is Accepted and its session is built from the body; any other
-//! `type` (or none) still answers 200 but the call is Failed and the sideband says 404 (§5.6,
-//! §9.3). *Emulator-specific:* an accept of an already accepted call is `409
+//! `type` (or none) still answers 200 but the call is Failed and the sideband says 404.
+//! *Emulator-specific:* an accept of an already accepted call is `409
 //! call_already_accepted` (the Realtime docs define nothing; Live documents
 //! `decision_already_made`); an accept of a rejected, failed, transferred, hung-up or missed call
-//! is 404 `call_id_not_found`, like a late webhook retry (§9.2).
+//! is 404 `call_id_not_found`, like a late webhook retry.
 //!
-//! **reject**: optional body `{"status_code": n}`; empty body or no `status_code` means 603
-//! (§5.2). *Emulator-specific:* `status_code` must be an integer 300–699 (the Live API's rule),
+//! **reject**: optional body `{"status_code": n}`; empty body or no `status_code` means 603.
+//! *Emulator-specific:* `status_code` must be an integer 300–699 (the Live API's rule),
 //! else 400; rejecting an accepted call is 409 `call_already_accepted`; rejecting an ended call
 //! is 404.
 //!
 //! **refer**: body `{"target_uri": "..."}`; a missing, blank, or non-`sip:`/`sips:`/`tel:`
 //! target is 400 with `param: "target_uri"`. Only a live (Accepted) call can be referred, else
 //! 404. Then the script's next refer fault: `transfer` (200; the call becomes Transferred and
-//! the sideband gets a close frame 1000 about 100 ms later), `ignore` (200, nothing happens,
-//! §9.6), or an HTTP status (that status with an error body).
+//! the sideband gets a close frame 1000 about 100 ms later), `ignore` (200, nothing happens), or an HTTP status (that status with an error body).
 //!
 //! **hangup**: no body needed (any body is recorded and ignored). A live call becomes HungUp
 //! and its sideband connections get a close frame 1000; any other state is 404.

@@ -3,8 +3,8 @@
 //!
 //! **Connecting**: `GET /v1/realtime?call_id=...` with `Authorization: Bearer <api_key>` (401
 //! otherwise); the call must be Accepted with a valid session, otherwise the answer is an HTTP
-//! `404 call_id_not_found` before any upgrade (§5.6, §9.3). A `model` query parameter is ignored
-//! (§6). On upgrade the server sends `session.created` with the session built from the accept
+//! `404 call_id_not_found` before any upgrade. A `model` query parameter is ignored.
+//! On upgrade the server sends `session.created` with the session built from the accept
 //! body (defaults filled in, `type: "realtime"`, `object: "realtime.session"`, `id: "sess_..."`).
 //!
 //! **Server events** all carry an `event_id` (`event_<32 hex>`):
@@ -22,7 +22,7 @@
 //! - *Caller turn*: `input_audio_buffer.speech_started`, `.speech_stopped`, `.committed`, then
 //!   `conversation.item.input_audio_transcription.completed` **only when the session has
 //!   `audio.input.transcription` set** ("If `transcription` is not set, you get no caller
-//!   transcripts", §5.1). Then, if the script's `auto_reply` is on and the session's
+//!   transcripts"). Then, if the script's `auto_reply` is on and the session's
 //!   `turn_detection` is not `null` and does not set `create_response: false`, an agent
 //!   response, unless the call is no longer live (transferred, hung up).
 //! - *DTMF turn*: `input_audio_buffer.dtmf_event_received {event, received_at}` per key.
@@ -80,7 +80,7 @@
 //!   answers `conversation.item.truncated`; an unknown item or an `audio_end_ms` past the
 //!   item's duration answers an `error` (`invalid_value`), like the real API.
 //!
-//! *Emulator-specific* (the Realtime docs say nothing about several sockets, §6): a call may have
+//! *Emulator-specific* (the Realtime docs say nothing about several sockets): a call may have
 //! several connections at once. Each gets `session.created` and answers to its own client
 //! events, and all get the close frame or the drop when the call ends; the newest connection
 //! drives the script, older ones stop playing turns.

@@ -22,7 +22,7 @@
 //! flat string map of [`ATTRIBUTE_KEYS`] with `success` = `true`, or `success` = `false` and a
 //! `reason` ([`FailReason`]).
 //!
-//! Limits honoured (§2.2, §2.3): the whole lookup runs under a budget below Connect's 8 s block
+//! Limits honoured: the whole lookup runs under a budget below Connect's 8 s block
 //! limit ([`LambdaOptions::budget`], 6 s by default) and answers `success=false`,
 //! `reason=timeout` when it passes; the response stays under 32 KB and, with the contact's
 //! existing attributes, under the 32,768-byte attribute total, by truncating `summary`; values a
@@ -56,7 +56,7 @@ pub const ATTRIBUTE_KEYS: [&str; 11] = [
     "route_to_queue",
 ];
 
-/// All contact attributes together may total at most this many UTF-8 bytes (§2.3).
+/// All contact attributes together may total at most this many UTF-8 bytes.
 pub const MAX_ATTRIBUTE_BYTES: usize = 32_768;
 
 /// Bytes kept free under [`MAX_ATTRIBUTE_BYTES`] for attributes the flow sets after the Lambda.
@@ -65,10 +65,10 @@ pub const ATTRIBUTE_HEADROOM: usize = 1_024;
 /// Default cap on the `summary` value, bytes.
 pub const DEFAULT_SUMMARY_MAX_BYTES: usize = 2_000;
 
-/// Default budget for one invocation (Connect allows at most 8 s, §2.2).
+/// Default budget for one invocation (Connect allows at most 8 s).
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(6);
 
-/// The Connect "Invoke AWS Lambda function" event (§2.2). Only the fields the hand-over reads
+/// The Connect "Invoke AWS Lambda function" event. Only the fields the hand-over reads
 /// are typed; anything may be absent or `null`, and `Name` is not checked (real events say
 /// `ContactFlowEvent`, the `aws_lambda_events` fixture says `ContactFlowExecution`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -429,7 +429,7 @@ pub async fn open_store(
     }
 }
 
-/// The flat response map for `redemption` (§2.2 "STRING_MAP"). Success: every key of
+/// The flat response map for `redemption`. Success: every key of
 /// [`ATTRIBUTE_KEYS`], absent values as `""`. Failure: `success=false` and `reason`.
 /// `summary` is cut (at a character boundary, ending in `…`) to `opts.summary_max_bytes` and to
 /// what the event's existing attributes leave of [`MAX_ATTRIBUTE_BYTES`] minus
@@ -493,7 +493,7 @@ pub fn attributes(
 }
 
 /// `s` with every character outside ASCII letters, digits, `-` and `_` replaced by `_`, at most
-/// 64 bytes: safe to route on in a contact flow (§2.2).
+/// 64 bytes: safe to route on in a contact flow.
 pub fn routing_value(s: &str) -> String {
     s.trim()
         .chars()

@@ -185,8 +185,8 @@ pub fn handover_twiml(number: &E164, token: Option<&str>) -> Result<String, Twim
 }
 
 /// Redirects the parent call `call_sid` to [`handover_twiml`] with a REST call update (`POST
-/// /2010-04-01/Accounts/{AccountSid}/Calls/{call_sid}.json`, form field `Twiml`, Twilio's docs
-/// §4.2). Twilio's 200 means the new TwiML runs: the `<Dial><Sip>` leg to OpenAI ends.
+/// /2010-04-01/Accounts/{AccountSid}/Calls/{call_sid}.json`, form field `Twiml`,
+/// <https://www.twilio.com/docs/voice/api/call-resource#update-a-call-resource>). Twilio's 200 means the new TwiML runs: the `<Dial><Sip>` leg to OpenAI ends.
 ///
 /// # Errors
 /// [`DialError`]: the TwiML could not be built, or Twilio answered an error or was unreachable.

@@ -7,14 +7,14 @@
 //! (`https://api.hubapi.com` by default) with `Authorization: Bearer <private app token>` and JSON
 //! bodies:
 //!
-//! - §6.1 `POST /crm/v3/objects/contacts/search`: `phone` EQ *or* `mobilephone` EQ the number,
+//! - `POST /crm/v3/objects/contacts/search`: `phone` EQ *or* `mobilephone` EQ the number,
 //!   `limit` 1;
-//! - §6.2 `POST /crm/v3/objects/contacts` with `{"properties":{"phone":…}}` → 201; a 409
+//! - `POST /crm/v3/objects/contacts` with `{"properties":{"phone":…}}` → 201; a 409
 //!   `"Contact already exists. Existing ID: 777"` is turned into that id;
-//! - §6.3 `POST /crm/v3/objects/tickets` with `subject`, `content`, `hs_pipeline`,
+//! - `POST /crm/v3/objects/tickets` with `subject`, `content`, `hs_pipeline`,
 //!   `hs_pipeline_stage` and an association to the contact (`HUBSPOT_DEFINED`, type id 16,
 //!   ticket → contact);
-//! - §6.4 429: retried a bounded number of times ([`RetryPolicy`]) after `Retry-After` seconds
+//! - 429: retried a bounded number of times ([`RetryPolicy`]) after `Retry-After` seconds
 //!   when present (HubSpot does not document that header; community sources say it is sent),
 //!   otherwise after an exponential backoff with jitter. A 429 with `policyName: "DAILY"` is not
 //!   retried (the daily cap resets only at midnight in the portal's time zone). Nothing else is
@@ -23,7 +23,7 @@
 //! Phone caveat (§6.1, **[unverified]**): HubSpot stores `phone` as entered, so `EQ` on an E.164
 //! value misses contacts saved as `555-122-2323`; search is also eventually consistent, so a
 //! contact created seconds ago may not be found and gets duplicated (contacts dedupe only on
-//! email, §6.2). Keep the id returned by [`HubSpot::find_or_create_contact`].
+//! email). Keep the id returned by [`HubSpot::find_or_create_contact`].
 
 use std::time::Duration;
 
@@ -36,16 +36,16 @@ use crate::config::Secret;
 /// Default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
 
-/// Default association type id ticket → contact (§6.3).
+/// Default association type id ticket → contact.
 pub const TICKET_TO_CONTACT: u32 = 16;
 
-/// Default pipeline id in stock portals (§6.3).
+/// Default pipeline id in stock portals.
 pub const DEFAULT_PIPELINE: &str = "0";
 
-/// First stage of the default pipeline in stock portals (§6.3).
+/// First stage of the default pipeline in stock portals.
 pub const DEFAULT_PIPELINE_STAGE: &str = "1";
 
-/// Contact properties requested by the search (§6.1).
+/// Contact properties requested by the search.
 pub const SEARCH_PROPERTIES: [&str; 5] = ["firstname", "lastname", "email", "phone", "mobilephone"];
 
 /// A HubSpot request failed.
@@ -101,7 +101,7 @@ impl HubSpotError {
     }
 }
 
-/// How 429 answers are retried (§6.4).
+/// How 429 answers are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Requests in all, the first included (at least 1).
@@ -114,7 +114,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     /// 4 attempts, 1 s → 2 s → 4 s without `Retry-After`, every wait capped at 10 s (the
-    /// 10-second window, §6.4).
+    /// 10-second window).
     fn default() -> Self {
         Self {
             max_attempts: 4,
@@ -293,7 +293,7 @@ impl HubSpot {
         Ok((status, json))
     }
 
-    /// §6.1: the first contact whose `phone` or `mobilephone` equals `phone` exactly (E.164
+    /// the first contact whose `phone` or `mobilephone` equals `phone` exactly (E.164
     /// expected), with [`SEARCH_PROPERTIES`].
     ///
     /// # Errors
@@ -323,7 +323,7 @@ impl HubSpot {
             .transpose()
     }
 
-    /// §6.2: creates a contact with `properties` (e.g. `{"phone": "+15551234567"}`) and returns
+    /// creates a contact with `properties` (e.g. `{"phone": "+15551234567"}`) and returns
     /// its id. A 409 duplicate (email) answers the existing id parsed from
     /// `"Contact already exists. Existing ID: 777"`.
     ///
@@ -345,8 +345,8 @@ impl HubSpot {
         object_id(&json)
     }
 
-    /// The id of the contact with this phone number: the search's first hit (§6.1), or a new
-    /// contact with `phone` set (§6.2).
+    /// The id of the contact with this phone number: the search's first hit, or a new
+    /// contact with `phone` set.
     ///
     /// # Errors
     /// [`HubSpotError`] from either request.
@@ -362,7 +362,7 @@ impl HubSpot {
         self.create_contact(props).await
     }
 
-    /// §6.3: creates a ticket with `subject` and `content` in `pipeline`/`stage` (stage **ids**,
+    /// creates a ticket with `subject` and `content` in `pipeline`/`stage` (stage **ids**,
     /// not labels), associated with `contact_id` (`HUBSPOT_DEFINED`, type id 16), and returns its
     /// id. Without a pipeline, the stock default pipeline `"0"` and its first stage `"1"` are
     /// used.
@@ -433,8 +433,7 @@ pub struct CallerTicketError {
 }
 
 impl HubSpot {
-    /// Finds or creates the contact with `phone` ([`HubSpot::find_or_create_contact`], §6.1,
-    /// §6.2), then opens a ticket associated with it ([`HubSpot::create_ticket`], §6.3, type id
+    /// Finds or creates the contact with `phone` ([`HubSpot::find_or_create_contact`]), then opens a ticket associated with it ([`HubSpot::create_ticket`], type id
     /// 16). 429s are retried per the [`RetryPolicy`].
     ///
     /// # Errors
@@ -496,7 +495,7 @@ fn object_id(json: &Value) -> Result<String, HubSpotError> {
     }
 }
 
-/// The id in `"Contact already exists. Existing ID: 777"` (§6.2; relied on widely, not formally
+/// The id in `"Contact already exists. Existing ID: 777"` (relied on widely, not formally
 /// documented).
 pub fn existing_id(message: &str) -> Option<String> {
     let (_, rest) = message.split_once("Existing ID:")?;

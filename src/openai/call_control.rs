@@ -4,7 +4,7 @@
 //! `paths./realtime/calls/{call_id}/{accept,reject,refer,hangup}`. Every endpoint answers `200 OK`
 //! with an empty body; errors carry the standard OpenAI body
 //! `{"error":{"message","type","param","code"}}`. A 404 on `/accept` means the caller is already
-//! gone (a late webhook retry, §5.6 and §9.2).
+//! gone (a late webhook retry).
 
 use std::time::{Duration, Instant};
 
@@ -184,7 +184,7 @@ impl CallControl {
     }
 
     /// `POST /realtime/calls/{call_id}/accept` with `session` as the body (it must carry
-    /// `"type":"realtime"`, §5.1), once.
+    /// `"type":"realtime"`), once.
     ///
     /// # Errors
     /// [`CallControlError`]; `NotFound` when the caller is gone.
@@ -203,7 +203,7 @@ impl CallControl {
         retry_within(budget, || self.accept(call_id, session)).await
     }
 
-    /// `POST /realtime/calls/{call_id}/reject` with `{"status_code": status}` (§5.2).
+    /// `POST /realtime/calls/{call_id}/reject` with `{"status_code": status}`.
     ///
     /// # Errors
     /// [`CallControlError`].
@@ -213,7 +213,7 @@ impl CallControl {
     }
 
     /// `POST /realtime/calls/{call_id}/refer` with `{"target_uri": target}`; the value becomes the
-    /// SIP `Refer-To` header. A 200 only means the REFER was relayed (§5.3).
+    /// SIP `Refer-To` header. A 200 only means the REFER was relayed.
     ///
     /// # Errors
     /// [`CallControlError`].
@@ -222,7 +222,7 @@ impl CallControl {
             .await
     }
 
-    /// `POST /realtime/calls/{call_id}/hangup`, no body (§5.4).
+    /// `POST /realtime/calls/{call_id}/hangup`, no body.
     ///
     /// # Errors
     /// [`CallControlError`].

@@ -39,7 +39,7 @@ impl SidebandError {
     }
 }
 
-/// Opens the sideband for `call_id`. Does not pass `model` (ignored for existing calls, §6).
+/// Opens the sideband for `call_id`. Does not pass `model` (ignored for existing calls).
 ///
 /// # Errors
 /// [`SidebandError`] as classified from the upgrade response.
@@ -110,7 +110,7 @@ pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
         .max_frame_size(Some(4 << 20))
 }
 
-/// `usage` of a `response.done` (§6.1).
+/// `usage` of a `response.done`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct ResponseUsage {
     /// Input tokens.
@@ -152,7 +152,7 @@ pub struct ApiError {
     pub message: Option<String>,
 }
 
-/// A server event from the sideband, typed where the controller acts on it (§6.1).
+/// A server event from the sideband, typed where the controller acts on it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "type")]
 pub enum ServerEvent {
@@ -295,7 +295,7 @@ impl ServerEvent {
     }
 }
 
-/// Client events the controller sends (§6.2), serialised to the text frame.
+/// Client events the controller sends, serialised to the text frame.
 pub mod client {
     use super::*;
 
@@ -323,7 +323,7 @@ pub mod client {
     }
 
     /// `conversation.item.create` with a system message (`content:[{type:"input_text",text}]`,
-    /// §6.2): context for the model that is not a caller turn. Adds no response by itself.
+    /// `openai.types.realtime.ConversationItemCreateEvent`): context for the model that is not a caller turn. Adds no response by itself.
     pub fn system_message(text: &str) -> String {
         json!({
             "type": "conversation.item.create",

@@ -626,12 +626,12 @@ impl Profile {
 
     /// The JSON body for `POST /v1/realtime/calls/{call_id}/accept` (OpenAPI
     /// `RealtimeSessionCreateRequestGA`): `type` "realtime" (always: without it accept can return
-    /// 200 and the session dies, §5.6), `model`, `instructions`, `output_modalities` ["audio"],
+    /// 200 and the session dies), `model`, `instructions`, `output_modalities` ["audio"],
     /// `audio.input.transcription` {model, language?} (always, so caller transcripts exist),
     /// `audio.input.turn_detection` (object or `null`), `audio.input.noise_reduction`?,
     /// `audio.output` {voice, speed?}, `tools` ([`builtin_tools`], descriptions overridden by the
     /// profile, then the profile's other `[[tools]]`) and `tool_choice` "auto". No
-    /// `audio.*.format`: SIP negotiates the codec in SDP (§5.1).
+    /// `audio.*.format`: SIP negotiates the codec in SDP.
     pub fn realtime_session(&self) -> Value {
         let s = &self.session;
         let mut transcription = json!({ "model": s.transcription_model });

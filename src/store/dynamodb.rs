@@ -30,7 +30,7 @@
 //! "{before as 20 digits}"`; `live_calls` queries `by_state` once per live state. The constant
 //! `list_pk` partition puts every call in one GSI partition: fine at our scale (a GSI partition
 //! takes ~1000 writes/s, far above any call rate a phone line produces); a busier deployment
-//! would shard it by day. GSI reads are eventually consistent (§3.3): a call created a moment
+//! would shard it by day. GSI reads are eventually consistent: a call created a moment
 //! ago may be missing from `list_calls`/`live_calls` for a fraction of a second; `get_call` is
 //! strongly consistent.
 //!
@@ -52,7 +52,7 @@
 //! `expires_ms`, `expires_at` (TTL) and, when the caller number is not empty, `caller_key` (the
 //! number, so the `by_caller` GSI is sparse). Minting is `PutItem` with
 //! `attribute_not_exists(pk) OR expires_ms <= :now`; redeeming is `DeleteItem` with
-//! `attribute_exists(pk) AND expires_ms > :now` and `ReturnValues=ALL_OLD` (§3.4). Media
+//! `attribute_exists(pk) AND expires_ms > :now` and `ReturnValues=ALL_OLD`. Media
 //! Streams tokens (`vst_…`, [`tokens::is_stream_token`]) share the table and both conditions;
 //! their item is `kind = "stream"`, `grant` (the [`StreamGrant`] as a JSON string),
 //! `minted_at`, `expires_ms`, `expires_at`, and no `caller_key` (so the GSI never holds them).
@@ -403,7 +403,7 @@ impl DynamoStore {
     }
 
     /// The conditional `DeleteItem` shared by handover and stream tokens: removes the live item
-    /// of `token` and returns it (`None`: unknown, redeemed or expired, §3.4).
+    /// of `token` and returns it (`None`: unknown, redeemed or expired).
     async fn delete_token(
         &self,
         token: &str,
@@ -423,7 +423,7 @@ impl DynamoStore {
             .await;
         match del {
             Ok(out) => Ok(out.attributes),
-            // Unknown, already redeemed or expired: all the same to the caller (§3.4).
+            // Unknown, already redeemed or expired: all the same to the caller.
             Err(e) if is_ccf(&e) => Ok(None),
             Err(e) => Err(sdk_err("DeleteItem", &self.tables.tokens, e)),
         }

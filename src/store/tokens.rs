@@ -7,7 +7,7 @@
 //! redeems it exactly once ([`super::Store::redeem_token`]). Tokens expire after a short TTL
 //! (10 minutes by default, [`DEFAULT_TOKEN_TTL_SECS`]).
 //!
-//! Rules every store follows (§1.3, §3):
+//! Rules every store follows:
 //! - a token is [`TOKEN_DIGITS`] decimal digits drawn from a CSPRNG ([`generate_token`]);
 //! - it is made unique by a conditional insert that only succeeds when no *live* token has that
 //!   value (an expired one may be overwritten), retried with a fresh value on collision, at most

@@ -12,8 +12,8 @@
 //! stream. Only text that is not JSON at all is an error.
 //!
 //! Audio in both directions is base64 of headerless µ-law, 8 kHz, mono: 20 ms is
-//! [`FRAME_BYTES`] = 160 bytes (216 base64 characters, §1.5). Send text frames only: Twilio treats
-//! binary frames as malformed (warning 31950, §1.6).
+//! [`FRAME_BYTES`] = 160 bytes (216 base64 characters). Send text frames only: Twilio treats
+//! binary frames as malformed (warning 31950).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -21,13 +21,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Bytes of µ-law in 20 ms at 8 kHz (§1.5).
+/// Bytes of µ-law in 20 ms at 8 kHz.
 pub const FRAME_BYTES: usize = 160;
 
 /// The only encoding Twilio streams (`mediaFormat.encoding`).
 pub const ENCODING_MULAW: &str = "audio/x-mulaw";
 
-/// A message from Twilio to our server (§1.3).
+/// A message from Twilio to our server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum TwilioMessage {
@@ -254,8 +254,8 @@ pub struct StopInfo {
     pub call_sid: String,
 }
 
-/// A message from our server to Twilio (§1.4); these three are the only ones allowed on a
-/// bidirectional stream (anything else is error 31924, §1.6).
+/// A message from our server to Twilio; these three are the only ones allowed on a
+/// bidirectional stream (anything else is error 31924).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum ServerMessage {

@@ -5,12 +5,12 @@
 //! <https://www.twilio.com/docs/usage/webhooks/webhooks-security>):
 //!
 //! - [`signature`]: validating (and, for tests, creating) `X-Twilio-Signature` on webhooks, JSON
-//!   webhooks with `bodySHA256`, and Media Streams WebSocket upgrades (§2, §1.7);
+//!   webhooks with `bodySHA256`, and Media Streams WebSocket upgrades;
 //! - [`twiml`]: TwiML documents for `<Connect><Stream>`, `<Dial><Number sendDigits>`,
-//!   `<Dial><Sip>`, `<Refer>`, `<Say>`, `<Play digits>`, `<Hangup/>` (§1.1, §5);
-//! - [`media`]: the Media Streams WebSocket JSON messages in both directions (§1.3, §1.4);
-//! - [`voice`]: the parameters of a voice webhook (§3);
-//! - [`rest`]: create and update calls, send SMS, Twilio's error JSON (§4).
+//!   `<Dial><Sip>`, `<Refer>`, `<Say>`, `<Play digits>`, `<Hangup/>`;
+//! - [`media`]: the Media Streams WebSocket JSON messages in both directions;
+//! - [`voice`]: the parameters of a voice webhook;
+//! - [`rest`]: create and update calls, send SMS, Twilio's error JSON.
 
 pub mod media;
 pub mod rest;

@@ -5,7 +5,7 @@
 //! `src/rest/api/v2010/account/call.ts`. Requests are `application/x-www-form-urlencoded` with
 //! PascalCase names, to `{base_url}/2010-04-01/Accounts/{AccountSid}/….json` (the `.json` suffix
 //! makes Twilio answer JSON instead of XML), with HTTP Basic auth `AccountSid:AuthToken` or
-//! `ApiKeySid:ApiKeySecret` (§4.1 "Auth").
+//! `ApiKeySid:ApiKeySecret`.
 //!
 //! Nothing is retried: creating a call or a message is not idempotent, and an update that timed
 //! out may have been applied. Callers decide.
@@ -25,16 +25,16 @@ use crate::config::Secret;
 /// Default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 
-/// Maximum length of inline `Twiml` on a call (§4.1: "at most 4000 characters").
+/// Maximum length of inline `Twiml` on a call (Call resource `Twiml`: "at most 4000 characters").
 pub const TWIML_MAX_CHARS: usize = 4000;
 
-/// Maximum length of `SendDigits` (§4.1).
+/// Maximum length of `SendDigits`.
 pub const SEND_DIGITS_MAX_CHARS: usize = 32;
 
-/// Maximum `Timeout` (ring seconds) on a created call (§4.1: default 60, max 600).
+/// Maximum `Timeout` (ring seconds) on a created call (Call resource `Timeout`: default 60, max 600).
 pub const TIMEOUT_MAX_SECS: u32 = 600;
 
-/// The error body Twilio returns with a non-2xx status (§4.3):
+/// The error body Twilio returns with a non-2xx status:
 /// `{"code": 21211, "message": "...", "more_info": "https://www.twilio.com/docs/errors/21211",
 /// "status": 400}`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -73,7 +73,7 @@ pub enum TwilioError {
     Decode(String),
 }
 
-/// What a new call runs when answered (§4.1: exactly one of `Url`, `Twiml`, `ApplicationSid`).
+/// What a new call runs when answered (Call resource: exactly one of `Url`, `Twiml`, `ApplicationSid`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallInstructions {
     /// Inline TwiML, at most [`TWIML_MAX_CHARS`] characters (`Twiml`).
@@ -90,7 +90,7 @@ pub enum CallInstructions {
     ApplicationSid(String),
 }
 
-/// Parameters of `POST /2010-04-01/Accounts/{AccountSid}/Calls.json` (§4.1).
+/// Parameters of `POST /2010-04-01/Accounts/{AccountSid}/Calls.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateCall {
     /// `To`: E.164 number, SIP URI, or `client:…`.
@@ -212,7 +212,7 @@ fn instructions_form(
     Ok(())
 }
 
-/// What to do with a live call (§4.2). Updating a call inside `<Connect><Stream>` replaces the
+/// What to do with a live call. Updating a call inside `<Connect><Stream>` replaces the
 /// running TwiML: the stream ends (`stop`, then the socket closes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallUpdate {
@@ -341,7 +341,7 @@ impl TwilioRest {
     }
 
     /// Authenticates with an API key (`SK…` sid and its secret) for `account_sid`'s resources
-    /// (§4.1 "Auth").
+    ///.
     ///
     /// # Errors
     /// As [`TwilioRest::new`].
@@ -414,7 +414,7 @@ impl TwilioRest {
         serde_json::from_str(&text).map_err(|e| TwilioError::Decode(e.to_string()))
     }
 
-    /// `POST /2010-04-01/Accounts/{AccountSid}/Calls.json` (§4.1); Twilio answers `201` with
+    /// `POST /2010-04-01/Accounts/{AccountSid}/Calls.json`; Twilio answers `201` with
     /// the call (normally `"status": "queued"`). Sent once.
     ///
     /// # Errors
@@ -426,7 +426,7 @@ impl TwilioRest {
         self.post(self.url(&["Calls"]), &form).await
     }
 
-    /// `POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json` (§4.2): redirect a live call
+    /// `POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`: redirect a live call
     /// to new TwiML or a URL, or end it. Returns the updated call.
     ///
     /// # Errors

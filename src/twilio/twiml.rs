@@ -31,25 +31,25 @@ use std::fmt::Write as _;
 /// The XML declaration every rendered document starts with.
 pub const XML_DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
-/// Limit on a `<Parameter>`: name and value together must be under this many characters (§1.1).
+/// Limit on a `<Parameter>`: name and value together must be under this many characters.
 pub const PARAMETER_MAX_CHARS: usize = 500;
 
 /// A value the builder refuses because Twilio would reject it or misbehave.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TwimlError {
-    /// A `<Stream url>` with a query string; Twilio does not support them, use `<Parameter>` (§1.1).
+    /// A `<Stream url>` with a query string; Twilio does not support them, use `<Parameter>`.
     #[error("<Stream url> must not carry a query string (use <Parameter>): {0}")]
     StreamUrlQuery(String),
-    /// A `<Stream url>` with an absolute scheme other than `wss` ("`wss` is the only protocol", §1.1).
+    /// A `<Stream url>` with an absolute scheme other than `wss` ("`wss` is the only protocol").
     #[error("<Stream url> must use wss://: {0}")]
     StreamUrlScheme(String),
-    /// A `<Parameter>` whose name plus value is 500 characters or more (§1.1).
+    /// A `<Parameter>` whose name plus value is 500 characters or more.
     #[error("<Parameter> name and value together must be under 500 characters ({0})")]
     ParameterTooLong(usize),
     /// A `<Parameter>` with an empty name.
     #[error("<Parameter> name must not be empty")]
     EmptyParameterName,
-    /// Digits outside `0-9`, `A`-`D`, `*`, `#`, `w`, `W` (§4.1, §5.1, §5.2), or none at all.
+    /// Digits outside `0-9`, `A`-`D`, `*`, `#`, `w`, `W`, or none at all.
     #[error("invalid DTMF digits {0:?}: allowed are 0-9, A-D, *, #, w (0.5 s) and W (1 s)")]
     InvalidDigits(String),
     /// A `<Number>` that is not E.164 (`+` then 1 to 15 digits).
@@ -76,15 +76,15 @@ pub struct Response {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verb {
     /// `<Connect><Stream>`: a bidirectional Media Stream; blocks until our server closes the
-    /// socket (§1.2).
+    /// socket.
     Connect(Stream),
-    /// `<Dial>` one or more `<Number>` or `<Sip>` nouns (§5.2).
+    /// `<Dial>` one or more `<Number>` or `<Sip>` nouns.
     Dial(Dial),
-    /// `<Refer>` a SIP leg to a `<Sip>` target (§5.3; SIP legs only).
+    /// `<Refer>` a SIP leg to a `<Sip>` target (<https://www.twilio.com/docs/voice/twiml/refer>; SIP legs only).
     Refer(Refer),
     /// `<Say>` text.
     Say(Say),
-    /// `<Play digits="…"/>`: DTMF into the current call (§5.1).
+    /// `<Play digits="…"/>`: DTMF into the current call.
     PlayDigits(String),
     /// `<Hangup/>`.
     Hangup,
@@ -180,7 +180,7 @@ impl Verb {
     }
 }
 
-/// `<Stream>` inside `<Connect>` (§1.1). With `<Connect>` only the inbound track is streamed, so
+/// `<Stream>` inside `<Connect>`. With `<Connect>` only the inbound track is streamed, so
 /// there is no `track` attribute here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stream {
@@ -232,7 +232,7 @@ impl Stream {
     }
 
     /// Adds `<Parameter name value/>`; delivered once, in the `start` message's
-    /// `customParameters` (§1.1).
+    /// `customParameters`.
     ///
     /// # Errors
     /// [`TwimlError::EmptyParameterName`]; [`TwimlError::ParameterTooLong`] when name plus value
@@ -278,7 +278,7 @@ impl Stream {
     }
 }
 
-/// `<Dial>` (§5.2).
+/// `<Dial>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dial {
     caller_id: Option<String>,
@@ -328,7 +328,7 @@ impl Dial {
         self
     }
 
-    /// `callerId`: a Twilio or verified number; for inbound SIP calls not the From/To (§5.2).
+    /// `callerId`: a Twilio or verified number; for inbound SIP calls not the From/To.
     pub fn caller_id(mut self, caller_id: impl Into<String>) -> Self {
         self.caller_id = Some(caller_id.into());
         self
@@ -347,7 +347,7 @@ impl Dial {
     }
 
     /// `action`: URL requested with `DialCallStatus` etc. when the dialed call ends; without it the
-    /// next verb runs (§5.2).
+    /// next verb runs.
     pub fn action(mut self, url: impl Into<String>) -> Self {
         self.action = Some(url.into());
         self
@@ -381,7 +381,7 @@ impl Dial {
     }
 }
 
-/// `<Number>`: a PSTN number, optionally with DTMF played when it answers (§5.2).
+/// `<Number>`: a PSTN number, optionally with DTMF played when it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Number {
     number: String,
@@ -403,7 +403,7 @@ impl Number {
     }
 
     /// `sendDigits`: DTMF played when the far end answers; `w` pauses 0.5 s, `W` 1 s. Lead with
-    /// pauses when the far end is an IVR that greets first (§5.2 timing caveat).
+    /// pauses when the far end is an IVR that greets first (`<Number sendDigits>` timing caveat).
     ///
     /// # Errors
     /// [`TwimlError::InvalidDigits`].
@@ -505,7 +505,7 @@ fn percent_encode_hvalue(value: &str, out: &mut String) {
     }
 }
 
-/// `<Refer>`: Twilio sends a SIP REFER on a SIP leg (§5.3).
+/// `<Refer>`: Twilio sends a SIP REFER on a SIP leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refer {
     target: SipTarget,

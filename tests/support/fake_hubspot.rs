@@ -2,28 +2,28 @@
 //! <https://developers.hubspot.com/docs/api/crm/tickets>), a real HTTP server on `127.0.0.1:0` with
 //! in-memory contacts and tickets.
 //!
-//! Routes: `POST /crm/v3/objects/contacts/search` (§6.1), `POST /crm/v3/objects/contacts`
-//! (§6.2, 201), `POST /crm/v3/objects/tickets` (§6.3, 201). Every request is recorded (method,
+//! Routes: `POST /crm/v3/objects/contacts/search`, `POST /crm/v3/objects/contacts`
+//! (201), `POST /crm/v3/objects/tickets` (201). Every request is recorded (method,
 //! path, headers, JSON body). Checks, in order:
 //!
 //! 1. `Authorization: Bearer <token>`: otherwise 401 (`category: INVALID_AUTHENTICATION`; the
 //!    exact 401 body is **[unverified]**, HubSpot's pages only say "401: invalid token");
 //! 2. the route: unknown → 404;
-//! 3. a pending injected 429 ([`FakeHubSpot::rate_limit_next`]): the §6.4 body
+//! 3. a pending injected 429 ([`FakeHubSpot::rate_limit_next`]): HubSpot's 429 body
 //!    `{"status":"error","message":…,"errorType":"RATE_LIMIT","correlationId",…,"policyName",…}`,
 //!    with `Retry-After` when asked (HubSpot does not document it; community sources say it is
 //!    sent) and the `X-HubSpot-RateLimit-*` headers;
-//! 4. the body; malformed → 400 `VALIDATION_ERROR` (§6.4 "Other errors" shape).
+//! 4. the body; malformed → 400 `VALIDATION_ERROR` (HubSpot's error body shape).
 //!
 //! Search implements `filterGroups` (groups ORed, filters ANDed; at most 5 groups, 10 filters per
 //! group, 25 in all, per the 2024-08-26 limits) with `EQ`, `NEQ`, `HAS_PROPERTY` and
-//! `NOT_HAS_PROPERTY`, exact string comparison (no phone normalisation, §6.1 caveat); other
+//! `NOT_HAS_PROPERTY`, exact string comparison (no phone normalisation caveat); other
 //! documented operators answer 400 "not implemented by the fake". `limit` at most 200. Results
 //! carry `id`, the requested `properties` (or the default set), `createdAt`, `updatedAt`,
 //! `archived`; `paging` is absent (the fake returns one page).
 //!
 //! Creating a contact whose `email` is already taken answers 409 `"Contact already exists.
-//! Existing ID: N"` with `category: CONFLICT` (§6.2); contacts with only a phone are never
+//! Existing ID: N"` with `category: CONFLICT`; contacts with only a phone are never
 //! deduplicated. A ticket needs `subject` and `hs_pipeline_stage` (400 otherwise); `hs_pipeline`
 //! defaults to `"0"`; the only pipeline is `"0"` with stages `"1"`–`"4"`; every association must
 //! name an existing contact with `HUBSPOT_DEFINED` type 16 (or `USER_DEFINED` any id) (400

@@ -7,9 +7,9 @@
 //!    auth as `AccountSid:AuthToken` or a registered API key (`401`, code 20003, otherwise); the
 //!    route (`404`, code 20404); the next injected failure ([`FakeTwilio::fail_next`]); then the
 //!    parameters (below). Errors carry Twilio's JSON `{"code","message","more_info","status"}`
-//!    (§4.3).
-//! 2. **Twilio as a client of our server**: signed voice webhooks (§2, §3) and signed Media Streams
-//!    WebSocket connections (§1.3, §1.7) via [`FakeTwilio::post_webhook`] and
+//!.
+//! 2. **Twilio as a client of our server**: signed voice webhooks and signed Media Streams
+//!    WebSocket connections via [`FakeTwilio::post_webhook`] and
 //!    [`FakeTwilio::open_media_stream`].
 //!
 //! Parameter checks. From Twilio's Call resource docs and twilio-node `call.ts`: `To` must be
@@ -295,7 +295,7 @@ impl FakeTwilio {
 
     // ---- Twilio as a client of our server -------------------------------------------------
 
-    /// The parameters of an inbound voice webhook (§3) for a call `from` → `to`.
+    /// The parameters of an inbound voice webhook for a call `from` → `to`.
     pub fn voice_params(&self, call_sid: &str, from: &str, to: &str) -> Vec<(String, String)> {
         [
             ("AccountSid", self.account_sid()),
@@ -326,7 +326,7 @@ impl FakeTwilio {
     }
 
     /// As [`FakeTwilio::post_webhook`], but the signature is computed over `signed_url` (e.g. the
-    /// URL with `:443`, to exercise the port quirk, §2.4).
+    /// URL with `:443`, to exercise the port quirk).
     pub async fn post_webhook_signed_as(
         &self,
         url: &str,
@@ -354,7 +354,7 @@ impl FakeTwilio {
             .unwrap()
     }
 
-    /// POSTs a JSON `body` the way Twilio signs JSON webhooks (§2.1 step 5): `bodySHA256` added
+    /// POSTs a JSON `body` the way Twilio signs JSON webhooks: `bodySHA256` added
     /// to the query, the URL signed with no params.
     pub async fn post_json_webhook(&self, url: &str, body: &str) -> reqwest::Response {
         let sep = if url.contains('?') { '&' } else { '?' };
@@ -374,7 +374,7 @@ impl FakeTwilio {
     }
 
     /// Opens a Media Streams WebSocket to `url` (`ws://` or `wss://`) with the upgrade signed
-    /// over the URL as given, no params (§1.7).
+    /// over the URL as given, no params.
     pub async fn open_media_stream(
         &self,
         url: &str,
@@ -649,7 +649,7 @@ impl MediaStreamClient {
 
     /// The next message from the server within `timeout`: `Ok(Some(msg))` for a valid
     /// `media`/`mark`/`clear` text frame, `Ok(None)` on close, `Err(text)` for a frame Twilio
-    /// would flag (binary, or text that is not one of the three messages, §1.6). Panics on
+    /// would flag (binary, or text that is not one of the three messages). Panics on
     /// timeout.
     pub async fn recv(&mut self, timeout: Duration) -> Result<Option<ServerMessage>, String> {
         loop {

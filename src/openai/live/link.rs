@@ -34,7 +34,7 @@
 //! back, each as its own event, and the platform times the tones on the SIP leg; a menu that
 //! needs a pause gets two tool calls.
 //!
-//! Live has no `response.created`/`response.done` (§7.4). For each response the monitor asks
+//! Live has no `response.created`/`response.done`. For each response the monitor asks
 //! for, the link reports `response.created` at once and `response.done` when the agent's next
 //! line is complete, or after [`RESPONSE_WAIT`] without one, so the monitor's turn bookkeeping
 //! (tool follow-ups, fillers, hand-off lines) works unchanged.
