@@ -966,11 +966,9 @@ fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> config::Map
         .collect()
 }
 
-/// Smallest number of digits accepted in a configured E.164 number. ITU-T E.164 §6 caps numbers
-/// at 15 digits and sets no useful lower bound; no dialable international number (country code
-/// plus national number) is shorter than 8 digits, so anything shorter is a typo or a
-/// short code that Twilio or a SIP trunk would refuse as a caller ID or destination.
-pub const E164_MIN_DIGITS: usize = 8;
+/// Smallest number of digits accepted in a configured E.164 number
+/// ([`crate::sip::E164::MIN_DIALABLE_DIGITS`]).
+pub const E164_MIN_DIGITS: usize = crate::sip::E164::MIN_DIALABLE_DIGITS;
 
 /// Checks that `value` (the configuration key `key`) is an E.164 number: `+`, then 8 to 15
 /// digits, the first not `0` ([`crate::sip::E164::parse`] plus [`E164_MIN_DIGITS`]).

@@ -297,8 +297,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// A transfer target; a `tel:` number must be dialable: `+` then
+    /// [`E164::MIN_DIALABLE_DIGITS`] to 15 digits.
     fn target(&mut self, v: &Spanned<String>, key: &str) -> Option<TransferTarget> {
         match TransferTarget::parse(v.get_ref()) {
+            Ok(TransferTarget::Tel(n)) if n.digits().len() < E164::MIN_DIALABLE_DIGITS => {
+                self.err(
+                    v,
+                    format!(
+                        "{key}: {n} is too short to dial: expected tel: then '+' and {} to {} \
+                         digits (E.164)",
+                        E164::MIN_DIALABLE_DIGITS,
+                        E164::MAX_DIGITS
+                    ),
+                );
+                None
+            }
             Ok(t) => Some(t),
             Err(e) => {
                 self.err(v, format!("{key}: {e}"));

@@ -1215,3 +1215,25 @@ fn live_delegation_carries_its_responses_model() {
     let errs = load_err(dir.path());
     has(&errs, "rt.toml", Some(4), "GPT-Live setting");
 }
+
+#[test]
+fn tel_transfer_targets_must_be_dialable_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    profile(
+        dir.path(),
+        "short",
+        "default = true\n[escalation]\ntarget = \"tel:+1234567\"\n\
+         [escalation.fallback]\ntarget = \"tel:+12345678\"\n",
+    );
+    let errs = load_err(dir.path());
+    has(
+        &errs,
+        "short.toml",
+        Some(3),
+        "escalation.target: +1234567 is too short to dial",
+    );
+    assert!(
+        !errs.iter().any(|(_, _, m)| m.contains("fallback")),
+        "8 digits is dialable: {errs:#?}"
+    );
+}

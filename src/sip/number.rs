@@ -18,6 +18,13 @@ impl E164 {
     /// Longest E.164 number, digits without the `+` (ITU-T E.164 §6.1).
     pub const MAX_DIGITS: usize = 15;
 
+    /// Fewest digits of a number we dial or call from (caller IDs, transfer targets, SMS
+    /// senders). ITU-T E.164 §6 sets no useful lower bound; no dialable international number
+    /// (country code plus national number) is shorter than 8 digits, so a configured number
+    /// shorter than that is a typo or a short code that a carrier would refuse. Numbers we
+    /// receive (caller, dialed) are not held to it.
+    pub const MIN_DIALABLE_DIGITS: usize = 8;
+
     /// Parses the canonical form `+` 1..=15 ASCII digits, first digit not `0`.
     ///
     /// # Errors
