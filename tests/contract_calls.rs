@@ -468,7 +468,7 @@ async fn whole_calls_record_every_message_for_the_sdk_contract_checks() {
         // is trusted as the parent call).
         .header(
             voxmachina::escalation::twilio_dial::CALL_SID_BINDING_HEADER,
-            &voxmachina::twilio::signature::call_sid_binding(&env.twilio.auth_token(), &parent)
+            voxmachina::twilio::signature::call_sid_binding(&env.twilio.auth_token(), &parent)
                 .expect("a non-empty auth token binds"),
         )
         .auto_reply(false)

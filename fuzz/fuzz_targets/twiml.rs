@@ -97,13 +97,13 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(all_text(kids[0]), xml_visible(&text));
 
     // <Dial><Sip> with URI headers (the SIP path's answer and a custom target).
-    if let Ok(xml) = dial_sip_twiml(OPENAI_SIP_URI, &value) {
+    if let Ok(xml) = dial_sip_twiml(OPENAI_SIP_URI, &value, &digits) {
         let doc = parse(&xml);
         let sip = only_child(only_child(doc.root_element(), "Dial"), "Sip");
         check_sip_headers(
             &all_text(sip),
             OPENAI_SIP_URI,
-            &[("X-Twilio-CallSid", &value)],
+            &[("X-Twilio-CallSid", &value), ("X-Voxmachina-CallSid-Mac", &digits)],
         );
     }
     let target = SipTarget::new(uri.trim())

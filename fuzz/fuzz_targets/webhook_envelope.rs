@@ -47,9 +47,11 @@ fuzz_target!(|data: &[u8]| {
     let [secret, id, ts, sig, body] = fields::<5>(data);
     let secret = String::from_utf8_lossy(secret);
     let Ok(verifier) = Verifier::new(&secret, TOLERANCE) else {
+        // Refused: a `whsec_` key that is not base64 or decodes to nothing, and (fail closed)
+        // an empty or whitespace-only secret.
         assert!(
-            secret.starts_with("whsec_"),
-            "only a whsec_ secret can be refused"
+            secret.starts_with("whsec_") || secret.trim().is_empty(),
+            "only a malformed whsec_ secret or a blank one can be refused"
         );
         return;
     };
@@ -160,8 +162,21 @@ fuzz_target!(|data: &[u8]| {
 /// What the handler reads from the headers: parties, the Twilio parent call, the profile.
 fn choose_profile(headers: &[voxmachina::sip::SipHeader]) {
     let parties = CallParties::from_headers(headers);
-    if let Some(sid) = voxmachina::escalation::twilio_dial::parent_call_sid(headers) {
-        assert!(voxmachina::escalation::twilio_dial::is_call_sid(&sid));
+    // A parent CallSid is trusted only with our binding of it, which the input cannot forge
+    // without the key.
+    use voxmachina::escalation::twilio_dial::{
+        CALL_SID_BINDING_HEADER, ParentCallSid, is_call_sid, parent_call_sid,
+    };
+    let key = voxmachina::config::Secret::new("fuzz twilio auth token");
+    if let ParentCallSid::Bound(sid) = parent_call_sid(headers, Some(&key)) {
+        assert!(is_call_sid(&sid));
+        let want = voxmachina::twilio::signature::call_sid_binding(&key, &sid).expect("a key");
+        assert!(
+            headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(CALL_SID_BINDING_HEADER)
+                    && h.value.trim() == want)
+        );
     }
     let profile = profiles().select(&parties, headers);
     assert!(profiles().get(&profile.name).is_some());

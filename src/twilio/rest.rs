@@ -340,8 +340,7 @@ impl TwilioRest {
         )
     }
 
-    /// Authenticates with an API key (`SK…` sid and its secret) for `account_sid`'s resources
-    ///.
+    /// Authenticates with an API key (`SK…` sid and its secret) for `account_sid`'s resources.
     ///
     /// # Errors
     /// As [`TwilioRest::new`].

@@ -6,8 +6,7 @@
 //!    recorded (method, path, headers, decoded form fields, raw body). Checks, in order: HTTP Basic
 //!    auth as `AccountSid:AuthToken` or a registered API key (`401`, code 20003, otherwise); the
 //!    route (`404`, code 20404); the next injected failure ([`FakeTwilio::fail_next`]); then the
-//!    parameters (below). Errors carry Twilio's JSON `{"code","message","more_info","status"}`
-//!.
+//!    parameters (below). Errors carry Twilio's JSON `{"code","message","more_info","status"}`.
 //! 2. **Twilio as a client of our server**: signed voice webhooks and signed Media Streams
 //!    WebSocket connections via [`FakeTwilio::post_webhook`] and
 //!    [`FakeTwilio::open_media_stream`].
