@@ -22,9 +22,9 @@ fi
 echo "$(cargo fuzz --version), $(cargo +nightly --version)"
 
 # The same flags as the long runs (docs/security.md), so this build is the one they reuse.
-# The smoke runs use an unoptimised build (`--dev`): it builds in about half the time of the
-# release build that the long runs in docs/security.md use, and 5 s per target only needs to
-# replay the seeds and explore a little.
+# The smoke runs use an unoptimised build (`--dev`, no optimiser passes to pay for on a fresh
+# machine): 5 s per target only needs to replay the seeds and explore a little. The long runs
+# in docs/security.md use the release build.
 flags=(-s none --dev)
 secs="${FUZZ_SECONDS:-5}"
 started=$SECONDS
