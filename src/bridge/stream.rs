@@ -45,7 +45,7 @@
 //! is ended `controller_shutdown`, since a media stream cannot be reattached.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,6 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self as tung};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -63,14 +62,17 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::audio::{Inbound, MediaFrameWriter, Outbound, b64_decoded_len, frames_ms};
 use super::events::{self, ModelPeek, TwilioPeek, kinds};
-use super::link::{MediaLink, ModelWriter, TwilioActions};
+use super::link::{
+    LinkSender, MAX_LINK_BACKLOG_BYTES, MediaLink, ModelWriter, Queued, TwilioActions,
+    media_link_channel,
+};
 use super::metric_names;
 use super::pacer::{Pacer, PacerLimits, Verdict, ulaw_duration};
 use super::params;
 use super::playback::{Echo, Playback, ResponseEnd};
 use super::stats::{Direction, FrameStats};
 use crate::app::AppState;
-use crate::calls::link::{Link, LinkEvent};
+use crate::calls::link::Link;
 use crate::calls::monitor::{self, Attach};
 use crate::calls::persist::{append, event, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState, MediaInfo};
@@ -82,6 +84,16 @@ use crate::sip::{CallParties, E164};
 use crate::store::StreamGrant;
 use crate::telemetry::names;
 use crate::twilio::media::{ServerMessage, TwilioMessage};
+
+/// `barge_in` event rows one stream writes at most; later barge-ins are only counted in the
+/// stream's `stream_ended` summary (`barge_ins`), so a caller who keeps talking over the agent
+/// cannot grow the call's event log.
+pub const MAX_BARGE_IN_ROWS: u32 = 100;
+
+/// Whether one more row fits under `max`, counting every call (rows or not) in `taken`.
+fn take_row(taken: &AtomicU32, max: u32) -> bool {
+    taken.fetch_add(1, Ordering::SeqCst) < max
+}
 
 /// How long to wait for Twilio's `start` message after the upgrade.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,8 +184,9 @@ struct Bridge {
     frames: MediaFrameWriter,
     twilio: tokio::sync::Mutex<TwilioSink>,
     model: tokio::sync::Mutex<ModelSink>,
-    link: mpsc::UnboundedSender<LinkEvent>,
-    link_closed: AtomicBool,
+    link: LinkSender,
+    /// `barge_in` event rows written so far (at most [`MAX_BARGE_IN_ROWS`]).
+    barge_in_rows: AtomicU32,
     out: Mutex<OutState>,
     app: Arc<AppState>,
 }
@@ -190,14 +203,18 @@ impl Bridge {
     }
 
     fn to_monitor(&self, text: String) {
-        let _ = self.link.send(LinkEvent::Text(text));
+        if self.link.text(text) == Queued::Overflowed {
+            warn!(
+                limit_bytes = MAX_LINK_BACKLOG_BYTES,
+                "the monitor stopped reading model events; closing the bridged session"
+            );
+            metrics::counter!(metric_names::STREAMS, "outcome" => "monitor_backlog").increment(1);
+        }
     }
 
     /// Reports the end of the model connection to the monitor, once.
     fn close_link(&self, clean: bool) {
-        if !self.link_closed.swap(true, Ordering::SeqCst) {
-            let _ = self.link.send(LinkEvent::Closed { clean });
-        }
+        self.link.close(clean);
     }
 
     fn mark(&self, batch: &mut Batch, name: &str) {
@@ -373,9 +390,12 @@ impl Bridge {
             "truncated": cut.truncates.iter().map(|(i, ms)| json!({"item_id": i, "audio_end_ms": ms})).collect::<Vec<_>>(),
         });
         info!(cause, "barge-in: agent audio cleared");
-        let app = self.app.clone();
-        let event = CallEvent::new(&self.call_id, "barge_in", detail);
-        tokio::spawn(async move { append(&app, event).await });
+        // Every barge-in is counted in the stream's summary; only the first ones get a row.
+        if take_row(&self.barge_in_rows, MAX_BARGE_IN_ROWS) {
+            let app = self.app.clone();
+            let event = CallEvent::new(&self.call_id, "barge_in", detail);
+            tokio::spawn(async move { append(&app, event).await });
+        }
     }
 
     /// One Realtime server event.
@@ -736,7 +756,7 @@ async fn bridge(
     info!(audio = mode.as_str(), profile = %profile.name, "media stream bridged");
 
     let stats = Arc::new(FrameStats::new());
-    let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let (link_tx, link_rx) = media_link_channel(MAX_LINK_BACKLOG_BYTES);
     let (model_sink, model_stream) = model.split();
     let bridge = Arc::new(Bridge {
         call_id: record.call_id.clone(),
@@ -746,7 +766,7 @@ async fn bridge(
         twilio: tokio::sync::Mutex::new(tw_sink),
         model: tokio::sync::Mutex::new(model_sink),
         link: link_tx,
-        link_closed: AtomicBool::new(false),
+        barge_in_rows: AtomicU32::new(0),
         out: Mutex::new(OutState {
             playback: Playback::new(),
             audio: Outbound::new(mode),
@@ -1078,6 +1098,16 @@ async fn write_all(sink: &mut TwilioSink, texts: Vec<String>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn barge_in_rows_stop_at_the_cap_but_keep_counting() {
+        let taken = AtomicU32::new(0);
+        let rows = (0..MAX_BARGE_IN_ROWS + 50)
+            .filter(|_| take_row(&taken, MAX_BARGE_IN_ROWS))
+            .count();
+        assert_eq!(rows, MAX_BARGE_IN_ROWS as usize);
+        assert_eq!(taken.load(Ordering::SeqCst), MAX_BARGE_IN_ROWS + 50);
+    }
 
     fn grant(call_sid: Option<&str>, direction: &str, dialed: Option<&str>) -> StreamGrant {
         StreamGrant {
