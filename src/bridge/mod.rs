@@ -136,7 +136,7 @@ pub mod metric_names {
     /// its last Twilio frame written).
     pub const FRAME_SECONDS: &str = "voxmachina_bridge_frame_seconds";
     /// Counter: media streams by `outcome` (`bad_signature`, `bridged`, `refused`,
-    /// `model_unavailable`, `duplicate`, `no_start`). `refused` carries a `reason`
+    /// `model_unavailable`, `duplicate`, `no_start`, `monitor_backlog`). `refused` carries a `reason`
     /// ([`super::stream::Refusal::as_str`]: `no_token`, `invalid_token`, `call_mismatch`,
     /// `not_waiting`, `already_bridged`, `store_unavailable`).
     pub const STREAMS: &str = "voxmachina_bridge_streams_total";
