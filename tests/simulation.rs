@@ -55,3 +55,36 @@ fn the_same_seed_gives_the_same_history_and_run() {
     }
 }
 
+/// Found by the simulator (seed 81): a duplicated `response.function_call_arguments.done` for
+/// a tool still running started a second job for the same function call (two outputs for one
+/// `call_id`). Now the duplicate is ignored.
+#[test]
+fn a_duplicated_tool_call_runs_one_job() {
+    use sim::{Act, CallSetup, History};
+    use voxmachina::calls::machine::Attach;
+    use voxmachina::calls::record::Api;
+    let h = History {
+        seed: 81,
+        setup: CallSetup {
+            profile: 0,
+            attach: Attach::Resume,
+            api: Api::Realtime,
+            model_summary: false,
+            crm: false,
+            filler_after_ms: 0,
+            attach_fails: None,
+        },
+        acts: vec![
+            Act::ResponseCreated,
+            Act::Dtmf('5'),
+            Act::Duplicate,
+            Act::ToolCall(0),
+            Act::ToolCall(0),
+            Act::AgentTurn { audio: true },
+            Act::Duplicate,
+        ],
+    };
+    if let Err(f) = sim::run(&h, true) {
+        panic!("{}", sim::report(&h, &f));
+    }
+}

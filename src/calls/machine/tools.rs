@@ -39,6 +39,15 @@ impl Machine {
             );
             return Flow::Continue;
         }
+        if self.state.running.contains_key(fc_id) {
+            // A duplicated `response.function_call_arguments.done` of a call still running:
+            // one job, one output.
+            warn!(
+                call_id = fc_id,
+                "duplicate function call ignored; it is already running"
+            );
+            return Flow::Continue;
+        }
         if matches!(name, TOOL_TRANSFER_TO_HUMAN | TOOL_END_CALL) {
             return self.on_call_tool(now, fc_id, name, arguments, out);
         }
