@@ -53,18 +53,24 @@ impl Monitor {
         }
     }
 
+    /// The call's stored transcript; empty (logged) when the store cannot read it.
+    async fn stored_transcript(&self, call_id: &str) -> Vec<crate::calls::record::TranscriptLine> {
+        self.ctx
+            .store
+            .transcript(call_id)
+            .await
+            .unwrap_or_else(|e| {
+                store_error("transcript", &e);
+                Vec::new()
+            })
+    }
+
     /// `PrepareHandover`: the conversation summary (from the stored transcript), the HubSpot
     /// work started (`crm`; its result fed as `CrmDone` when known), and with `token` the
     /// handover token minted after waiting at most `[hubspot] escalation_wait_ms` for HubSpot.
     pub(super) async fn prepare_handover(&mut self, reason: &str, crm: bool, token: bool) -> Input {
         let call_id = self.machine.record().call_id.clone();
-        let transcript = match self.ctx.store.transcript(&call_id).await {
-            Ok(t) => t,
-            Err(e) => {
-                store_error("transcript", &e);
-                Vec::new()
-            }
-        };
+        let transcript = self.stored_transcript(&call_id).await;
         let summary = connect::conversation_summary(&transcript, reason, HANDOVER_SUMMARY_CHARS);
         if crm {
             self.start_crm(&summary, reason).await;
@@ -192,13 +198,7 @@ impl Monitor {
         let profile = self.machine.setup().profile.clone();
         let services = self.ctx.after_call.clone();
         let call_id = self.machine.record().call_id.clone();
-        let transcript = match self.ctx.store.transcript(&call_id).await {
-            Ok(t) => t,
-            Err(e) => {
-                store_error("transcript", &e);
-                Vec::new()
-            }
-        };
+        let transcript = self.stored_transcript(&call_id).await;
         if !profile.after_call.extract.is_empty() {
             let extracted = after_call::extract(&profile.after_call.extract, &transcript);
             let names: Vec<String> = extracted.keys().cloned().collect();
