@@ -190,7 +190,8 @@ pub fn parse_model_summary(text: &str) -> Option<CallSummary> {
     })
 }
 
-fn clip(s: &str, max_chars: usize) -> String {
+/// At most `max_chars` characters of `s`, `…` appended when cut.
+pub(crate) fn clip(s: &str, max_chars: usize) -> String {
     if s.chars().count() <= max_chars {
         s.to_string()
     } else {

@@ -21,7 +21,6 @@
 //! while the call ends is dropped and counted the same way.
 
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use crate::telemetry::names;
 
@@ -128,7 +127,7 @@ impl LimitsConfig {
 }
 
 /// One per-call budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Budget {
     /// `max_messages_per_sec` / `max_message_burst`.
     MessagesPerSec,
@@ -183,13 +182,15 @@ impl Budget {
 }
 
 /// The running counts of one call against its [`LimitsConfig`]. Owned by the call's monitor;
-/// a few dozen bytes, whatever the caller does.
-#[derive(Debug)]
+/// a few dozen bytes, whatever the caller does. Serialisable with the call's state machine
+/// ([`crate::calls::machine`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallBudget {
     limits: LimitsConfig,
-    /// Token bucket of the message rate: tokens left and when they were last refilled.
+    /// Token bucket of the message rate: tokens left and when they were last refilled (the
+    /// machine's clock, milliseconds; 0 = never).
     tokens: f64,
-    refilled: Instant,
+    refilled: u64,
     dtmf: u32,
     events: u32,
     lines: u32,
@@ -207,7 +208,7 @@ impl CallBudget {
     pub fn new(limits: &LimitsConfig) -> Self {
         Self {
             tokens: f64::from(limits.max_message_burst),
-            refilled: Instant::now(),
+            refilled: 0,
             dtmf: 0,
             events: 0,
             lines: 0,
@@ -251,14 +252,15 @@ impl CallBudget {
         false
     }
 
-    /// One event arrived on the model link at `now`: true when it may be processed. Once the
-    /// call is ending every event is dropped (and counted as `messages_per_sec`).
-    pub fn message(&mut self, now: Instant) -> bool {
+    /// One event arrived on the model link at `now_ms` (the machine's clock, milliseconds):
+    /// true when it may be processed. Once the call is ending every event is dropped (and
+    /// counted as `messages_per_sec`).
+    pub fn message(&mut self, now_ms: u64) -> bool {
         let rate = f64::from(self.limits.max_messages_per_sec);
         let burst = f64::from(self.limits.max_message_burst);
-        let elapsed = now.saturating_duration_since(self.refilled);
-        self.refilled = now;
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * rate).min(burst);
+        let elapsed_ms = now_ms.saturating_sub(self.refilled);
+        self.refilled = now_ms;
+        self.tokens = (self.tokens + elapsed_ms as f64 / 1000.0 * rate).min(burst);
         if self.tripped || self.tokens < 1.0 {
             return self.exceed(Budget::MessagesPerSec);
         }
@@ -343,7 +345,6 @@ impl CallBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn small() -> LimitsConfig {
         LimitsConfig {
@@ -408,7 +409,7 @@ mod tests {
     #[test]
     fn message_bucket_allows_bursts_then_the_sustained_rate() {
         let mut b = CallBudget::new(&small());
-        let t0 = Instant::now();
+        let t0: u64 = 1_000_000;
         for _ in 0..20 {
             assert!(b.message(t0));
         }
@@ -419,8 +420,8 @@ mod tests {
         for _ in 0..20 {
             assert!(b.message(t0));
         }
-        assert!(b.message(t0 + Duration::from_millis(100)), "one token back");
-        assert!(!b.message(t0 + Duration::from_millis(100)));
+        assert!(b.message(t0 + 100), "one token back");
+        assert!(!b.message(t0 + 100));
     }
 
     #[test]

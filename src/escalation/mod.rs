@@ -91,7 +91,7 @@ impl Default for ConnectHandover {
 }
 
 /// What started an escalation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Trigger {
     /// The caller said one of the profile's phrases (the phrase that matched).
     CallerPhrase(String),
@@ -158,7 +158,7 @@ pub enum Step {
     Done(Outcome),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Phase {
     SpeakingHandoff,
     Referring(TransferTarget),
@@ -167,8 +167,9 @@ enum Phase {
     Done,
 }
 
-/// The hand-off state machine for one escalation. Pure: no I/O, no clocks.
-#[derive(Debug, Clone)]
+/// The hand-off state machine for one escalation. Pure: no I/O, no clocks; serialisable with the
+/// call's state machine ([`crate::calls::machine`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Handoff {
     trigger: Trigger,
     targets: VecDeque<TransferTarget>,

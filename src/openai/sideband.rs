@@ -6,7 +6,7 @@
 //! caller hangs up). Only the events the controller acts on are typed; everything else parses as
 //! [`ServerEvent::Other`].
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -111,7 +111,7 @@ pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
 }
 
 /// `usage` of a `response.done`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct ResponseUsage {
     /// Input tokens.
     #[serde(default)]
