@@ -256,7 +256,7 @@ async fn start() -> Env {
             dynamo = Some((endpoint, prefix));
             Arc::new(store)
         }
-        None => app::open_store(&config).await.unwrap(),
+        None => voxmachina::store::open(&config).await.unwrap(),
     };
     let server = app::start_with_store(config.clone(), secrets.clone(), store)
         .await

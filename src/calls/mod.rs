@@ -1,6 +1,7 @@
 //! Calls: the stored call record ([`record`]), the registry of monitored calls ([`registry`]),
-//! the per-call sideband monitor ([`monitor`]) and the call leases that give each call exactly
-//! one monitor across instances ([`lease`]).
+//! the per-call sideband monitor ([`monitor`]), the call leases that give each call exactly
+//! one monitor across instances ([`lease`]), the services call handling shares ([`services`])
+//! and reattaching calls after a restart or from a dead instance ([`takeover`]).
 
 pub mod after_call;
 pub mod budget;
@@ -11,3 +12,5 @@ pub mod outbound;
 pub(crate) mod persist;
 pub mod record;
 pub mod registry;
+pub mod services;
+pub mod takeover;

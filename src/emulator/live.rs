@@ -931,7 +931,7 @@ async fn attach(
             "Session not found.",
         );
     }
-    crate::http::ws_upgrade(ws).on_upgrade(move |socket| connection(shared, id, socket))
+    crate::bridge::ws_upgrade(ws).on_upgrade(move |socket| connection(shared, id, socket))
 }
 
 async fn connection(shared: Arc<Shared>, id: String, socket: WebSocket) {
