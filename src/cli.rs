@@ -1,4 +1,4 @@
-//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `call`, `tool test`,
+//! The command line (`clap`): `serve`, `check`, `trigger`, `call`, `tool test`,
 //! `dynamodb`, `token`.
 
 use std::path::PathBuf;
@@ -37,8 +37,6 @@ pub enum Command {
     },
     /// Sign and send a `realtime.call.incoming` webhook to a URL, like OpenAI would.
     Trigger(TriggerArgs),
-    /// Play a whole phone call offline against a local OpenAI SIP emulator.
-    Demo(crate::demo::DemoArgs),
     /// Agent tools declared in the prompt profiles.
     Tool(ToolArgs),
     /// Manage the DynamoDB tables named by `[store.dynamodb]`.
@@ -181,7 +179,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => serve(cli.config).await,
         Command::Check { explain } => check(cli.config, explain),
         Command::Trigger(args) => trigger(args).await,
-        Command::Demo(args) => crate::demo::run(cli.config, args).await,
         Command::Tool(ToolArgs {
             command:
                 ToolCommand::Test {
