@@ -29,11 +29,11 @@ use voxmachina::bridge::playback::Playback;
 use voxmachina::bridge::stats::{Direction, process_histogram};
 use voxmachina::calls::record::BridgeStats;
 use voxmachina::config::{Config, Secret, Secrets};
-use voxmachina::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
-use voxmachina::emulator::sideband::agent_audio;
-use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
 use voxmachina::prompts::MediaAudio;
 use voxmachina::twilio::media::ServerMessage;
+use voxmachina_emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
+use voxmachina_emulator::sideband::agent_audio;
+use voxmachina_emulator::{Emulator, EmulatorConfig, Script};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

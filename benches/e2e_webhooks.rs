@@ -22,8 +22,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
 use voxmachina::store::DynamoStore;
+use voxmachina_emulator::{Emulator, EmulatorConfig, Script};
 
 #[path = "support/controller.rs"]
 mod controller;

@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
 use voxmachina::store::{SqliteStore, Store};
+use voxmachina_emulator::{Emulator, EmulatorConfig, Script};
 
 #[path = "support/controller.rs"]
 mod controller;

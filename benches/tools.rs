@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde_json::json;
 use voxmachina::app;
 use voxmachina::config::{Config, Secret, Secrets, SummaryMode};
-use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
+use voxmachina_emulator::{Emulator, EmulatorConfig, Script};
 
 const API_KEY: &str = "sk-bench";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

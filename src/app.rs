@@ -1,30 +1,37 @@
-//! Wiring: the shared [`AppState`], server start-up ([`start`]), profile reload, reattaching live
-//! calls after a restart, taking over the calls of instances that died ([`takeover_once`]), and
-//! graceful shutdown.
+//! Wiring: builds the services once at start-up ([`start`]) and hands each part of the server
+//! the narrow services it uses (the HTTP routes' [`HttpState`], the monitors'
+//! [`MonitorContext`], the takeover scan's [`CallServices`]); runs the background tasks
+//! (retention purge, takeover scan) and graceful shutdown. Nothing below this module imports
+//! it: [`AppState`] is the handle the entry points (`cli`, `demo`, tests) keep on a running
+//! server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
+use crate::bridge::{BridgeServices, TwilioContext};
 use crate::calls::after_call::AfterCallServices;
-use crate::calls::lease::{self, Leases};
-use crate::calls::monitor::{self, Attach, MonitorContext};
+use crate::calls::lease::Leases;
+use crate::calls::monitor::MonitorContext;
 use crate::calls::record::{Api, CallState};
 use crate::calls::registry::CallRegistry;
+use crate::calls::services::CallServices;
+use crate::calls::takeover::stuck_accept_after;
 use crate::config::{Config, Secret, Secrets};
+use crate::http::{AdminServices, HealthServices, HttpState};
 use crate::hubspot::HubSpot;
 use crate::openai::CallControl;
-use crate::prompts::{LoadErrors, ProfileSet};
-use crate::store::{DynamoStore, HoldLimits, ResilientStore, SqliteStore, Store, StoreError};
+use crate::prompts::{LoadErrors, ProfileSet, Profiles, check_named_secrets};
+use crate::store::{HoldLimits, ResilientStore, Store, StoreError};
 use crate::telemetry;
 use crate::tools;
+use crate::webhook::handler::WebhookServices;
 use crate::webhook::signature::{KeyError, Verifier};
 
 /// Start-up failures.
@@ -55,10 +62,11 @@ pub enum StartError {
     Secret(#[from] crate::config::ConfigError),
 }
 
-/// State shared by every request handler and monitor.
+/// The services of a running server, as wired at start-up (what the entry points and tests
+/// inspect and drive: reload, shutdown, the store, the registry).
 pub struct AppState {
     /// The configuration the server started with.
-    pub config: Config,
+    pub config: Arc<Config>,
     /// Webhook signature verifier (holds the key).
     pub verifier: Verifier,
     /// Persistence: the opened store behind a [`ResilientStore`], so failed writes of a call
@@ -68,7 +76,7 @@ pub struct AppState {
     /// and the held writes flushed at shutdown.
     pub held_writes: ResilientStore,
     /// Current prompt profiles; swapped whole on reload, running calls keep their profile.
-    pub profiles: ArcSwap<ProfileSet>,
+    pub profiles: Profiles,
     /// OpenAI call control.
     pub call_control: CallControl,
     /// What monitors share (registry, store, sideband settings, shutdown token).
@@ -78,10 +86,10 @@ pub struct AppState {
     /// Prometheus render handle.
     pub metrics: PrometheusHandle,
     /// False once shutdown began: new webhooks get 503 so OpenAI retries them elsewhere/later.
-    pub accepting: AtomicBool,
+    pub accepting: Arc<AtomicBool>,
     /// Twilio Media Streams path (`crate::bridge`): `None` unless `[twilio] account_sid` and
     /// `TWILIO_AUTH_TOKEN` are both set.
-    pub twilio: Option<crate::bridge::TwilioContext>,
+    pub twilio: Option<TwilioContext>,
 }
 
 impl AppState {
@@ -90,15 +98,52 @@ impl AppState {
         &self.monitors.registry
     }
 
+    /// The services of the calls domain (shared handles).
+    pub fn calls(&self) -> CallServices {
+        CallServices {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            profiles: self.profiles.clone(),
+            monitors: self.monitors.clone(),
+        }
+    }
+
+    /// The router state: each group of routes gets its own services.
+    pub fn http_state(&self) -> HttpState {
+        let calls = self.calls();
+        HttpState {
+            webhook: Arc::new(WebhookServices {
+                calls: calls.clone(),
+                verifier: self.verifier.clone(),
+                held_writes: self.held_writes.clone(),
+                call_control: self.call_control.clone(),
+                accepting: self.accepting.clone(),
+                twilio_auth_token: self.twilio.as_ref().map(|t| t.auth_token.clone()),
+            }),
+            bridge: Arc::new(BridgeServices {
+                calls: calls.clone(),
+                twilio: self.twilio.clone(),
+                accepting: self.accepting.clone(),
+            }),
+            admin: Arc::new(AdminServices {
+                admin_token: self.admin_token.clone(),
+                calls: calls.clone(),
+            }),
+            health: Arc::new(HealthServices {
+                calls,
+                held_writes: self.held_writes.clone(),
+                accepting: self.accepting.clone(),
+                metrics: self.metrics.clone(),
+            }),
+        }
+    }
+
     /// Reloads prompt profiles from disk. On error the current set stays in force.
     ///
     /// # Errors
     /// [`LoadErrors`] listing every problem with file and line.
     pub fn reload_profiles(&self) -> Result<usize, LoadErrors> {
-        let set = ProfileSet::load(&self.config.prompts.dir)?;
-        let n = set.len();
-        self.profiles.store(Arc::new(set));
-        Ok(n)
+        self.profiles.reload(&self.config.prompts.dir)
     }
 }
 
@@ -188,40 +233,13 @@ async fn wait_until_empty(registry: &CallRegistry, limit: Duration) -> bool {
     true
 }
 
-/// Opens the store named by `config.store.backend`: the SQLite file, or the DynamoDB tables of
-/// `[store.dynamodb]` (which must exist: `voxmachina dynamodb create-tables`).
-///
-/// # Errors
-/// [`StoreError`] when the backend cannot be opened: the SQLite file is unusable, no AWS region
-/// is configured, a DynamoDB table is missing or has other keys, or the backend name is unknown.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    match config.store.backend.as_str() {
-        "sqlite" => {
-            let store = SqliteStore::open_limited(
-                &config.store.sqlite_path,
-                config.store.sqlite_max_size_mb,
-            )
-            .await?;
-            Ok(Arc::new(store))
-        }
-        "dynamodb" => {
-            let store = DynamoStore::connect(&config.store.dynamodb).await?;
-            store.check_tables().await?;
-            Ok(Arc::new(store))
-        }
-        other => Err(StoreError::Invalid(format!(
-            "store.backend = {other:?}: supported backends are \"sqlite\" and \"dynamodb\""
-        ))),
-    }
-}
-
 /// Builds the state, binds `config.server.listen`, serves, and reattaches calls the store says
 /// are live.
 ///
 /// # Errors
 /// [`StartError`] when profiles, store, secret or the listener are unusable.
 pub async fn start(config: Config, secrets: Secrets) -> Result<Running, StartError> {
-    let store = open_store(&config).await?;
+    let store = crate::store::open(&config).await?;
     start_with_store(config, secrets, store).await
 }
 
@@ -237,6 +255,7 @@ pub async fn start_with_store(
     let profiles = ProfileSet::load(&config.prompts.dir)?;
     secrets.check_not_blank()?;
     check_named_secrets(&config, &profiles)?;
+    let config = Arc::new(config);
     let held_writes = ResilientStore::new(
         store,
         HoldLimits {
@@ -303,23 +322,23 @@ pub async fn start_with_store(
         verifier,
         store,
         held_writes,
-        profiles: ArcSwap::from_pointee(profiles),
+        profiles: Profiles::new(profiles),
         call_control,
         monitors,
         admin_token: secrets.admin_token,
         metrics: telemetry::metrics_handle(),
-        accepting: AtomicBool::new(true),
+        accepting: Arc::new(AtomicBool::new(true)),
         twilio,
         config,
     });
-    let router = crate::http::router(state.clone());
+    let router = crate::http::router(state.http_state(), state.config.webhook.max_body_bytes);
     let http_shutdown = CancellationToken::new();
     let token = http_shutdown.clone();
     let limits = state.config.http.clone();
     let join = tokio::spawn(crate::http::server::serve(listener, router, limits, token));
     info!(%addr, instance_id = %state.monitors.leases.owner(), "listening");
     spawn_retention_purge(&state, http_shutdown.clone());
-    reattach_live_calls(&state).await;
+    reattach_live_calls(&state.calls()).await;
     spawn_takeover_scan(&state, state.monitors.shutdown.clone());
     Ok(Running {
         addr,
@@ -376,36 +395,6 @@ pub async fn purge_once(state: &AppState) -> Option<crate::store::PurgeStats> {
     }
 }
 
-/// Start-up check of the named secrets the configuration and profiles use: every
-/// `{{secret:NAME}}` of a profile's tool headers and `[openai.live_trunk] password_secret`.
-/// Secrets fail closed: one that is set but empty or only whitespace (a file or a
-/// `VOXMACHINA_SECRET_<NAME>` variable), or whose file cannot be read, stops the start with an
-/// error naming it. An unset one only makes its tool answer `not_configured` (`voxmachina check`
-/// warns about it).
-///
-/// # Errors
-/// [`crate::config::ConfigError::EmptySecret`] or
-/// [`crate::config::ConfigError::CredentialFile`] naming the secret.
-pub fn check_named_secrets(
-    config: &Config,
-    profiles: &ProfileSet,
-) -> Result<(), crate::config::ConfigError> {
-    let dir = Some(config.tools.secrets_dir.as_path());
-    let tool_secrets = profiles
-        .iter()
-        .flat_map(|p| p.tools.iter())
-        .flat_map(|t| t.secret_names());
-    let trunk = config
-        .openai
-        .live_trunk
-        .as_ref()
-        .map(|t| t.password_secret.as_str());
-    for name in tool_secrets.chain(trunk) {
-        Secrets::named_in(dir, name)?;
-    }
-    Ok(())
-}
-
 /// The [`tools::Services`] of the configuration: `[tools]` settings, the secret lookup, HubSpot
 /// when `[hubspot] enabled` and `HUBSPOT_TOKEN` is set, and the store.
 ///
@@ -416,7 +405,8 @@ pub fn tool_services(
     secrets: &Secrets,
     store: Arc<dyn Store>,
 ) -> Result<Arc<tools::Services>, StartError> {
-    let hubspot = hubspot_client(config, secrets.hubspot_token.clone())?;
+    let hubspot = HubSpot::from_config(&config.hubspot, secrets.hubspot_token.clone())
+        .map_err(|e| StartError::Http(e.to_string()))?;
     Ok(Arc::new(
         tools::Services::new(config.tools.clone())
             .map_err(StartError::Http)?
@@ -425,80 +415,41 @@ pub fn tool_services(
     ))
 }
 
-/// The HubSpot client when `[hubspot] enabled` and a token is given.
-///
-/// # Errors
-/// [`StartError::Http`] when the client cannot be built (bad base URL).
-pub fn hubspot_client(
-    config: &Config,
-    token: Option<Secret>,
-) -> Result<Option<HubSpot>, StartError> {
-    match token {
-        Some(token) if config.hubspot.enabled => HubSpot::new(
-            &config.hubspot.base_url,
-            token,
-            Duration::from_millis(config.hubspot.request_timeout_ms),
-        )
-        .map(Some)
-        .map_err(|e| StartError::Http(e.to_string())),
-        None if config.hubspot.enabled => {
-            warn!("[hubspot] enabled but HUBSPOT_TOKEN is not set; create_ticket is unavailable");
-            Ok(None)
-        }
-        _ => Ok(None),
-    }
-}
+/// Most stuck accepts reconciled per scan.
+const STUCK_ACCEPTS_PER_SCAN: usize = 100;
 
-/// Reattaches, at start, the live calls this instance may monitor ([`reattach_orphans`] with
-/// its own leases included: a lease left by this instance's previous process is taken back at
-/// once). Calls whose lease another instance holds are left to it. Returns how many monitors
-/// were started.
-pub async fn reattach_live_calls(state: &Arc<AppState>) -> usize {
-    let n = reattach_orphans(state, true).await;
+/// Reattaches, at start, the live calls this instance may monitor (its own leases included:
+/// a lease left by this instance's previous process is taken back at once). Calls whose
+/// lease another instance holds are left to it. Returns how many monitors were started.
+pub async fn reattach_live_calls(calls: &CallServices) -> usize {
+    let n = reattach_orphans(calls, true).await;
     if n > 0 {
         info!(calls = n, "reattached live calls");
     }
     n
 }
 
-/// One takeover scan: reattaches live calls whose lease expired, or that have had no lease for
-/// longer than the lease TTL (counted from `accepted_at`, else `created_at`, so a call being
-/// accepted right now is left to its instance). Each lease is taken with a conditional write,
-/// so of several instances scanning at once exactly one reattaches a call. Returns how many
-/// monitors were started.
-pub async fn takeover_once(state: &Arc<AppState>) -> usize {
-    let n = reattach_orphans(state, false).await;
+/// One takeover scan: reattaches live calls whose lease expired, or that have had no lease
+/// for longer than the lease TTL (counted from `accepted_at`, else `created_at`, so a call
+/// being accepted right now is left to its instance). Each lease is taken with a
+/// conditional write, so of several instances scanning at once exactly one reattaches a
+/// call. Returns how many monitors were started.
+pub async fn takeover_once(calls: &CallServices) -> usize {
+    let n = reattach_orphans(calls, false).await;
     if n > 0 {
         info!(calls = n, "took over calls from another instance");
     }
     n
 }
 
-/// How often [`takeover_once`] runs: `[cluster] takeover_scan_interval_ms`, first one interval
-/// after start (the start itself ran [`reattach_live_calls`]), until `stop` is cancelled.
-fn spawn_takeover_scan(state: &Arc<AppState>, stop: CancellationToken) {
-    let state = state.clone();
-    let every = state.config.cluster.takeover_scan_interval();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = tick.tick() => { takeover_once(&state).await; }
-            }
-        }
-    });
-}
-
-/// Live calls not monitored here whose lease is free to take (absent for longer than the TTL,
-/// expired, or — when `own` — held by this instance id), leased and reattached.
-async fn reattach_orphans(state: &Arc<AppState>, own: bool) -> usize {
-    let me = state.monitors.leases.owner().to_string();
-    let ttl =
-        chrono::Duration::from_std(state.monitors.leases.ttl()).unwrap_or(chrono::Duration::MAX);
+/// Live calls not monitored here whose lease is free to take (absent for longer than the
+/// TTL, expired, or — when `own` — held by this instance id), leased and reattached.
+async fn reattach_orphans(calls: &CallServices, own: bool) -> usize {
+    let leases = &calls.monitors.leases;
+    let me = leases.owner().to_string();
+    let ttl = chrono::Duration::from_std(leases.ttl()).unwrap_or(chrono::Duration::MAX);
     let reclaim = own.then_some(me.as_str());
-    let candidates = match state
+    let candidates = match calls
         .store
         .takeover_candidates(chrono::Utc::now(), ttl, reclaim)
         .await
@@ -510,14 +461,15 @@ async fn reattach_orphans(state: &Arc<AppState>, own: bool) -> usize {
             return 0;
         }
     };
-    let mut n = reconcile_stuck_accepts(state).await;
+    let mut n = reconcile_stuck_accepts(calls).await;
     for candidate in candidates {
-        if state.registry().contains(&candidate.call_id) {
+        if calls.registry().contains(&candidate.call_id) {
             continue;
         }
         let previous = candidate.lease.map(|l| l.owner);
         let span = tracing::info_span!("call", call_id = %candidate.call_id);
-        if reattach_one(state, &candidate.call_id, previous.as_deref(), own)
+        if calls
+            .reattach_one(&candidate.call_id, previous.as_deref(), own)
             .instrument(span)
             .await
         {
@@ -527,27 +479,13 @@ async fn reattach_orphans(state: &Arc<AppState>, own: bool) -> usize {
     n
 }
 
-/// How long a record may stay `accepting` before it is taken for stuck: the accept budget
-/// (`[openai] accept_retry_budget_ms`) plus one request timeout plus the lease TTL (so a
-/// decision whose record writes lag is not mistaken for a dead one).
-pub fn stuck_accept_after(config: &Config) -> Duration {
-    Duration::from_millis(
-        config.openai.accept_retry_budget_ms
-            + config.openai.request_timeout_ms
-            + config.cluster.lease_ttl_ms,
-    )
-}
-
-/// Most stuck accepts reconciled per scan.
-const STUCK_ACCEPTS_PER_SCAN: usize = 100;
-
-/// Records left in `accepting` for longer than [`stuck_accept_after`] (the decision task died
-/// with its process, or panicked) and monitored nowhere: each is leased (exactly one instance
-/// wins) and attached with [`Attach::Reconcile`]: a live call gets its monitor (and greeting),
-/// a call whose sideband answers 404 is recorded `missed`. Twilio media records are left to
-/// the bridge. Returns how many monitors were started.
-async fn reconcile_stuck_accepts(state: &Arc<AppState>) -> usize {
-    let stuck_after = chrono::Duration::from_std(stuck_accept_after(&state.config))
+/// Records left in `accepting` for longer than [`stuck_accept_after`] (the decision task
+/// died with its process, or panicked) and monitored nowhere: each is leased (exactly one
+/// instance wins) and attached with [`Attach::Reconcile`]: a live call gets its monitor (and
+/// greeting), a call whose sideband answers 404 is recorded `missed`. Twilio media records
+/// are left to the bridge. Returns how many monitors were started.
+async fn reconcile_stuck_accepts(calls: &CallServices) -> usize {
+    let stuck_after = chrono::Duration::from_std(stuck_accept_after(&calls.config))
         .unwrap_or(chrono::Duration::MAX);
     // `..default()`: fields added to the query later (paging) keep their defaults here.
     #[allow(clippy::needless_update)]
@@ -557,7 +495,7 @@ async fn reconcile_stuck_accepts(state: &Arc<AppState>) -> usize {
         limit: STUCK_ACCEPTS_PER_SCAN,
         ..crate::store::CallQuery::default()
     };
-    let stuck = match state.store.list_calls(&query).await {
+    let stuck = match calls.store.list_calls(&query).await {
         Ok(stuck) => stuck,
         Err(e) => {
             warn!(error = %e, "cannot list stuck accepts; none reconciled");
@@ -567,101 +505,30 @@ async fn reconcile_stuck_accepts(state: &Arc<AppState>) -> usize {
     };
     let mut n = 0;
     for record in stuck {
-        if record.api == Api::TwilioMedia || state.registry().contains(&record.call_id) {
+        if record.api == Api::TwilioMedia || calls.registry().contains(&record.call_id) {
             continue;
         }
         let span = tracing::info_span!("call", call_id = %record.call_id);
-        if reconcile_one(state, &record.call_id).instrument(span).await {
+        if calls.reconcile_one(&record.call_id).instrument(span).await {
             n += 1;
         }
     }
     n
 }
 
-/// Leases `call_id`, re-reads it and, still `accepting`, spawns its monitor with
-/// [`Attach::Reconcile`] (also run by the webhook handler on a redelivery of a stuck call).
-/// Returns whether a monitor was started.
-pub(crate) async fn reconcile_one(state: &Arc<AppState>, call_id: &str) -> bool {
-    let leases = &state.monitors.leases;
-    match leases.acquire(call_id).await {
-        Ok(true) => {}
-        Ok(false) => return false,
-        Err(e) => {
-            warn!(error = %e, "cannot take a call lease; not reconciling");
-            metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "acquire_lease").increment(1);
-            return false;
+/// How often [`takeover_once`] runs: `[cluster] takeover_scan_interval_ms`, first one interval
+/// after start (the start itself ran [`reattach_live_calls`]), until `stop` is cancelled.
+fn spawn_takeover_scan(state: &AppState, stop: CancellationToken) {
+    let calls = state.calls();
+    let every = state.config.cluster.takeover_scan_interval();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => { takeover_once(&calls).await; }
+            }
         }
-    }
-    let record = match state.store.get_call(call_id).await {
-        Ok(Some(record)) if record.state == CallState::Accepting => record,
-        _ => {
-            leases.release(call_id).await;
-            return false;
-        }
-    };
-    warn!("call stuck in accepting past the accept budget; attaching to find out");
-    let profiles = state.profiles.load();
-    let profile = profiles
-        .get(&record.profile)
-        .cloned()
-        .unwrap_or_else(|| profiles.default_profile().clone());
-    monitor::spawn(state.monitors.clone(), record, profile, Attach::Reconcile).is_some()
-}
-
-/// Takes the lease of `call_id` and spawns its monitor with [`Attach::Resume`], after
-/// re-reading the record (strongly consistent) to make sure it is still live. A Twilio media
-/// call cannot be reattached (its stream socket died with the process that bridged it): it is
-/// closed out as `ended` / `bridge_lost_on_restart`. Returns whether a monitor was started.
-async fn reattach_one(
-    state: &Arc<AppState>,
-    call_id: &str,
-    previous_owner: Option<&str>,
-    at_start: bool,
-) -> bool {
-    let leases = &state.monitors.leases;
-    match leases.acquire(call_id).await {
-        Ok(true) => {}
-        Ok(false) => return false,
-        Err(e) => {
-            warn!(error = %e, "cannot take a call lease; not reattaching");
-            metrics::counter!(telemetry::names::STORE_ERRORS, "op" => "acquire_lease").increment(1);
-            return false;
-        }
-    }
-    let mut record = match state.store.get_call(call_id).await {
-        Ok(Some(record)) if record.state.is_live() => record,
-        Ok(_) => {
-            // Ended meanwhile (the live list is eventually consistent).
-            leases.release(call_id).await;
-            return false;
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot read a call to reattach");
-            leases.release(call_id).await;
-            return false;
-        }
-    };
-    let taken_over = previous_owner.is_some_and(|p| p != leases.owner()) || !at_start;
-    lease::count(if taken_over {
-        lease::events::TAKEN_OVER
-    } else {
-        lease::events::ACQUIRED
     });
-    info!(previous_owner = ?previous_owner, "reattaching call");
-    if record.api == Api::TwilioMedia {
-        record.state = CallState::Ended;
-        record.ended_at = Some(chrono::Utc::now());
-        record.end_reason = Some("bridge_lost_on_restart".into());
-        if let Err(e) = state.store.update_call(&record).await {
-            warn!(error = %e, "cannot close out a media call");
-        }
-        leases.release(call_id).await;
-        return false;
-    }
-    let profiles = state.profiles.load();
-    let profile = profiles
-        .get(&record.profile)
-        .cloned()
-        .unwrap_or_else(|| profiles.default_profile().clone());
-    monitor::spawn(state.monitors.clone(), record, profile, Attach::Resume).is_some()
 }

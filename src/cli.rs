@@ -1,4 +1,4 @@
-//! The command line (`clap`): `serve`, `check`, `trigger`, `demo`, `call`, `tool test`,
+//! The command line (`clap`): `serve`, `check`, `trigger`, `call`, `tool test`,
 //! `dynamodb`, `token`.
 
 use std::path::PathBuf;
@@ -37,8 +37,6 @@ pub enum Command {
     },
     /// Sign and send a `realtime.call.incoming` webhook to a URL, like OpenAI would.
     Trigger(TriggerArgs),
-    /// Play a whole phone call offline against a local OpenAI SIP emulator.
-    Demo(crate::demo::DemoArgs),
     /// Agent tools declared in the prompt profiles.
     Tool(ToolArgs),
     /// Manage the DynamoDB tables named by `[store.dynamodb]`.
@@ -181,7 +179,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => serve(cli.config).await,
         Command::Check { explain } => check(cli.config, explain),
         Command::Trigger(args) => trigger(args).await,
-        Command::Demo(args) => crate::demo::run(cli.config, args).await,
         Command::Tool(ToolArgs {
             command:
                 ToolCommand::Test {
@@ -225,7 +222,7 @@ async fn dynamodb(config_path: Option<PathBuf>, cmd: DynamodbCommand) -> anyhow:
 
 async fn token(config_path: Option<PathBuf>, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
-    let store = crate::app::open_store(&config).await?;
+    let store = crate::store::open(&config).await?;
     let now = chrono::Utc::now();
     let (found, token) = match &cmd {
         TokenCommand::Show { token } => (store.peek_token(token, now).await?, token),
@@ -462,7 +459,7 @@ fn check(config_path: Option<PathBuf>, explain: bool) -> anyhow::Result<ExitCode
             for w in tool_warnings(&config, &set) {
                 println!("warning: {w}");
             }
-            if let Err(e) = crate::app::check_named_secrets(&config, &set) {
+            if let Err(e) = crate::prompts::check_named_secrets(&config, &set) {
                 println!("error: {e}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -655,12 +652,12 @@ async fn tool_test(
                 .filter(|v| !v.is_empty())
                 .map(crate::config::Secret::new)
         });
-    let hubspot = crate::app::hubspot_client(&config, hubspot_token)?;
+    let hubspot = crate::hubspot::HubSpot::from_config(&config.hubspot, hubspot_token)?;
     let mut services = Services::new(config.tools.clone())
         .map_err(|e| anyhow::anyhow!(e))?
         .with_hubspot(hubspot);
     if def.builtin() == Some(crate::tools::Builtin::LookupCallHistory) {
-        services = services.with_store(crate::app::open_store(&config).await?);
+        services = services.with_store(crate::store::open(&config).await?);
     }
     let call = CallInfo {
         call_id: "rtc_tool_test".into(),

@@ -1077,7 +1077,7 @@ impl Secrets {
     }
 
     /// Refuses secrets that are empty or only whitespace (for values built in code rather than
-    /// read by [`Secrets::from_env`], e.g. by tests or `voxmachina demo`), and an
+    /// read by [`Secrets::from_env`], e.g. by tests or `voxmachina-demo`), and an
     /// `OPENAI_WEBHOOK_SECRET` of `whsec_` with nothing after it.
     ///
     /// # Errors

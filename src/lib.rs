@@ -15,8 +15,6 @@ pub mod bridge;
 pub mod calls;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod emulator;
 pub mod escalation;
 pub mod http;
 pub mod hubspot;

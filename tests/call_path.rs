@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::Value;
 use support::harness::{Harness, webhook_secret};
 use voxmachina::calls::record::{CallState, Speaker};
-use voxmachina::emulator::{EmuCallStatus, Script};
+use voxmachina_emulator::{EmuCallStatus, Script};
 
 fn script(toml: &str) -> Script {
     Script::from_toml_str(toml).expect("test script parses")

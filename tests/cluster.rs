@@ -20,8 +20,8 @@ use support::dynamodb::{REGION, endpoint, fresh_dynamo};
 use support::harness::{API_KEY, fixture_prompts, webhook_secret};
 use support::serve::{Controller, wait_view};
 use voxmachina::calls::record::{CallState, Speaker};
-use voxmachina::emulator::{EmuCallStatus, Emulator, EmulatorConfig, Script};
 use voxmachina::store::{DynamoStore, Store};
+use voxmachina_emulator::{EmuCallStatus, Emulator, EmulatorConfig, Script};
 
 /// A caller who asks one thing and hangs up.
 const ASK_AND_HANG_UP: &str = r#"

@@ -13,7 +13,7 @@ use std::time::Duration;
 use media_bridge_common::*;
 use serde_json::Value;
 use voxmachina::calls::record::{CallState, Speaker};
-use voxmachina::emulator::Script;
+use voxmachina_emulator::Script;
 
 const RESTAURANT: &str = "+14155550177";
 

@@ -18,9 +18,9 @@ use support::store_conformance::{at_ms, handover};
 use voxmachina::app;
 use voxmachina::calls::record::{CallRecord, CallState};
 use voxmachina::config::{Config, Secret, Secrets};
-use voxmachina::emulator::{CallView, Emulator, EmulatorConfig, ReferFault, Script};
 use voxmachina::escalation::connect::{self, ATTRIBUTE_KEYS, LambdaOptions, MAX_ATTRIBUTE_BYTES};
 use voxmachina::store::{HandoverPayload, SqliteStore, Store};
+use voxmachina_emulator::{CallView, Emulator, EmulatorConfig, ReferFault, Script};
 
 const CALLER: &str = "+14155550123";
 const CONNECT_DID: &str = "tel:+18885550123";

@@ -9,7 +9,7 @@
 //!
 //! - `openai-realtime.jsonl`, `openai-live.jsonl`: every OpenAI REST body and every sideband,
 //!   model-session (a Twilio Media Streams call with a barge-in) and Live attach client event (the emulators' contract recording,
-//!   `voxmachina::emulator::record`);
+//!   `voxmachina_emulator::record`);
 //! - `twilio.jsonl`: every Twilio REST request (method, path, form fields in order);
 //! - `twiml.jsonl`: every TwiML document the controller answered to a signed voice webhook;
 //! - `dynamodb.json`: where the call items were written when `VOXMACHINA_TEST_DYNAMODB_ENDPOINT`
@@ -34,11 +34,11 @@ use support::tool_server::ToolServer;
 use voxmachina::app::{self, Running};
 use voxmachina::calls::record::{CallRecord, CallState};
 use voxmachina::config::{LiveTrunkConfig, TwilioVoiceMode};
-use voxmachina::emulator::live::{LiveEmulator, OutboundPlan};
-use voxmachina::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
-use voxmachina::emulator::{Emulator, EmulatorConfig, ReferFault, Script};
 use voxmachina::store::{DynamoStore, Store};
 use voxmachina::webhook::event::LIVE_TRANSPORT_INCOMING;
+use voxmachina_emulator::live::{LiveEmulator, OutboundPlan};
+use voxmachina_emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
+use voxmachina_emulator::{Emulator, EmulatorConfig, ReferFault, Script};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SHOP_TOKEN: &str = "shopkart-test-token-77aa";
@@ -256,7 +256,7 @@ async fn start() -> Env {
             dynamo = Some((endpoint, prefix));
             Arc::new(store)
         }
-        None => app::open_store(&config).await.unwrap(),
+        None => voxmachina::store::open(&config).await.unwrap(),
     };
     let server = app::start_with_store(config.clone(), secrets.clone(), store)
         .await

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use reqwest::{Certificate, Client, StatusCode, redirect, tls};
 use support::harness::{ADMIN_TOKEN, Harness, webhook_secret};
 use voxmachina::calls::record::CallState;
-use voxmachina::emulator::{EmuCallStatus, Script, WEBHOOK_USER_AGENT};
 use voxmachina::webhook::signature::Verifier;
+use voxmachina_emulator::{EmuCallStatus, Script, WEBHOOK_USER_AGENT};
 
 const SITE: &str = include_str!("../nginx/voxmachina.conf");
 
@@ -414,7 +414,7 @@ fn wss_connector(cert: &Path) -> tokio_tungstenite::Connector {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_site_upgrades_the_twilio_media_websocket() {
     use media_bridge_common::{CALLER, PCMU_LINE, call_sid};
-    use voxmachina::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
+    use voxmachina_emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
 
     let Some(nginx_bin) = find_nginx().filter(|_| has_openssl()) else {
         assert!(

@@ -12,8 +12,8 @@ use serde_json::json;
 use support::harness::{API_KEY, copy_prompts_with_closed_line, test_config, test_secrets};
 use voxmachina::app;
 use voxmachina::calls::record::{Api, CallEvent, CallRecord, CallState, Speaker, TranscriptLine};
-use voxmachina::emulator::{Emulator, EmulatorConfig};
 use voxmachina::store::{SqliteStore, Store};
+use voxmachina_emulator::{Emulator, EmulatorConfig};
 
 /// A finished call created `days_ago` days ago, with one transcript line and one event.
 async fn finished_call(store: &SqliteStore, call_id: &str, days_ago: i64) {

@@ -14,10 +14,10 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use voxmachina::emulator::{
+use voxmachina::webhook::signature::{DeliveryHeaders, Verifier};
+use voxmachina_emulator::{
     EmuCallStatus, Emulator, EmulatorConfig, EmulatorEvent, ReferFault, Script, Speaker,
 };
-use voxmachina::webhook::signature::{DeliveryHeaders, Verifier};
 
 const KEY: &str = "sk-emulator-test";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

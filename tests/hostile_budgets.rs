@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use voxmachina::calls::budget::LimitsConfig;
 use voxmachina::calls::record::{Api, CallRecord, CallState, Speaker};
 use voxmachina::config::Config;
-use voxmachina::emulator::{EmuCallStatus, Emulator, EmulatorConfig, Script};
+use voxmachina_emulator::{EmuCallStatus, Emulator, EmulatorConfig, Script};
 
 const LONG: Duration = Duration::from_secs(20);
 

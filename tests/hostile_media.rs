@@ -21,9 +21,9 @@ use support::fake_twilio::sip_dial_headers;
 use voxmachina::bridge::pacer::PacerLimits;
 use voxmachina::calls::record::CallState;
 use voxmachina::config::TwilioVoiceMode;
-use voxmachina::emulator::Script;
-use voxmachina::emulator::phone::stream_of_twiml;
 use voxmachina::store::StreamGrant;
+use voxmachina_emulator::Script;
+use voxmachina_emulator::phone::stream_of_twiml;
 
 const REFUSED: u16 = 1008;
 

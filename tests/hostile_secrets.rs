@@ -25,7 +25,7 @@ use support::serve::{Controller, wait_view};
 use support::tool_server::{Answer, ToolServer};
 use voxmachina::app;
 use voxmachina::config::SummaryMode;
-use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
+use voxmachina_emulator::{Emulator, EmulatorConfig, Script};
 
 /// The tool secret; no form of it may reach the log or the model.
 const TOOL_SECRET: &str = "tok-live-7Qx9+/Zr~k2 hostile";

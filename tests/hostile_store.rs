@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use serde_json::Value;
 use support::harness::{Harness, webhook_secret};
-use voxmachina::emulator::Script;
+use voxmachina_emulator::Script;
 
 const LINES: usize = 90;
 /// `[store] sqlite_max_size_mb` in these tests: 256 pages of 4 KiB.
@@ -400,7 +400,7 @@ async fn a_dynamodb_outage_mid_call_loses_no_line_and_readyz_follows_it() {
         voxmachina::store::DynamoStore::local_client(&endpoint, support::dynamodb::REGION),
         tables.prefix(),
     );
-    let emulator = voxmachina::emulator::Emulator::start(voxmachina::emulator::EmulatorConfig {
+    let emulator = voxmachina_emulator::Emulator::start(voxmachina_emulator::EmulatorConfig {
         api_key: support::harness::API_KEY.to_string(),
     })
     .await

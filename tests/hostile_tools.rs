@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use support::harness::{API_KEY, Harness, test_config, test_secrets};
 use support::tool_server::ToolServer;
 use voxmachina::app;
-use voxmachina::emulator::{CallView, Emulator, EmulatorConfig, Script};
+use voxmachina_emulator::{CallView, Emulator, EmulatorConfig, Script};
 
 fn voxmachina_check(prompts: &Path) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxmachina"))

@@ -17,13 +17,13 @@ use support::harness::{ADMIN_TOKEN, API_KEY, test_config, test_secrets, webhook_
 use voxmachina::app::{self, Running};
 use voxmachina::calls::record::{Api, CallRecord, CallState, Speaker};
 use voxmachina::config::{Config, LiveTrunkConfig};
-use voxmachina::emulator::live::{LiveEmulator, LiveStatus, OutboundPlan};
-use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
 use voxmachina::prompts::ProfileSet;
 use voxmachina::sip::SipHeader;
 use voxmachina::webhook::event::{
     LIVE_CALL_INCOMING, LIVE_TRANSPORT_INCOMING, RealtimeCallIncoming, realtime_call_incoming,
 };
+use voxmachina_emulator::live::{LiveEmulator, LiveStatus, OutboundPlan};
+use voxmachina_emulator::{Emulator, EmulatorConfig, Script};
 
 const WAIT: Duration = Duration::from_secs(10);
 const TRUNK_PASSWORD: &str = "trunk-secret-pw";

@@ -11,8 +11,8 @@ use std::time::Duration;
 use media_bridge_common::*;
 use serde_json::Value;
 use voxmachina::calls::record::{CallRecord, CallState, Speaker};
-use voxmachina::emulator::Script;
-use voxmachina::emulator::phone::PhoneLog;
+use voxmachina_emulator::Script;
+use voxmachina_emulator::phone::PhoneLog;
 
 const GREETING: &str = "Hello, thanks for calling Example Corp.";
 const CALLER_LINE: &str = "Hello, thanks for calling. How can I help you today?";

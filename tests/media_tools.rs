@@ -12,7 +12,7 @@ use media_bridge_common::*;
 use serde_json::{Value, json};
 use support::tool_server::ToolServer;
 use voxmachina::calls::record::CallState;
-use voxmachina::emulator::Script;
+use voxmachina_emulator::Script;
 
 /// The line our media tool profile answers.
 const TOOLS_LINE: &str = "+18005550203";

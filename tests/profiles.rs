@@ -16,7 +16,7 @@ use support::tool_server::ToolServer;
 use voxmachina::app;
 use voxmachina::calls::record::{Api, CallRecord, CallState, CallSummary, Speaker};
 use voxmachina::config::ModelPrice;
-use voxmachina::emulator::{CallView, Emulator, EmulatorConfig, Script};
+use voxmachina_emulator::{CallView, Emulator, EmulatorConfig, Script};
 
 const SHOP_TOKEN: &str = "shopkart-test-token-77aa";
 const SMS_FROM: &str = "+18005550000";

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 use support::harness::{API_KEY, copy_prompts_with_closed_line, webhook_secret};
 use voxmachina::calls::record::CallState;
-use voxmachina::emulator::{Emulator, EmulatorConfig, Script};
 use voxmachina::store::{SqliteStore, Store};
+use voxmachina_emulator::{Emulator, EmulatorConfig, Script};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -22,11 +22,11 @@ use serde_json::Value;
 use support::harness::{ADMIN_TOKEN, API_KEY, fixture_prompts, webhook_secret};
 use support::serve::{Controller, wait_view};
 use voxmachina::calls::record::{CallState, Speaker};
-use voxmachina::emulator::script::DEFAULT_GREETING;
-use voxmachina::emulator::{
+use voxmachina::store::{SqliteStore, Store};
+use voxmachina_emulator::script::DEFAULT_GREETING;
+use voxmachina_emulator::{
     EmuCallStatus, Emulator, EmulatorConfig, EmulatorEvent, Script, SidebandClose,
 };
-use voxmachina::store::{SqliteStore, Store};
 
 const CALLER_NUMBER: &str = "+14155550123";
 

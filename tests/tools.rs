@@ -16,7 +16,7 @@ use support::tool_server::{Answer, ToolServer};
 use voxmachina::app;
 use voxmachina::calls::record::{Api, CallRecord, CallState, CallSummary};
 use voxmachina::config::{Config, Secret, Secrets};
-use voxmachina::emulator::{CallView, Emulator, EmulatorConfig, Script};
+use voxmachina_emulator::{CallView, Emulator, EmulatorConfig, Script};
 
 /// The secret the tool server expects; it must never show up in logs, events or records.
 const SECRET: &str = "tok-live-4f9a8b7c6d5e4f3a2b1c0d9e";

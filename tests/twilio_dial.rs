@@ -16,7 +16,7 @@ use support::harness::{API_KEY, Harness, test_config, test_secrets, webhook_secr
 use voxmachina::app;
 use voxmachina::calls::record::{CallRecord, CallState};
 use voxmachina::config::{Secret, TwilioVoiceMode};
-use voxmachina::emulator::{CallView, Emulator, EmulatorConfig, ReferFault, Script};
+use voxmachina_emulator::{CallView, Emulator, EmulatorConfig, ReferFault, Script};
 
 const CALLER: &str = "+14155550123";
 const LINE: &str = "+18005550100";

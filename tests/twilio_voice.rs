@@ -14,10 +14,10 @@ use support::fake_twilio::{ACCOUNT_SID, AUTH_TOKEN};
 use support::harness::Harness;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use voxmachina::calls::record::{Api, CallState};
-use voxmachina::emulator::Script;
-use voxmachina::emulator::phone::stream_of_twiml;
 use voxmachina::prompts::{MediaAudio, ProfileSet};
 use voxmachina::twilio::signature;
+use voxmachina_emulator::Script;
+use voxmachina_emulator::phone::stream_of_twiml;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_voice_webhook_gets_connect_stream_twiml_and_a_record() {

@@ -22,7 +22,7 @@ step "format"
 cargo fmt --all -- --check
 
 step "lint (also type-checks tests and benchmarks)"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 for f in tools/setup.d/*.sh; do
   [ -e "$f" ] || continue
@@ -33,7 +33,7 @@ done
 
 step "tests"
 mkdir -p target
-cargo test --locked --no-fail-fast 2>&1 | tee target/test-output.log
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.log
 
 for f in tools/check.d/*.sh; do
   [ -e "$f" ] || continue

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use voxmachina::emulator::Emulator;
+use voxmachina_emulator::Emulator;
 
 /// `name` parsed from the environment, else `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {

@@ -31,19 +31,17 @@ use axum::Json;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::extract::{DefaultBodyLimit, FromRef, OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use chrono::Utc;
-use serde::Deserialize;
 use serde_json::json;
 use tracing::{Instrument, info, warn};
 
-use super::outbound::{OutboundRequest, place_call};
+use super::BridgeServices;
 use super::{MEDIA_PATH, STATUS_PATH, TwilioContext, VOICE_PATH, params};
-use crate::app::AppState;
 use crate::calls::persist::{append, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState, MediaInfo};
 use crate::config::TwilioVoiceMode;
@@ -66,8 +64,12 @@ pub const BUSY_MESSAGE: &str =
 /// Largest accepted body of a Twilio webhook, bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The `/twilio/*` routes.
-pub fn routes() -> Router<Arc<AppState>> {
+/// The `/twilio/*` routes, on any router state that provides the [`BridgeServices`].
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<BridgeServices>: FromRef<S>,
+{
     Router::new()
         .route(VOICE_PATH, post(voice))
         .route(MEDIA_PATH, get(media))
@@ -131,7 +133,7 @@ struct SignedForm<'a> {
 /// is not configured, 400 without a host to rebuild the public URL from, 403 when the
 /// signature over `{public base}{path and query}` and the form does not verify.
 fn signed_form<'a>(
-    app: &'a AppState,
+    app: &'a BridgeServices,
     what: &str,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
@@ -224,11 +226,15 @@ pub fn connect_twiml(
 /// # Errors
 /// The [`crate::store::StoreError`] of [`crate::store::Store::mint_stream_token`].
 pub async fn mint_stream_token(
-    app: &AppState,
+    app: &BridgeServices,
     grant: &StreamGrant,
 ) -> Result<String, crate::store::StoreError> {
     let ttl = chrono::Duration::from_std(super::STREAM_TOKEN_TTL).unwrap_or(chrono::Duration::MAX);
-    let minted = app.store.mint_stream_token(grant, ttl, Utc::now()).await;
+    let minted = app
+        .calls
+        .store
+        .mint_stream_token(grant, ttl, Utc::now())
+        .await;
     if let Err(e) = &minted {
         warn!(error = %e, "cannot mint the stream token");
         metrics::counter!(names::STORE_ERRORS, "op" => "mint_stream_token").increment(1);
@@ -275,7 +281,7 @@ pub fn parties(hook: &VoiceWebhook) -> CallParties {
 /// token bound to the webhook's `CallSid`/`AccountSid` and `profile`. 503 when the token cannot
 /// be stored (Twilio then tries the number's fallback URL).
 async fn answer_connect(
-    app: &AppState,
+    app: &BridgeServices,
     base: &str,
     profile: &str,
     hook: &VoiceWebhook,
@@ -305,7 +311,7 @@ async fn answer_connect(
 
 /// `POST /twilio/voice`.
 async fn voice(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<BridgeServices>>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
@@ -335,14 +341,19 @@ async fn voice(
 
 /// The profile for a voice webhook (chosen as on the SIP path, from `From`/`To` and the
 /// `SipHeader_*` parameters), with the parties it was chosen on.
-fn select_profile(app: &AppState, hook: &VoiceWebhook) -> (CallParties, Arc<Profile>) {
+fn select_profile(app: &BridgeServices, hook: &VoiceWebhook) -> (CallParties, Arc<Profile>) {
     let parties = parties(hook);
     let sip_headers: Vec<SipHeader> = hook
         .sip_headers
         .iter()
         .map(|(n, v)| SipHeader::new(n.as_str(), v.as_str()))
         .collect();
-    let profile = app.profiles.load().select(&parties, &sip_headers).clone();
+    let profile = app
+        .calls
+        .profiles
+        .load()
+        .select(&parties, &sip_headers)
+        .clone();
     (parties, profile)
 }
 
@@ -352,14 +363,14 @@ fn select_profile(app: &AppState, hook: &VoiceWebhook) -> (CallParties, Arc<Prof
 /// created by the `realtime.call.incoming` webhook, which keeps this `CallSid` as
 /// `twilio_call_sid` when the binding we put next to it verifies.
 async fn dial_openai(
-    app: Arc<AppState>,
+    app: Arc<BridgeServices>,
     sip_uri: String,
     binding: Option<String>,
     hook: VoiceWebhook,
 ) -> Response {
     let now = Utc::now();
     let (parties, profile) = select_profile(&app, &hook);
-    let active = app.registry().count_for_profile(&profile.name);
+    let active = app.calls.registry().count_for_profile(&profile.name);
     if let Admission::Reject { reason, .. } = profile.admission(&parties, now, active) {
         let mut record = CallRecord::new(&hook.call_sid, Api::TwilioMedia, "twilio-voice", now);
         record.profile = profile.name.clone();
@@ -368,7 +379,7 @@ async fn dial_openai(
         record.state = CallState::Rejected;
         record.ended_at = Some(now);
         record.end_reason = Some(reason.as_str().into());
-        match app.store.create_call(&record).await {
+        match app.calls.store.create_call(&record).await {
             Ok(crate::store::CreateOutcome::Exists(existing)) => {
                 info!(state = %existing.state, "voice webhook for a known call: answering as before");
             }
@@ -409,7 +420,7 @@ async fn dial_openai(
 }
 
 /// The event and metric of a call refused by a reject rule.
-async fn rejected(app: &AppState, record: &CallRecord, reason: RejectReason) {
+async fn rejected(app: &BridgeServices, record: &CallRecord, reason: RejectReason) {
     info!(reason = reason.as_str(), "rejecting Twilio call");
     append(
         app,
@@ -425,7 +436,7 @@ async fn rejected(app: &AppState, record: &CallRecord, reason: RejectReason) {
 }
 
 /// A verified voice webhook: profile, record, reject rules, TwiML.
-async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Response {
+async fn incoming(app: Arc<BridgeServices>, base: String, hook: VoiceWebhook) -> Response {
     let now = Utc::now();
     let (parties, profile) = select_profile(&app, &hook);
     let mut record = CallRecord::new(&hook.call_sid, Api::TwilioMedia, "twilio-voice", now);
@@ -437,7 +448,7 @@ async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Respo
         audio: profile.session.audio.as_str().into(),
         ..MediaInfo::default()
     });
-    match app.store.create_call(&record).await {
+    match app.calls.store.create_call(&record).await {
         Ok(crate::store::CreateOutcome::Created) => {}
         Ok(crate::store::CreateOutcome::Exists(existing)) => {
             info!(state = %existing.state, "voice webhook for a known call: answering as before");
@@ -473,7 +484,7 @@ async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Respo
         ),
     )
     .await;
-    let active = app.registry().count_for_profile(&profile.name);
+    let active = app.calls.registry().count_for_profile(&profile.name);
     if let Admission::Reject { reason, .. } = profile.admission(&parties, now, active) {
         record.state = CallState::Rejected;
         record.ended_at = Some(Utc::now());
@@ -487,7 +498,7 @@ async fn incoming(app: Arc<AppState>, base: String, hook: VoiceWebhook) -> Respo
 
 /// `GET /twilio/media`: signature first, then the upgrade.
 async fn media(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<BridgeServices>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -513,9 +524,7 @@ async fn media(
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     match ws {
-        Ok(ws) => {
-            crate::http::ws_upgrade(ws).on_upgrade(move |socket| super::stream::run(app, socket))
-        }
+        Ok(ws) => super::ws_upgrade(ws).on_upgrade(move |socket| super::stream::run(app, socket)),
         Err(rejection) => rejection.into_response(),
     }
 }
@@ -538,7 +547,7 @@ fn terminal(status: &str) -> Option<(CallState, &'static str)> {
 /// `failed` or `canceled`, or `ended` with `completed_without_stream`. A running call is left to
 /// its bridge (the stream's `stop` ends it).
 async fn status(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<BridgeServices>>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
@@ -588,11 +597,12 @@ async fn status(
     .await;
     if let Some((state, reason)) = terminal(call_status) {
         let moved = app
+            .calls
             .store
             .transition_call(call_sid, &[CallState::Accepting], state)
             .await
             .unwrap_or(false);
-        if moved && let Ok(Some(mut rec)) = app.store.get_call(call_sid).await {
+        if moved && let Ok(Some(mut rec)) = app.calls.store.get_call(call_sid).await {
             rec.ended_at = Some(Utc::now());
             rec.end_reason = Some(reason.into());
             rec.media
@@ -605,52 +615,6 @@ async fn status(
         }
     }
     StatusCode::OK.into_response()
-}
-
-/// Body of `POST /v1/calls/outbound`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct OutboundBody {
-    /// E.164 number to call.
-    pub to: String,
-    /// Profile name; the default profile when absent.
-    #[serde(default)]
-    pub profile: Option<String>,
-}
-
-/// `POST /v1/calls/outbound` (nested under the admin router, so token-guarded).
-#[utoipa::path(
-    post,
-    path = "/v1/calls/outbound",
-    tag = "calls",
-    request_body = OutboundBody,
-    responses(
-        (status = 201, description = "Twilio call placed", body = crate::http::admin::CallEnvelope),
-        (status = 400, description = "bad body, number not E.164 or unknown profile", body = crate::http::admin::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::http::admin::ErrorBody),
-        (status = 404, description = "Twilio is not configured", body = crate::http::admin::ErrorBody),
-        (status = 409, description = "public_url or from_number missing", body = crate::http::admin::ErrorBody),
-        (status = 502, description = "Twilio refused the call", body = crate::http::admin::ErrorBody),
-    )
-)]
-pub async fn outbound(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
-    let body: OutboundBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")),
-    };
-    let req = OutboundRequest {
-        to: body.to,
-        profile: body.profile,
-    };
-    match place_call(&app, &req).await {
-        Ok(record) => (StatusCode::CREATED, Json(json!({ "call": record }))).into_response(),
-        Err(e) => {
-            warn!(error = %e, "outbound call not placed");
-            error(
-                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY),
-                &e.to_string(),
-            )
-        }
-    }
 }
 
 #[cfg(test)]

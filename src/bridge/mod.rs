@@ -86,9 +86,15 @@ pub mod playback;
 pub mod stats;
 pub mod stream;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use axum::extract::ws::WebSocketUpgrade;
+
+use crate::calls::services::{CallServices, HasStore};
 use crate::config::{Secret, TwilioConfig};
+use crate::store::Store;
 use crate::twilio::rest::{TwilioError, TwilioRest};
 
 /// Path of the voice webhook (`POST`, form-encoded, signed).
@@ -143,6 +149,38 @@ pub mod metric_names {
     /// Counter: streams closed for sending caller audio faster than real time
     /// ([`super::pacer`]).
     pub const ABUSIVE: &str = "voxmachina_bridge_abusive_streams_total";
+}
+
+/// What the Twilio routes and the media bridge use: the call services, the Twilio context
+/// (`None`: the routes answer 404) and the intake switch. Built by `crate::app`.
+#[derive(Clone)]
+pub struct BridgeServices {
+    /// Configuration, store, profiles, monitors.
+    pub calls: CallServices,
+    /// `None` unless `[twilio] account_sid` and `TWILIO_AUTH_TOKEN` are both set.
+    pub twilio: Option<TwilioContext>,
+    /// False once shutdown began: new calls are refused.
+    pub accepting: Arc<AtomicBool>,
+}
+
+impl HasStore for BridgeServices {
+    fn store(&self) -> &dyn Store {
+        self.calls.store.as_ref()
+    }
+}
+
+/// Server-side WebSocket settings for the upgrades we accept (Twilio Media Streams here, the
+/// sideband in the emulator): the same small buffers as the client side
+/// ([`crate::openai::sideband::ws_config`]). axum's defaults allocate (and zero) a 128 KiB read
+/// buffer per connection, which at thousands of streams is most of the memory and a good part
+/// of the CPU of accepting a connection; the messages on these sockets are small JSON (a Media
+/// Streams `media` message is ~250 bytes). Buffers still grow for a larger message, up to
+/// 4 MiB per message or frame.
+pub fn ws_upgrade(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(4 << 20)
+        .max_frame_size(4 << 20)
 }
 
 /// What the Twilio routes need: the Auth Token (signatures and REST), the REST client and the

@@ -14,9 +14,8 @@ use chrono::Utc;
 use serde_json::json;
 use tracing::info;
 
-use super::STATUS_PATH;
 use super::http::{connect_twiml, mint_stream_token};
-use crate::app::AppState;
+use super::{BridgeServices, STATUS_PATH};
 use crate::calls::record::{Api, CallRecord, MediaInfo};
 use crate::sip::E164;
 use crate::store::{CreateOutcome, StoreError, StreamGrant};
@@ -79,7 +78,7 @@ impl OutboundError {
 /// # Errors
 /// [`OutboundError`]; nothing is stored then.
 pub async fn place_call(
-    app: &AppState,
+    app: &BridgeServices,
     req: &OutboundRequest,
 ) -> Result<CallRecord, OutboundError> {
     let tw = app.twilio.as_ref().ok_or(OutboundError::NotConfigured)?;
@@ -92,7 +91,7 @@ pub async fn place_call(
     let to =
         E164::parse(req.to.trim()).map_err(|_| OutboundError::InvalidNumber(req.to.clone()))?;
     let profile = {
-        let profiles = app.profiles.load();
+        let profiles = app.calls.profiles.load();
         match &req.profile {
             Some(name) => profiles
                 .get(name)
@@ -103,7 +102,7 @@ pub async fn place_call(
     };
     let grant = StreamGrant {
         call_sid: None,
-        account_sid: app.config.twilio.account_sid.clone(),
+        account_sid: app.calls.config.twilio.account_sid.clone(),
         profile: profile.name.clone(),
         direction: "outbound".into(),
         dialed: Some(to.as_str().to_string()),
@@ -141,7 +140,7 @@ pub async fn place_call(
         ..MediaInfo::default()
     });
     info!(call_id = %call.sid, to = %mask_number(to.as_str()), profile = %profile.name, "outbound call placed");
-    let stored = match app.store.create_call(&record).await {
+    let stored = match app.calls.store.create_call(&record).await {
         Ok(CreateOutcome::Created) => record,
         // The stream already started and created it.
         Ok(CreateOutcome::Exists(existing)) => *existing,

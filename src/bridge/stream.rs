@@ -66,12 +66,11 @@ use super::link::{
     LinkSender, MAX_LINK_BACKLOG_BYTES, MediaLink, ModelWriter, Queued, TwilioActions,
     media_link_channel,
 };
-use super::metric_names;
 use super::pacer::{Pacer, PacerLimits, Verdict, ulaw_duration};
 use super::params;
 use super::playback::{Echo, Playback, ResponseEnd};
 use super::stats::{Direction, FrameStats};
-use crate::app::AppState;
+use super::{BridgeServices, metric_names};
 use crate::calls::link::Link;
 use crate::calls::monitor::{self, Attach};
 use crate::calls::persist::{append, event, save};
@@ -188,7 +187,7 @@ struct Bridge {
     /// `barge_in` event rows written so far (at most [`MAX_BARGE_IN_ROWS`]).
     barge_in_rows: AtomicU32,
     out: Mutex<OutState>,
-    app: Arc<AppState>,
+    app: Arc<BridgeServices>,
 }
 
 /// Frames (and marks) computed under the outbound lock, to be written to Twilio.
@@ -462,7 +461,7 @@ enum TwilioEnd {
 }
 
 /// Serves one Media Streams connection until the call's bridge ends.
-pub async fn run(app: Arc<AppState>, socket: WebSocket) {
+pub async fn run(app: Arc<BridgeServices>, socket: WebSocket) {
     let (mut tw_sink, mut tw_stream) = socket.split();
     let Some(start) = wait_for_start(&mut tw_stream).await else {
         metrics::counter!(metric_names::STREAMS, "outcome" => "no_start").increment(1);
@@ -493,7 +492,12 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket) {
 const ECHO_CHARS: usize = 64;
 
 /// Logs, counts and (when the call is ours) records a refused stream.
-async fn refused(app: &AppState, start: &StartInfo, refusal: Refusal, known_call: Option<String>) {
+async fn refused(
+    app: &BridgeServices,
+    start: &StartInfo,
+    refusal: Refusal,
+    known_call: Option<String>,
+) {
     warn!(
         reason = refusal.as_str(),
         stream_sid = %start.stream_sid.chars().take(ECHO_CHARS).collect::<String>(),
@@ -507,6 +511,7 @@ async fn refused(app: &AppState, start: &StartInfo, refusal: Refusal, known_call
         Some(c) => Some(c),
         None if refusal == Refusal::StoreUnavailable => None,
         None => app
+            .calls
             .store
             .get_call(&start.call_sid)
             .await
@@ -584,13 +589,13 @@ enum NotBridged {
 }
 
 /// Redeems the stream token and checks its grant against the `start` message.
-async fn redeem(app: &AppState, start: &StartInfo) -> Result<StreamGrant, NotBridged> {
+async fn redeem(app: &BridgeServices, start: &StartInfo) -> Result<StreamGrant, NotBridged> {
     let refuse = |r| NotBridged::Refused(r, None);
     let token = start
         .params
         .get(params::STREAM_TOKEN)
         .ok_or(refuse(Refusal::NoToken))?;
-    let grant = match app.store.redeem_stream_token(token, Utc::now()).await {
+    let grant = match app.calls.store.redeem_stream_token(token, Utc::now()).await {
         Ok(Some(grant)) => grant,
         Ok(None) => return Err(refuse(Refusal::InvalidToken)),
         Err(e) => {
@@ -619,8 +624,8 @@ fn record_matches(record: &CallRecord, grant: &StreamGrant) -> bool {
 }
 
 /// Redeems the token, claims the record, takes the profile from it, connects the model.
-async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Result<Prepared, NotBridged> {
-    if app.registry().contains(&start.call_sid) {
+async fn prepare(app: &Arc<BridgeServices>, start: &StartInfo) -> Result<Prepared, NotBridged> {
+    if app.calls.registry().contains(&start.call_sid) {
         warn!("a stream for this call is already bridged here; refusing the second one");
         return Err(NotBridged::Refused(
             Refusal::AlreadyBridged,
@@ -629,7 +634,7 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Result<Prepared, Not
     }
     let grant = redeem(app, start).await?;
     let known = || Some(start.call_sid.clone());
-    let mut record = match app.store.get_call(&start.call_sid).await {
+    let mut record = match app.calls.store.get_call(&start.call_sid).await {
         Ok(Some(r)) if r.state != CallState::Accepting => {
             warn!(state = %r.state, "media stream for a call that is not waiting for one; refused");
             return Err(NotBridged::Refused(Refusal::NotWaiting, known()));
@@ -650,7 +655,7 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Result<Prepared, Not
             );
             r.profile = grant.profile.clone();
             r.dialed = grant.dialed.clone();
-            if let Err(e) = app.store.create_call(&r).await {
+            if let Err(e) = app.calls.store.create_call(&r).await {
                 warn!(error = %e, "cannot store the call record; bridging anyway");
                 metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
             }
@@ -663,7 +668,7 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Result<Prepared, Not
         }
     };
     let profile = {
-        let profiles = app.profiles.load();
+        let profiles = app.calls.profiles.load();
         match profiles.get(&record.profile) {
             Some(p) => p.clone(),
             None => {
@@ -688,9 +693,9 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Result<Prepared, Not
     media.stream_sid = Some(start.stream_sid.clone());
 
     let connected = connect_model(
-        &app.config.openai.sideband_url,
+        &app.calls.config.openai.sideband_url,
         &profile.session.model,
-        &app.monitors.api_key,
+        &app.calls.monitors.api_key,
     )
     .await;
     let mut model = match connected {
@@ -729,7 +734,7 @@ async fn prepare(app: &Arc<AppState>, start: &StartInfo) -> Result<Prepared, Not
 }
 
 async fn bridge(
-    app: Arc<AppState>,
+    app: Arc<BridgeServices>,
     start: StartInfo,
     prepared: Prepared,
     tw_sink: SplitSink<WebSocket, ws::Message>,
@@ -788,7 +793,7 @@ async fn bridge(
         call_sid: record.call_id.clone(),
     });
     let started = monitor::spawn_with(
-        app.monitors.clone(),
+        app.calls.monitors.clone(),
         record.clone(),
         profile.clone(),
         Attach::Fresh,
@@ -863,6 +868,7 @@ async fn bridge(
     let mut rec = match final_record {
         Some(r) => r,
         None => app
+            .calls
             .store
             .get_call(&record.call_id)
             .await
@@ -876,7 +882,7 @@ async fn bridge(
 /// A stream found abusive by the pacer: closed at once (1008, no more caller audio is read),
 /// recorded (`media_abusive` event, `voxmachina_bridge_abusive_streams_total`); the record's
 /// end reason becomes [`ABUSIVE_MEDIA`] in [`finalize`].
-async fn abusive(app: &AppState, bridge: &Bridge, pacer: &Pacer, started: Instant) {
+async fn abusive(app: &BridgeServices, bridge: &Bridge, pacer: &Pacer, started: Instant) {
     let elapsed = started.elapsed();
     warn!(
         forwarded_ms = pacer.forwarded().as_millis(),
@@ -910,7 +916,7 @@ async fn abusive(app: &AppState, bridge: &Bridge, pacer: &Pacer, started: Instan
 /// Stats and closing out a record the monitor left live (extraction and the other after-call
 /// work are the monitor's, as on the SIP path).
 async fn finalize(
-    app: &AppState,
+    app: &BridgeServices,
     rec: &mut CallRecord,
     stats: &FrameStats,
     ended_by: &'static str,
@@ -918,7 +924,7 @@ async fn finalize(
     if rec.state.is_live() || rec.state == CallState::Accepting {
         rec.state = CallState::Ended;
         rec.ended_at = Some(Utc::now());
-        let reason = if app.monitors.shutdown.is_cancelled() {
+        let reason = if app.calls.monitors.shutdown.is_cancelled() {
             "controller_shutdown"
         } else {
             "bridge_ended"

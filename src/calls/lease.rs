@@ -16,7 +16,7 @@
 //!   gracefully and detaches, the lease is handed back ([`Leases::hand_back`]): it stays stored
 //!   under this owner but expires at once, so another instance takes the call over at its next
 //!   scan, and this instance's next start (same id) takes it back at once.
-//! - Every instance runs a takeover scan (`crate::app`): a live call whose lease expired — or
+//! - Every instance runs a takeover scan (`crate::calls::takeover`): a live call whose lease expired — or
 //!   that has had none for longer than the lease TTL — is taken over with a conditional
 //!   [`Store::acquire_lease`] (exactly one instance wins) and its sideband reattached.
 //!

@@ -9,15 +9,13 @@
 //! `end_reason` `transport_failed`, the error code in the `transport_failed` event). Realtime
 //! cannot place calls.
 
-use std::sync::Arc;
-
 use chrono::Utc;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::app::AppState;
 use crate::calls::monitor::{self, Attach};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState};
+use crate::calls::services::CallServices;
 use crate::openai::live::OutboundError;
 use crate::sip::E164;
 
@@ -47,7 +45,7 @@ pub enum PlaceError {
 /// [`PlaceError`]; on [`OutboundError::Ambiguous`] nothing is retried and nothing recorded (no
 /// session id is known).
 pub async fn place_live_call(
-    app: &Arc<AppState>,
+    app: &CallServices,
     profile_name: &str,
     to: &str,
 ) -> Result<CallRecord, PlaceError> {

@@ -417,7 +417,7 @@ impl LambdaOptions {
 /// `Query` on the tokens table and its index), or the SQLite file for local runs.
 ///
 /// # Errors
-/// [`StoreError`] as [`crate::app::open_store`].
+/// [`StoreError`] as [`crate::store::open`].
 pub async fn open_store(
     config: &crate::config::Config,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
@@ -425,7 +425,7 @@ pub async fn open_store(
         let store = crate::store::DynamoStore::connect(&config.store.dynamodb).await?;
         Ok(std::sync::Arc::new(store))
     } else {
-        crate::app::open_store(config).await
+        crate::store::open(config).await
     }
 }
 

@@ -27,14 +27,6 @@
 //! [`crate::twilio::twiml::SipTarget`]); without the header a `twilio_dial` hand-off has no call
 //! to redirect and falls back like a failed REFER.
 
-use std::sync::Arc;
-
-use serde_json::json;
-use tracing::warn;
-
-use crate::app::AppState;
-use crate::calls::persist::append;
-use crate::calls::record::CallEvent;
 use crate::config::Secret;
 use crate::sip::{E164, SipHeader, header, headers_named};
 use crate::twilio::rest::{CallUpdate, TwilioError, TwilioRest};
@@ -119,33 +111,6 @@ pub fn parent_call_sid(sip_headers: &[SipHeader], auth_token: Option<&Secret>) -
     }) {
         Some(sid) => ParentCallSid::Bound(sid.to_string()),
         None => ParentCallSid::Unbound(first.chars().take(64).collect()),
-    }
-}
-
-/// [`parent_call_sid`] for the SIP webhook of `call_id`: the bound `CallSid`, to keep as the
-/// record's `twilio_call_sid`. An unbound one is ignored: logged (warn), counted
-/// ([`UNBOUND_METRIC`]) and recorded as an `untrusted_sip_header` event of the call.
-pub fn trusted_parent_call_sid(
-    app: &Arc<AppState>,
-    call_id: &str,
-    sip_headers: &[SipHeader],
-) -> Option<String> {
-    let key = app.twilio.as_ref().map(|t| &t.auth_token);
-    match parent_call_sid(sip_headers, key) {
-        ParentCallSid::Absent => None,
-        ParentCallSid::Bound(sid) => Some(sid),
-        ParentCallSid::Unbound(claimed) => {
-            warn!(claimed = %claimed, "X-Twilio-CallSid without our binding; ignored");
-            metrics::counter!(UNBOUND_METRIC).increment(1);
-            let event = CallEvent::new(
-                call_id,
-                "untrusted_sip_header",
-                json!({ "header": CALL_SID_HEADER, "value": claimed, "reason": "unbound" }),
-            );
-            let app = app.clone();
-            tokio::spawn(async move { append(&app, event).await });
-            None
-        }
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRef, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -34,9 +34,10 @@ use subtle::ConstantTimeEq;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use crate::app::AppState;
 use crate::calls::record::{CallEvent, CallRecord, CallState, TranscriptLine};
 use crate::calls::registry::{Command, CommandError};
+use crate::calls::services::CallServices;
+use crate::config::Secret;
 use crate::store::{CallQuery, MAX_PAGE, Page};
 
 /// Page size of transcripts and events when `limit` is not given (and on `GET
@@ -60,7 +61,7 @@ pub const DEFAULT_PAGE: usize = 100;
         get_events,
         transfer,
         hangup,
-        crate::bridge::http::outbound,
+        outbound,
     ),
     components(schemas(
         ErrorBody,
@@ -72,7 +73,7 @@ pub const DEFAULT_PAGE: usize = 100;
         Accepted,
         PlaceBody,
         NoteBody,
-        crate::bridge::http::OutboundBody,
+        OutboundBody,
     )),
     modifiers(&BearerAuth),
     security(("admin_token" = [])),
@@ -173,12 +174,27 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// The `/v1` router (to be nested).
-pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+/// What the admin API uses: the bearer token and the call services (store reads, operator
+/// commands through the registry, GPT-Live outbound calls). Built by `crate::app`.
+pub struct AdminServices {
+    /// Bearer token for the admin API; `None` disables it (every route 404).
+    pub admin_token: Option<Secret>,
+    /// Configuration, store, profiles, monitors.
+    pub calls: CallServices,
+}
+
+/// The `/v1` router (to be nested), on any router state that provides the [`AdminServices`]
+/// and, for `POST /v1/calls/outbound`, the [`crate::bridge::BridgeServices`].
+pub fn router<S>(state: Arc<AdminServices>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<AdminServices>: FromRef<S>,
+    Arc<crate::bridge::BridgeServices>: FromRef<S>,
+{
     Router::new()
         .route("/openapi.json", get(openapi_json))
         .route("/calls", get(list_calls).post(place_call))
-        .route("/calls/outbound", post(crate::bridge::http::outbound))
+        .route("/calls/outbound", post(outbound))
         .route("/calls/{call_id}", get(get_call))
         .route("/calls/{call_id}/transcript", get(get_transcript))
         .route("/calls/{call_id}/events", get(get_events))
@@ -187,7 +203,11 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(middleware::from_fn_with_state(state, require_token))
 }
 
-async fn require_token(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn require_token(
+    State(app): State<Arc<AdminServices>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(expected) = &app.admin_token else {
         return error(
             StatusCode::NOT_FOUND,
@@ -249,7 +269,7 @@ pub struct PlaceBody {
         (status = 503, description = "no GPT-Live trunk configured", body = ErrorBody),
     )
 )]
-async fn place_call(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn place_call(State(app): State<Arc<AdminServices>>, body: Bytes) -> Response {
     use crate::calls::outbound::{PlaceError, place_live_call};
     use crate::openai::live::OutboundError;
     let body: PlaceBody = match serde_json::from_slice(&body) {
@@ -262,7 +282,7 @@ async fn place_call(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
             "outbound calls are only supported on GPT-Live (\"api\": \"live\")",
         );
     }
-    match place_live_call(&app, &body.profile, &body.to).await {
+    match place_live_call(&app.calls, &body.profile, &body.to).await {
         Ok(record) => (StatusCode::CREATED, Json(json!({ "call": record }))).into_response(),
         Err(PlaceError::Invalid(m)) => error(StatusCode::BAD_REQUEST, &m),
         Err(PlaceError::NotConfigured(m)) => error(StatusCode::SERVICE_UNAVAILABLE, &m),
@@ -321,7 +341,7 @@ struct ListParams {
     )
 )]
 async fn list_calls(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AdminServices>>,
     p: Result<Query<ListParams>, QueryRejection>,
 ) -> Response {
     let Query(p) = match p {
@@ -338,7 +358,7 @@ async fn list_calls(
         before: p.before,
         limit: p.limit.unwrap_or(100).min(1000),
     };
-    match app.store.list_calls(&query).await {
+    match app.calls.store.list_calls(&query).await {
         Ok(calls) => Json(json!({ "calls": calls })).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
@@ -357,17 +377,22 @@ async fn list_calls(
         (status = 503, description = "the store failed", body = ErrorBody),
     )
 )]
-async fn get_call(State(app): State<Arc<AppState>>, Path(call_id): Path<String>) -> Response {
-    let call = match app.store.get_call(&call_id).await {
+async fn get_call(State(app): State<Arc<AdminServices>>, Path(call_id): Path<String>) -> Response {
+    let call = match app.calls.store.get_call(&call_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return error(StatusCode::NOT_FOUND, "no such call"),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let transcript = app
+        .calls
         .store
         .transcript_page(&call_id, None, DEFAULT_PAGE)
         .await;
-    let events = app.store.events_page(&call_id, None, DEFAULT_PAGE).await;
+    let events = app
+        .calls
+        .store
+        .events_page(&call_id, None, DEFAULT_PAGE)
+        .await;
     let (transcript, events) = match (transcript, events) {
         (Ok(t), Ok(e)) => (t, e),
         (Err(e), _) | (_, Err(e)) => {
@@ -410,13 +435,13 @@ fn cursor_position(cursor: Option<&str>) -> Result<Option<u64>, Box<Response>> {
 
 /// Reads one page for the sub-resources: checks the query and that the call exists.
 async fn page_params(
-    app: &AppState,
+    app: &AdminServices,
     call_id: &str,
     p: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<(Option<u64>, usize), Box<Response>> {
     let Query(p) = p.map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.body_text())))?;
     let after = cursor_position(p.cursor.as_deref())?;
-    match app.store.get_call(call_id).await {
+    match app.calls.store.get_call(call_id).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err(Box::new(error(StatusCode::NOT_FOUND, "no such call"))),
         Err(e) => {
@@ -432,7 +457,7 @@ async fn page_params(
 /// One page of a sub-resource: checks the query and the call, reads the page with `read`
 /// (`after`, `limit`) and answers `body(items, next_cursor)`.
 async fn one_page<T, Fut>(
-    app: &AppState,
+    app: &AdminServices,
     call_id: &str,
     p: Result<Query<PageParams>, QueryRejection>,
     read: impl FnOnce(Option<u64>, usize) -> Fut,
@@ -466,11 +491,11 @@ where
     )
 )]
 async fn get_transcript(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AdminServices>>,
     Path(call_id): Path<String>,
     p: Result<Query<PageParams>, QueryRejection>,
 ) -> Response {
-    let read = |after, limit| app.store.transcript_page(&call_id, after, limit);
+    let read = |after, limit| app.calls.store.transcript_page(&call_id, after, limit);
     let body = |transcript, next_cursor| {
         Json(TranscriptPage {
             transcript,
@@ -496,11 +521,11 @@ async fn get_transcript(
     )
 )]
 async fn get_events(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AdminServices>>,
     Path(call_id): Path<String>,
     p: Result<Query<PageParams>, QueryRejection>,
 ) -> Response {
-    let read = |after, limit| app.store.events_page(&call_id, after, limit);
+    let read = |after, limit| app.calls.store.events_page(&call_id, after, limit);
     let body = |events, next_cursor| {
         Json(EventsPage {
             events,
@@ -519,10 +544,10 @@ pub struct NoteBody {
     pub note: String,
 }
 
-async fn command(app: &AppState, call_id: &str, cmd: Command) -> Response {
-    match app.registry().send(call_id, cmd) {
+async fn command(app: &AdminServices, call_id: &str, cmd: Command) -> Response {
+    match app.calls.registry().send(call_id, cmd) {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response(),
-        Err(CommandError::NotMonitored) => match app.store.get_call(call_id).await {
+        Err(CommandError::NotMonitored) => match app.calls.store.get_call(call_id).await {
             Ok(Some(c)) => error(
                 StatusCode::CONFLICT,
                 &format!("call is {} and not monitored by this instance", c.state),
@@ -560,7 +585,7 @@ fn note(body: &Bytes) -> Result<String, Box<Response>> {
     )
 )]
 async fn transfer(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AdminServices>>,
     Path(call_id): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -586,12 +611,61 @@ async fn transfer(
     )
 )]
 async fn hangup(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AdminServices>>,
     Path(call_id): Path<String>,
     body: Bytes,
 ) -> Response {
     match note(&body) {
         Ok(n) => command(&app, &call_id, Command::Hangup(n)).await,
         Err(resp) => *resp,
+    }
+}
+
+/// Body of `POST /v1/calls/outbound`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct OutboundBody {
+    /// E.164 number to call.
+    pub to: String,
+    /// Profile name; the default profile when absent.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// `POST /v1/calls/outbound` (nested under the admin router, so token-guarded).
+#[utoipa::path(
+    post,
+    path = "/v1/calls/outbound",
+    tag = "calls",
+    request_body = OutboundBody,
+    responses(
+        (status = 201, description = "Twilio call placed", body = CallEnvelope),
+        (status = 400, description = "bad body, number not E.164 or unknown profile", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "Twilio is not configured", body = ErrorBody),
+        (status = 409, description = "public_url or from_number missing", body = ErrorBody),
+        (status = 502, description = "Twilio refused the call", body = ErrorBody),
+    )
+)]
+pub async fn outbound(
+    State(app): State<Arc<crate::bridge::BridgeServices>>,
+    body: Bytes,
+) -> Response {
+    let body: OutboundBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")),
+    };
+    let req = crate::bridge::outbound::OutboundRequest {
+        to: body.to,
+        profile: body.profile,
+    };
+    match crate::bridge::outbound::place_call(&app, &req).await {
+        Ok(record) => (StatusCode::CREATED, Json(json!({ "call": record }))).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "outbound call not placed");
+            error(
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+                &e.to_string(),
+            )
+        }
     }
 }

@@ -13,10 +13,9 @@ pub mod admin;
 pub mod server;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -24,34 +23,52 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
+use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Server-side WebSocket settings for the upgrades we accept (Twilio Media Streams here, the
-/// sideband in the emulator): the same small buffers as the client side
-/// ([`crate::openai::sideband::ws_config`]). axum's defaults allocate (and zero) a 128 KiB read
-/// buffer per connection, which at thousands of streams is most of the memory and a good part
-/// of the CPU of accepting a connection; the messages on these sockets are small JSON (a Media
-/// Streams `media` message is ~250 bytes). Buffers still grow for a larger message, up to
-/// 4 MiB per message or frame.
-pub fn ws_upgrade(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    ws.read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_message_size(4 << 20)
-        .max_frame_size(4 << 20)
+use crate::bridge::BridgeServices;
+use crate::calls::services::CallServices;
+use crate::store::ResilientStore;
+use crate::webhook::handler::WebhookServices;
+pub use admin::AdminServices;
+
+/// The router's state: one service struct per group of routes, each handler extracting only
+/// its own ([`FromRef`], as in axum's `State` docs).
+#[derive(Clone, FromRef)]
+pub struct HttpState {
+    /// `POST /openai/webhook`.
+    pub webhook: Arc<WebhookServices>,
+    /// `/twilio/*` and `POST /v1/calls/outbound`.
+    pub bridge: Arc<BridgeServices>,
+    /// `/v1/...` (admin API).
+    pub admin: Arc<AdminServices>,
+    /// `GET /readyz`, `GET /metrics`.
+    pub health: Arc<HealthServices>,
 }
 
-/// Builds the router over `state`.
-pub fn router(state: Arc<AppState>) -> Router {
+/// What `GET /readyz` and `GET /metrics` read.
+pub struct HealthServices {
+    /// Configuration, store (pinged), profiles (counted), registry (active calls).
+    pub calls: CallServices,
+    /// The store's write health.
+    pub held_writes: ResilientStore,
+    /// False once shutdown began.
+    pub accepting: Arc<AtomicBool>,
+    /// Prometheus render handle.
+    pub metrics: PrometheusHandle,
+}
+
+/// Builds the router over `state`; webhook bodies are limited to `webhook_max_body` bytes.
+pub fn router(state: HttpState, webhook_max_body: usize) -> Router {
     let webhook = Router::new()
         .route("/openai/webhook", post(crate::webhook::handler::receive))
-        .layer(DefaultBodyLimit::max(state.config.webhook.max_body_bytes));
+        .layer(DefaultBodyLimit::max(webhook_max_body));
     Router::new()
         .merge(webhook)
         .merge(crate::bridge::http::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .nest("/v1", admin::router(state.clone()))
+        .nest("/v1", admin::router(state.admin.clone()))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -60,11 +77,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    let store = app.store.ping().await;
+async fn readyz(State(app): State<Arc<HealthServices>>) -> impl IntoResponse {
+    let store = app.calls.store.ping().await;
     let health = app.held_writes.health();
     let writes_ok = health.writes_ok();
-    let profiles = app.profiles.load().len();
+    let profiles = app.calls.profiles.load().len();
     let accepting = app.accepting.load(Ordering::SeqCst);
     let ready = store.is_ok() && writes_ok && profiles > 0 && accepting;
     let body = json!({
@@ -74,7 +91,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         "held_writes": health.pending(),
         "profiles": profiles,
         "accepting_webhooks": accepting,
-        "active_calls": app.registry().len(),
+        "active_calls": app.calls.registry().len(),
     });
     let status = if ready {
         StatusCode::OK
@@ -84,7 +101,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics(State(app): State<Arc<HealthServices>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),

@@ -31,7 +31,7 @@ use backon::{ExponentialBuilder, Retryable};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::Secret;
+use crate::config::{HubSpotConfig, Secret};
 
 /// Default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
@@ -181,6 +181,33 @@ impl HubSpot {
             token,
             retry: RetryPolicy::default(),
         })
+    }
+
+    /// The client of `[hubspot]` when `enabled` and a `token` (`HUBSPOT_TOKEN`) is given;
+    /// `None` when disabled, or enabled without a token (logged: `create_ticket` is then
+    /// unavailable).
+    ///
+    /// # Errors
+    /// As [`HubSpot::new`] (bad base URL, client not buildable).
+    pub fn from_config(
+        config: &HubSpotConfig,
+        token: Option<Secret>,
+    ) -> Result<Option<Self>, HubSpotError> {
+        match token {
+            Some(token) if config.enabled => Self::new(
+                &config.base_url,
+                token,
+                Duration::from_millis(config.request_timeout_ms),
+            )
+            .map(Some),
+            None if config.enabled => {
+                tracing::warn!(
+                    "[hubspot] enabled but HUBSPOT_TOKEN is not set; create_ticket is unavailable"
+                );
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Replaces the 429 retry policy.

@@ -124,6 +124,7 @@
 //! `transfer_to_human` without escalation; for `[after_call]`: bad regexes, duplicate rule
 //! names, SMS templates referencing undeclared rules.
 
+mod current;
 mod file;
 mod hours;
 mod load;
@@ -135,6 +136,7 @@ mod tests;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use current::{Profiles, check_named_secrets};
 pub use hours::{OpenHours, OpenWindow};
 pub use load::ProfileSet;
 pub use profile::{

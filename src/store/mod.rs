@@ -12,6 +12,7 @@
 //! and reads never rely on a background TTL sweep.
 
 pub mod dynamodb;
+mod open;
 pub mod resilient;
 pub mod sqlite;
 pub mod tokens;
@@ -22,6 +23,7 @@ use chrono::{DateTime, Utc};
 use crate::calls::record::{CallEvent, CallRecord, CallState, TranscriptLine};
 
 pub use dynamodb::DynamoStore;
+pub use open::open;
 pub use resilient::{HoldLimits, ResilientStore, StoreHealth};
 pub use sqlite::SqliteStore;
 pub use tokens::{HandoverPayload, StreamGrant};
@@ -293,7 +295,7 @@ pub trait Store: Send + Sync + 'static {
     /// The live calls free to take over at `now` ([`free_to_take`]: lease expired or held by
     /// `reclaim_owner`, or no lease for at least `ttl` since `accepted_at`, else `created_at`),
     /// oldest first, each with its lease. The takeover scan runs this every
-    /// `[cluster] takeover_scan_interval_ms` (`crate::app`).
+    /// `[cluster] takeover_scan_interval_ms` (`crate::calls::takeover`).
     ///
     /// The default reads [`Store::live_calls`] and [`Store::leases`] and filters them; SQLite
     /// answers with one query that decodes no call record (10 000 live calls took 61 ms of

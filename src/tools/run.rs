@@ -23,7 +23,7 @@ pub type SecretLookup = Arc<dyn Fn(&str) -> Option<Secret> + Send + Sync>;
 /// through [`Secrets::named_in`]. Files are read at each call, so a rotated secret is used
 /// without a restart. Unreadable files and empty or whitespace-only values count as unset (the
 /// tool answers `not_configured`; the reason is logged by name, never the value): a tool never
-/// sends an empty credential. Start-up refuses empty ones ([`crate::app::check_named_secrets`]).
+/// sends an empty credential. Start-up refuses empty ones ([`crate::prompts::check_named_secrets`]).
 pub fn secret_lookup(secrets_dir: &Path) -> SecretLookup {
     let dir: Option<PathBuf> = (!secrets_dir.as_os_str().is_empty()).then(|| secrets_dir.into());
     Arc::new(move |name: &str| {

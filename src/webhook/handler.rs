@@ -16,7 +16,7 @@
 //! disconnects mid-accept (OpenAI's delivery timeout, a proxy reset) the accept, the record and
 //! the monitor start still complete, so the redelivery answered `duplicate` finds the call
 //! monitored. A record left in `accepting` anyway (the process died mid-decision) is reconciled
-//! after the accept budget by the stuck-accept scan (`crate::app`).
+//! after the accept budget by the stuck-accept scan ([`crate::calls::takeover`]).
 //!
 //! | situation | answer | effect |
 //! |---|---|---|
@@ -38,7 +38,7 @@
 //! | a delivery of a call stuck in `accepting` past the accept budget, monitored nowhere here | 200 | reconciled at once (attach: live → monitored, 404 → `missed`) |
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::extract::State;
@@ -49,22 +49,52 @@ use chrono::Utc;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::app::AppState;
 use crate::calls::monitor::{self, Attach};
 use crate::calls::persist::{append, event, save};
 use crate::calls::record::{Api, CallEvent, CallRecord, CallState};
-use crate::openai::CallControlError;
+use crate::calls::services::{CallServices, HasStore};
+use crate::calls::takeover::stuck_accept_after;
+use crate::config::Secret;
+use crate::escalation::twilio_dial::{
+    CALL_SID_HEADER, ParentCallSid, UNBOUND_METRIC, parent_call_sid,
+};
 use crate::openai::live::LiveAccept;
+use crate::openai::{CallControl, CallControlError};
 use crate::prompts::Admission;
 use crate::sip::{CallParties, SipHeader};
-use crate::store::CreateOutcome;
 use crate::store::api_name as api_label;
+use crate::store::{CreateOutcome, ResilientStore, Store};
 use crate::telemetry::{mask_number, names};
 use crate::webhook::event::{
     Envelope, LIVE_CALL_INCOMING, LIVE_TRANSPORT_INCOMING, LiveTransportIncoming,
     REALTIME_CALL_INCOMING, RealtimeCallIncoming,
 };
-use crate::webhook::signature::DeliveryHeaders;
+use crate::webhook::signature::{DeliveryHeaders, Verifier};
+
+/// What the webhook endpoint uses: the call services, the signature verifier, the write health
+/// of the store, OpenAI call control, the intake switch and the Twilio auth token (to trust a
+/// bound `X-Twilio-CallSid`). Built by `crate::app`.
+#[derive(Clone)]
+pub struct WebhookServices {
+    /// Configuration, store, profiles, monitors.
+    pub calls: CallServices,
+    /// Webhook signature verifier (holds the key).
+    pub verifier: Verifier,
+    /// The store's write health: an incoming call is not taken while writes fail.
+    pub held_writes: ResilientStore,
+    /// OpenAI Realtime call control (reject; the monitor accepts).
+    pub call_control: CallControl,
+    /// False once shutdown began: webhooks get 503 so OpenAI retries them elsewhere/later.
+    pub accepting: Arc<AtomicBool>,
+    /// `TWILIO_AUTH_TOKEN`, the key of the `X-Twilio-CallSid` binding; `None` trusts none.
+    pub twilio_auth_token: Option<Secret>,
+}
+
+impl HasStore for WebhookServices {
+    fn store(&self) -> &dyn Store {
+        self.calls.store.as_ref()
+    }
+}
 
 /// An incoming-call event of either API, reduced to what the decision needs.
 struct Incoming {
@@ -117,7 +147,7 @@ fn reply(status: StatusCode, event: &str, outcome: &'static str) -> Response {
 
 /// The webhook endpoint handler. Takes the raw body: the signature covers the exact bytes.
 pub async fn receive(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<WebhookServices>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -173,7 +203,7 @@ pub async fn receive(
         Ok(response) => response,
         Err(e) => {
             // A panic in the decision: the record stays `accepting` and is reconciled after
-            // the accept budget (`crate::app`, stuck accepts).
+            // the accept budget ([`crate::calls::takeover`]).
             warn!(error = %e, "webhook decision task failed");
             reply(StatusCode::INTERNAL_SERVER_ERROR, ev, "internal_error")
         }
@@ -181,7 +211,7 @@ pub async fn receive(
 }
 
 async fn incoming_call(
-    app: Arc<AppState>,
+    app: Arc<WebhookServices>,
     webhook_id: String,
     data: Incoming,
     received: std::time::Instant,
@@ -192,10 +222,11 @@ async fn incoming_call(
         return reply(StatusCode::SERVICE_UNAVAILABLE, ev, "store_unavailable");
     }
     let now = Utc::now();
-    let ttl =
-        chrono::Duration::hours(i64::try_from(app.config.webhook.dedupe_ttl_hours).unwrap_or(72));
+    let ttl = chrono::Duration::hours(
+        i64::try_from(app.calls.config.webhook.dedupe_ttl_hours).unwrap_or(72),
+    );
     let parties = CallParties::from_headers(&data.sip_headers);
-    let profiles = app.profiles.load();
+    let profiles = app.calls.profiles.load();
     let profile = profiles.select(&parties, &data.sip_headers).clone();
     let mut record = CallRecord::new(&data.id, data.api, &webhook_id, now);
     record.profile = profile.name.clone();
@@ -204,8 +235,7 @@ async fn incoming_call(
     record.sip_call_id = parties.sip_call_id.clone();
     // Calls dialed in by Twilio (`[twilio] voice_mode = "sip"`) name their parent call; only
     // the one our `<Dial><Sip>` bound (HMAC) is trusted.
-    record.twilio_call_sid =
-        crate::escalation::twilio_dial::trusted_parent_call_sid(&app, &data.id, &data.sip_headers);
+    record.twilio_call_sid = trusted_parent_call_sid(&app, &data.id, &data.sip_headers);
     let other_owns = profile.api != data.api;
     if other_owns {
         // The other API's delivery of this SIP call owns the decision: record, never decide.
@@ -217,8 +247,8 @@ async fn incoming_call(
     // Dedupe by webhook-id and guard by call_id in one round trip: both writes are conditional
     // and independent, so they run together (and share one commit in the SQLite store).
     let (claim, created) = tokio::join!(
-        app.store.claim_webhook(&webhook_id, now, now + ttl),
-        app.store.create_call(&record)
+        app.calls.store.claim_webhook(&webhook_id, now, now + ttl),
+        app.calls.store.create_call(&record)
     );
     let first_delivery = match claim {
         Ok(first) => first,
@@ -234,6 +264,7 @@ async fn incoming_call(
         Ok(CreateOutcome::Exists(existing)) => {
             let retry = existing.state == CallState::AcceptFailed
                 && app
+                    .calls
                     .store
                     .transition_call(
                         &record.call_id,
@@ -249,7 +280,7 @@ async fn incoming_call(
                 info!("redelivery of a call stuck in accepting; reconciling it now");
                 let (app2, call_id) = (app.clone(), record.call_id.clone());
                 tokio::spawn(
-                    async move { crate::app::reconcile_one(&app2, &call_id).await }
+                    async move { app2.calls.reconcile_one(&call_id).await }
                         .instrument(tracing::Span::current()),
                 );
                 return reply(StatusCode::OK, ev, "reconciling");
@@ -270,7 +301,7 @@ async fn incoming_call(
             warn!(error = %e, "cannot create call record; asking OpenAI to redeliver");
             metrics::counter!(names::STORE_ERRORS, "op" => "create_call").increment(1);
             if first_delivery {
-                let _ = app.store.release_webhook(&webhook_id).await;
+                let _ = app.calls.store.release_webhook(&webhook_id).await;
             }
             return reply(StatusCode::SERVICE_UNAVAILABLE, ev, "store_unavailable");
         }
@@ -313,12 +344,18 @@ async fn incoming_call(
         json!({ "webhook_id": webhook_id, "profile": profile.name, "api": api_label(data.api), "sip_call_id": record.sip_call_id }),
     );
 
-    let active = app.registry().count_for_profile(&profile.name);
+    let active = app.calls.registry().count_for_profile(&profile.name);
     if let Admission::Reject { status, reason } = profile.admission(&parties, now, active) {
         info!(reason = reason.as_str(), status, "rejecting call");
         append(&app, received_event.clone()).await;
         let result = match data.api {
-            Api::Live => app.monitors.live.reject(&record.call_id, status).await,
+            Api::Live => {
+                app.calls
+                    .monitors
+                    .live
+                    .reject(&record.call_id, status)
+                    .await
+            }
             _ => app.call_control.reject(&record.call_id, status).await,
         };
         match &result {
@@ -347,11 +384,12 @@ async fn incoming_call(
         }
     }
 
-    let budget = std::time::Duration::from_millis(app.config.openai.accept_retry_budget_ms);
+    let budget = std::time::Duration::from_millis(app.calls.config.openai.accept_retry_budget_ms);
     let (attempts, result) = match data.api {
         Api::Live => {
             let session = profile.live_session();
             match app
+                .calls
                 .monitors
                 .live
                 .accept_with_retry(&record.call_id, &session, budget)
@@ -386,7 +424,11 @@ async fn incoming_call(
             );
             // Register now (capacity counts and the operator API see the call at once), answer
             // OpenAI, and persist then attach in the background, in that order.
-            let Some(registration) = app.registry().register(&record.call_id, &profile.name) else {
+            let Some(registration) = app
+                .calls
+                .registry()
+                .register(&record.call_id, &profile.name)
+            else {
                 return reply(StatusCode::OK, ev, "call_exists");
             };
             let app2 = app.clone();
@@ -400,7 +442,7 @@ async fn incoming_call(
                         append(&app2, accepted)
                     );
                     monitor::spawn_registered(
-                        app2.monitors.clone(),
+                        app2.calls.monitors.clone(),
                         record,
                         profile,
                         Attach::Fresh,
@@ -439,9 +481,13 @@ async fn incoming_call(
 }
 
 /// True when `existing` has been `accepting` for longer than
-/// [`crate::app::stuck_accept_after`] and no monitor runs for it here.
-fn is_stuck_accept(app: &AppState, existing: &CallRecord, now: chrono::DateTime<Utc>) -> bool {
-    let after = chrono::Duration::from_std(crate::app::stuck_accept_after(&app.config))
+/// [`stuck_accept_after`] and no monitor runs for it here.
+fn is_stuck_accept(
+    app: &WebhookServices,
+    existing: &CallRecord,
+    now: chrono::DateTime<Utc>,
+) -> bool {
+    let after = chrono::Duration::from_std(stuck_accept_after(&app.calls.config))
         .unwrap_or(chrono::Duration::MAX);
     existing.state == CallState::Accepting
         && existing.api != Api::TwilioMedia
@@ -449,13 +495,13 @@ fn is_stuck_accept(app: &AppState, existing: &CallRecord, now: chrono::DateTime<
             .created_at
             .checked_add_signed(after)
             .is_some_and(|stuck_at| stuck_at <= now)
-        && !app.registry().contains(&existing.call_id)
+        && !app.calls.registry().contains(&existing.call_id)
 }
 
 /// Accept or reject failed in a way a redelivery may fix: record it, release the `webhook-id`
 /// and answer 503 so OpenAI retries.
 async fn decision_failed(
-    app: &AppState,
+    app: &WebhookServices,
     mut record: CallRecord,
     webhook_id: &str,
     e: &CallControlError,
@@ -470,7 +516,7 @@ async fn decision_failed(
         json!({ "error": e.to_string(), "kind": e.label() }),
     )
     .await;
-    if let Err(err) = app.store.release_webhook(webhook_id).await {
+    if let Err(err) = app.calls.store.release_webhook(webhook_id).await {
         warn!(error = %err, "cannot release webhook id; a retry will be treated as a duplicate");
     }
     reply(StatusCode::SERVICE_UNAVAILABLE, ev, "accept_failed")
@@ -479,7 +525,7 @@ async fn decision_failed(
 /// GPT-Live said `decision_already_made` to our first decision: another owner decided (the
 /// Realtime surface, another instance). Recorded, nothing else touched.
 async fn already_decided(
-    app: &AppState,
+    app: &WebhookServices,
     mut record: CallRecord,
     received_event: CallEvent,
     ev: &str,
@@ -494,4 +540,30 @@ async fn already_decided(
     metrics::counter!(names::CALLS_ENDED, "state" => "ignored", "reason" => "decision_already_made")
         .increment(1);
     reply(StatusCode::OK, ev, "already_decided")
+}
+
+/// [`parent_call_sid`] for the SIP webhook of `call_id`: the bound `CallSid`, to keep as the
+/// record's `twilio_call_sid`. An unbound one is ignored: logged (warn), counted
+/// ([`UNBOUND_METRIC`]) and recorded as an `untrusted_sip_header` event of the call.
+fn trusted_parent_call_sid(
+    app: &Arc<WebhookServices>,
+    call_id: &str,
+    sip_headers: &[SipHeader],
+) -> Option<String> {
+    match parent_call_sid(sip_headers, app.twilio_auth_token.as_ref()) {
+        ParentCallSid::Absent => None,
+        ParentCallSid::Bound(sid) => Some(sid),
+        ParentCallSid::Unbound(claimed) => {
+            warn!(claimed = %claimed, "X-Twilio-CallSid without our binding; ignored");
+            metrics::counter!(UNBOUND_METRIC).increment(1);
+            let event = CallEvent::new(
+                call_id,
+                "untrusted_sip_header",
+                json!({ "header": CALL_SID_HEADER, "value": claimed, "reason": "unbound" }),
+            );
+            let app = app.clone();
+            tokio::spawn(async move { append(&app, event).await });
+            None
+        }
+    }
 }

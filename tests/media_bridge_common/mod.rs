@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use voxmachina::app;
 use voxmachina::config::{Config, Secret};
-use voxmachina::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
-use voxmachina::emulator::{Emulator, EmulatorConfig};
 use voxmachina::media::g711::ulaw_decode;
+use voxmachina_emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
+use voxmachina_emulator::{Emulator, EmulatorConfig};
 
 use crate::support::fake_twilio::{ACCOUNT_SID, FakeTwilio};
 use crate::support::harness::{

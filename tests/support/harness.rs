@@ -9,7 +9,7 @@ use base64::Engine as _;
 use voxmachina::app::{self, Running};
 use voxmachina::calls::record::{CallEvent, CallRecord, TranscriptLine};
 use voxmachina::config::{Config, Secret, Secrets};
-use voxmachina::emulator::{CallView, Emulator, EmulatorConfig, Script};
+use voxmachina_emulator::{CallView, Emulator, EmulatorConfig, Script};
 
 /// Test API key the emulator expects.
 pub const API_KEY: &str = "sk-test-voxmachina";

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use voxmachina::emulator::{CallView, Emulator};
+use voxmachina_emulator::{CallView, Emulator};
 
 use super::harness::{ADMIN_TOKEN, API_KEY, webhook_secret};
 

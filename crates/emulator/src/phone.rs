@@ -1,4 +1,4 @@
-//! Twilio's side of a Media Streams call, for `voxmachina demo --media` and the tests: a caller's
+//! Twilio's side of a Media Streams call, for `voxmachina-demo --media` and the tests: a caller's
 //! phone as Twilio presents it to our server
 //! (<https://www.twilio.com/docs/voice/media-streams/websocket-messages>).
 //!
@@ -31,12 +31,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::config::Secret;
-use crate::twilio::media::{
+use voxmachina::config::Secret;
+use voxmachina::twilio::media::{
     Connected, Dtmf, DtmfDigit, Mark, MarkName, Media, MediaChunk, MediaFormat, ServerMessage,
     Start, StartInfo, Stop, StopInfo, TwilioMessage,
 };
-use crate::twilio::signature;
+use voxmachina::twilio::signature;
 
 /// μ-law bytes per 20 ms tick.
 pub const FRAME: usize = 160;
@@ -370,7 +370,7 @@ impl Runner {
     async fn on_tick(&mut self) -> Result<(), ()> {
         let take = self.mic.len().min(FRAME);
         let mut frame: Vec<u8> = self.mic.drain(..take).collect();
-        frame.resize(FRAME, crate::media::g711::ULAW_SILENCE);
+        frame.resize(FRAME, voxmachina::media::g711::ULAW_SILENCE);
         self.chunk += 1;
         let msg = TwilioMessage::Media(Media {
             sequence_number: self.next_seq(),

@@ -113,7 +113,7 @@ pub struct AgentSpec {
     pub replies: Vec<String>,
     /// After each caller turn the model answers on its own, like server VAD with
     /// `create_response: true`. It also requires the session not to disable it (see
-    /// [`crate::emulator`] docs). Default `true`.
+    /// [`crate`] docs). Default `true`.
     pub auto_reply: bool,
     /// Pause between turns, milliseconds. Default 50.
     pub turn_gap_ms: u64,

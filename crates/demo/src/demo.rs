@@ -1,18 +1,18 @@
-//! `voxmachina demo`: a whole phone call, offline. Starts the local OpenAI SIP emulators
+//! `voxmachina-demo`: a whole phone call, offline. Starts the local OpenAI SIP emulators
 //! (Realtime and GPT-Live) and the real controller on 127.0.0.1 (temporary SQLite file,
 //! throwaway secrets), places a scripted call through a signed `realtime.call.incoming` webhook
 //! (or `live.transport.incoming` with `--api live`), prints the live transcript (Realtime) and
 //! the final call record, and succeeds only if the call ended `transferred`.
 //!
-//! `voxmachina demo --connect` plays `scripts/connect_escalation.toml` on the `connect-support`
+//! `voxmachina-demo --connect` plays `scripts/connect_escalation.toml` on the `connect-support`
 //! profile (`action = "connect_refer"`): the call mints an Amazon Connect handover token and is
 //! REFERred to the Connect number; the demo then invokes the contact flow's Lambda handler
-//! ([`crate::escalation::connect::handle_json`]) with a `ContactFlowEvent` carrying the token as
+//! ([`voxmachina::escalation::connect::handle_json`]) with a `ContactFlowEvent` carrying the token as
 //! keyed in, prints the contact attributes an agent would see, and shows that a second
 //! redemption fails. It succeeds only if the call ended `transferred` and the handover redeemed.
 //!
-//! `voxmachina demo --media` plays a call on the Twilio Media Streams path instead: an emulated
-//! Twilio ([`crate::emulator::phone`]) posts a signed voice webhook, opens the signed Media
+//! `voxmachina-demo --media` plays a call on the Twilio Media Streams path instead: an emulated
+//! Twilio ([`voxmachina_emulator::phone`]) posts a signed voice webhook, opens the signed Media
 //! Streams WebSocket from the TwiML, and streams the fixture speech
 //! (`tests/fixtures/speech_8k.itu.ulaw`, or `--speech`) in real time; the bridge carries it
 //! to the emulator's Realtime model session (`--audio pcmu|pcm16`), plays the agent's audio
@@ -28,11 +28,11 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 
-use crate::calls::record::CallState;
-use crate::config::{Config, Secret, Secrets};
-use crate::emulator::{Emulator, EmulatorConfig, Script};
+use voxmachina::calls::record::CallState;
+use voxmachina::config::{Config, Secret, Secrets};
+use voxmachina_emulator::{Emulator, EmulatorConfig, Script};
 
-/// Arguments of `voxmachina demo`.
+/// Arguments of `voxmachina-demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Caller script (TOML) for the emulator. Default `scripts/question_then_human.toml`, or
@@ -77,8 +77,8 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     if std::env::var_os("RUST_LOG").is_none() {
         config.logging.level = "warn".into();
     }
-    config.logging.format = crate::config::LogFormat::Pretty;
-    crate::telemetry::init_logging(&config.logging);
+    config.logging.format = voxmachina::config::LogFormat::Pretty;
+    voxmachina::telemetry::init_logging(&config.logging);
     if args.media {
         return run_media(config, &args).await;
     }
@@ -116,7 +116,7 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     config.server.listen = "127.0.0.1:0".parse()?;
     config.openai.base_url = emulator.rest_base_url();
     config.openai.sideband_url = emulator.sideband_url();
-    let live_emulator = crate::emulator::live::LiveEmulator::start(&api_key, false).await?;
+    let live_emulator = voxmachina_emulator::live::LiveEmulator::start(&api_key, false).await?;
     config.openai.live_base_url = live_emulator.rest_base_url();
     config.openai.live_sideband_url = live_emulator.sideband_url();
     config.store.sqlite_path = dir.path().join("demo.db");
@@ -129,7 +129,7 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
         twilio_webhook_shared_key: None,
         hubspot_token: None,
     };
-    let server = crate::app::start(config, secrets).await?;
+    let server = voxmachina::app::start(config, secrets).await?;
     println!(
         "controller on {}  ·  OpenAI emulator on {}",
         server.base_url(),
@@ -144,8 +144,11 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
     });
     let webhook_url = format!("{}/openai/webhook", server.base_url());
     let call_id = if live {
-        let pending =
-            live_emulator.new_call(script, crate::webhook::event::LIVE_TRANSPORT_INCOMING, None);
+        let pending = live_emulator.new_call(
+            script,
+            voxmachina::webhook::event::LIVE_TRANSPORT_INCOMING,
+            None,
+        );
         let status = live_emulator
             .deliver(&webhook_url, &webhook_secret, None, &pending.body)
             .await?;
@@ -208,10 +211,10 @@ pub async fn run(config_path: Option<PathBuf>, args: DemoArgs) -> anyhow::Result
 /// in, prints the attributes, then shows the token is single-use. True when the first
 /// redemption succeeded for this call.
 async fn connect_epilogue(
-    store: &dyn crate::store::Store,
-    record: &crate::calls::record::CallRecord,
+    store: &dyn voxmachina::store::Store,
+    record: &voxmachina::calls::record::CallRecord,
 ) -> bool {
-    use crate::escalation::connect::{LambdaOptions, handle_json};
+    use voxmachina::escalation::connect::{LambdaOptions, handle_json};
     let token = record
         .escalation
         .as_ref()
@@ -326,13 +329,13 @@ fn synthetic_speech() -> Vec<u8> {
             let voice = (2.0 * std::f64::consts::PI * 700.0 * t).sin()
                 + 0.6 * (2.0 * std::f64::consts::PI * 1200.0 * t).sin();
             let pulse = if (t * 200.0).fract() < 0.5 { 1.0 } else { 0.3 };
-            crate::media::g711::ulaw_encode((6000.0 * syllable * voice * pulse) as i16)
+            voxmachina::media::g711::ulaw_encode((6000.0 * syllable * voice * pulse) as i16)
         })
         .collect()
 }
 
 async fn run_media(mut config: Config, args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    use crate::emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
+    use voxmachina_emulator::phone::{Phone, PhoneConfig, stream_of_twiml};
 
     let speech = match &args.speech {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
@@ -377,7 +380,7 @@ async fn run_media(mut config: Config, args: &DemoArgs) -> anyhow::Result<ExitCo
         twilio_webhook_shared_key: None,
         hubspot_token: None,
     };
-    let server = crate::app::start(config, secrets).await?;
+    let server = voxmachina::app::start(config, secrets).await?;
     println!(
         "controller on {}  ·  OpenAI emulator on {}  ·  audio {}",
         server.base_url(),
@@ -404,8 +407,11 @@ async fn run_media(mut config: Config, args: &DemoArgs) -> anyhow::Result<ExitCo
     .into_iter()
     .map(|(n, v)| (n.to_string(), v.to_string()))
     .collect();
-    let signature =
-        crate::twilio::signature::sign(&auth_token, &format!("{public_url}/twilio/voice"), &params);
+    let signature = voxmachina::twilio::signature::sign(
+        &auth_token,
+        &format!("{public_url}/twilio/voice"),
+        &params,
+    );
     let resp = reqwest::Client::new()
         .post(format!("{}/twilio/voice", server.base_url()))
         .header("X-Twilio-Signature", signature)

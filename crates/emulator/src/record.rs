@@ -3,8 +3,8 @@
 //! tests under `tests/contract/`, which validate them against the official `openai` Python SDK
 //! types) sees exactly what the controller sent.
 //!
-//! Off by default. It is turned on per emulator with [`crate::emulator::Emulator::record_to`] /
-//! [`crate::emulator::live::LiveEmulator::record_to`], or for every emulator of a process by
+//! Off by default. It is turned on per emulator with [`crate::Emulator::record_to`] /
+//! [`crate::live::LiveEmulator::record_to`], or for every emulator of a process by
 //! the environment variable `VOXMACHINA_EMULATOR_RECORD=<file>` read at start. When off, a
 //! message costs one relaxed atomic load.
 //!

@@ -542,7 +542,7 @@ async fn sideband_upgrade(
             return match ws {
                 Ok(ws) => {
                     let id = sideband::open_model_session(&shared, &model);
-                    crate::http::ws_upgrade(ws)
+                    voxmachina::bridge::ws_upgrade(ws)
                         .on_upgrade(move |socket| sideband::run(shared, id, socket))
                 }
                 Err(rejection) => rejection.into_response(),
@@ -564,7 +564,7 @@ async fn sideband_upgrade(
         return ApiError::call_not_found(&call_id).into_response();
     }
     match ws {
-        Ok(ws) => crate::http::ws_upgrade(ws)
+        Ok(ws) => voxmachina::bridge::ws_upgrade(ws)
             .on_upgrade(move |socket| sideband::run(shared, call_id, socket)),
         Err(rejection) => rejection.into_response(),
     }
