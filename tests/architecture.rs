@@ -112,10 +112,9 @@ const ALLOWED_EDGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Files allowed over [`MAX_LINES`] for now: other helpers edit them this round, and the
-/// coordinator splits them after merging (then empties this list).
+/// Files still over [`MAX_LINES`], not yet split (issue 15 is open for them); an entry that is
+/// no longer long fails the test, so the list only shrinks.
 const ALLOWED_LONG_FILES: &[&str] = &[
-    "src/calls/monitor.rs",
     "src/store/sqlite.rs",
     "src/store/dynamodb.rs",
     "src/config.rs",
