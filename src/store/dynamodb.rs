@@ -222,8 +222,12 @@ impl DynamoStore {
     /// (`aws_sdk_dynamodb::Config::builder` with `endpoint_url`, no `aws-config`). For tests and
     /// benchmarks. The SDK's stalled-stream protection (a connection moving under 1 B/s for its
     /// 5 s grace fails the request) is off: a local engine such as moto is one Python process
-    /// that pauses under a loaded test machine, which is not a network stall.
+    /// that pauses under a loaded test machine, which is not a network stall. For the same
+    /// reason requests are retried up to 8 times (the SDK's standard retry, which counts a
+    /// reset connection as transient): moto's single-process server resets connections when
+    /// dozens arrive at once, as the store conformance cases' concurrent claims do.
     pub fn local_client(endpoint_url: &str, region: &str) -> Client {
+        use aws_sdk_dynamodb::config::retry::RetryConfig;
         use aws_sdk_dynamodb::config::{
             BehaviorVersion, Credentials, Region, StalledStreamProtectionConfig,
         };
@@ -239,6 +243,11 @@ impl DynamoStore {
             ))
             .endpoint_url(endpoint_url)
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(8)
+                    .with_initial_backoff(std::time::Duration::from_millis(20)),
+            )
             .build();
         Client::from_conf(conf)
     }
